@@ -1,0 +1,131 @@
+"""The composition root: builds every part from the settings, starts them, stops them.
+
+Concurrency model (threads; both client libraries are synchronous):
+
+- `reflector-services`, `reflector-endpointslices`: each owns one Kubernetes list/watch
+  and its cache; a cache is a dict replaced whole on every change (copy-on-write).
+- `consul-services` plus one `consul-<name>` thread per Consul service: each owns one
+  blocking query and one entry of the Consul source's map, also replaced whole.
+- `reconciler`: the only thread that merges, plans and writes. Sources wake it through
+  a coalescing `Trigger`; it reads their current caches (no locks: each is one
+  reference), publishes a new immutable `Catalog` to DNS, and applies the Consul plan.
+- DNS: `DnsServer.publish()` builds the wire-answer table in the reconciler's thread and
+  swaps one reference; the UDP/TCP serving threads read that reference per query and
+  never lock, so a query sees one whole catalog state, old or new.
+- `http`: health, readiness and metrics; it only reads.
+
+Shutdown: one `stop` event ends every loop; blocking calls in flight are cut by closing
+their clients, and all threads are daemons so the process never hangs on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from bridge.catalog.model import Catalog
+from bridge.catalog.plan import SyncOptions
+from bridge.config import Settings, parse_hostport
+from bridge.consul.client import ConsulClient
+from bridge.consul.sink import ConsulSink
+from bridge.consul.source import ConsulSource
+from bridge.dns.server import DnsServer
+from bridge.http import HealthServer
+from bridge.kube.client import KubeClient
+from bridge.kube.source import KubeSource
+from bridge.reconcile.loop import Reconciler
+from bridge.reconcile.trigger import Trigger
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.trigger = Trigger(settings.sync.quiet_period, settings.sync.max_delay)
+        self.dns = DnsServer(settings.dns)
+        self._catalog_ready = threading.Event()
+        self.kube_client = KubeClient(settings.kubernetes)
+        self.kube = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
+                               self.trigger.poke, self.stop_event)
+        self.consul_client = ConsulClient(settings.consul)
+        self.consul: ConsulSource | None = None
+        if settings.sync.from_consul:
+            self.consul = ConsulSource(
+                self.consul_client, our_node=settings.node_name,
+                cluster_id=settings.cluster_id,
+                default_namespace=settings.sync.consul_namespace,
+                on_change=self.trigger.poke, stop=self.stop_event)
+        self.sink: ConsulSink | None = None
+        if settings.sync.to_consul:
+            self.sink = ConsulSink(self.consul_client, node=settings.node_name,
+                                   cluster_id=settings.cluster_id,
+                                   batch_size=settings.sync.batch_size)
+        options = SyncOptions(
+            cluster_id=settings.cluster_id, tag=settings.sync.tag,
+            prefix=settings.sync.service_prefix,
+            add_namespace_suffix=settings.sync.add_namespace_suffix,
+            default_sync=settings.kubernetes.default_sync,
+        )
+        self.reconciler = Reconciler(
+            kube=self.kube, consul=self.consul, sink=self.sink, publish=self._publish,
+            options=options, trigger=self.trigger, stop=self.stop_event,
+            resync_period=settings.sync.resync_period)
+        host, port = parse_hostport(settings.http.listen)
+        self.http = HealthServer(host, port, self.waiting_for)
+        self._dns_bound = False
+
+    def _publish(self, catalog: Catalog) -> None:
+        self.dns.publish(catalog)
+        if catalog.ready and not self._catalog_ready.is_set():
+            self._catalog_ready.set()
+            log.info("catalog ready: %d services", len(catalog.services))
+
+    def waiting_for(self) -> list[str]:
+        """What readiness still waits for; empty when ready."""
+        missing = []
+        if not self.kube.synced:
+            missing.append("kubernetes list")
+        if self.consul is not None and not self.consul.synced:
+            missing.append("consul list")
+        if not self._catalog_ready.is_set():
+            missing.append("first catalog")
+        if not self._dns_bound:
+            missing.append("dns listener")
+        return missing
+
+    @property
+    def ready(self) -> bool:
+        return not self.waiting_for()
+
+    def start(self) -> None:
+        self.dns.publish(Catalog())
+        self.dns.start()
+        self._dns_bound = True
+        self.http.start()
+        self.reconciler.start()
+        self.kube.start()
+        if self.consul is not None:
+            self.consul.start()
+        # The first pass publishes even an empty world once both sources have listed.
+        self.trigger.poke()
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready:
+                return True
+            self._catalog_ready.wait(0.05)
+        return self.ready
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.trigger.poke()
+        if self.consul is not None:
+            self.consul.close()
+        self.kube_client.close()
+        self.http.stop()
+        self.dns.stop()
+        self.reconciler.thread.join(timeout=2)

@@ -1,0 +1,253 @@
+"""The `bridge` command: run, demo, check-config, and the two test servers.
+
+Every server command accepts port 0, prints the address it actually bound, and exits 0
+on SIGTERM or SIGINT after an orderly stop. Bad settings exit 2 with one line naming the
+key and the value; no traceback reaches the user for an error they can fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bridge import config
+from bridge.errors import BridgeError, ConfigError
+
+log = logging.getLogger("bridge")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
+
+# Flag -> dotted setting, for `run` and `check-config`.
+SETTING_FLAGS: dict[str, tuple[str, str]] = {
+    "--kubeconfig": ("kubernetes.kubeconfig", "kubeconfig file (default: KUBECONFIG, "
+                                              "in-cluster, ~/.kube/config)"),
+    "--context": ("kubernetes.context", "kubeconfig context"),
+    "--consul-addr": ("consul.address", "Consul HTTP API address, http(s)://HOST:PORT"),
+    "--cluster-id": ("cluster_id", "this cluster's id (owner marker in Consul)"),
+    "--dns-listen": ("dns.listen", "DNS address, HOST:PORT (UDP and TCP)"),
+    "--http-listen": ("http.listen", "health/metrics address, HOST:PORT"),
+    "--log-level": ("log.level", "debug, info, warning or error"),
+    "--log-format": ("log.format", "text or json"),
+}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    for flag, (key, help_text) in SETTING_FLAGS.items():
+        if only is None or flag in only:
+            parser.add_argument(flag, dest=key.replace(".", "__"), metavar="VALUE",
+                                help=help_text)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key.replace(".", "__"), None)
+            for key, _ in SETTING_FLAGS.values()}
+
+
+def _wait_for_signal() -> None:
+    """Blocks until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop.is_set():
+        stop.wait(0.5)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _fmt(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = config.build(config_file=args.config, flags=_flags(args))
+    sys.stdout.write(config.describe(settings))
+    return 0
+
+
+def _serve_app(settings: config.Settings, banner: Callable[[Any], None] | None = None) -> int:
+    from bridge import logs
+    from bridge.app import App
+
+    logs.configure(settings.log.level, settings.log.format,
+                   secrets=[settings.consul.token, config.token(settings.consul)])
+    app = App(settings)
+    app.start()
+    for host, port in app.dns.addresses:
+        _say(f"dns listening on {_fmt(host, port)} (udp, tcp)")
+    _say(f"http listening on {_fmt(*app.http.address)} (/healthz, /readyz, /metrics)")
+    if banner:
+        banner(app)
+    try:
+        _wait_for_signal()
+    finally:
+        app.stop()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = config.build(config_file=args.config, flags=_flags(args))
+    return _serve_app(settings)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge.testing.consul import ConsulServer
+    from bridge.testing.kube import KubeAPIServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="bridge-demo-"))
+    k8s_host, k8s_port = config.parse_hostport(args.k8s_listen)
+    consul_host, consul_port = config.parse_hostport(args.consul_listen)
+    kube = KubeAPIServer(host=k8s_host, port=k8s_port)
+    consul = ConsulServer(host=consul_host, port=consul_port)
+    kube.start()
+    consul.start()
+    try:
+        kube.load_manifests(EXAMPLES / "kubernetes.yaml")
+        consul.load(EXAMPLES / "consul.yaml")
+        kubeconfig = workdir / "kubeconfig"
+        kube.write_kubeconfig(kubeconfig)
+        flags = {
+            "kubernetes.kubeconfig": str(kubeconfig),
+            "consul.address": consul.url,
+            "cluster_id": "demo",
+            "dns.listen": args.dns_listen,
+            "http.listen": args.http_listen,
+            "log.level": args.log_level,
+            "log.format": args.log_format,
+        }
+        # The demo is self-contained: only its own flags count, not the caller's environment.
+        settings = config.build(environ={}, flags=flags)
+        _say(f"kubernetes API (test server) at {kube.url}; kubeconfig {kubeconfig}")
+        _say(f"consul API (test server) at {consul.url}")
+
+        def banner(app: Any) -> None:
+            host, port = app.dns.addresses[0]
+            server = f"@{host} -p {port}"
+            if not app.wait_ready(20):
+                _say("warning: not ready after 20s: " + ", ".join(app.waiting_for()))
+            else:
+                _say("ready")
+            _say("try:")
+            _say(f"  dig {server} php-apache-svc.default.svc.cluster.local")
+            _say(f"  dig {server} billing.consul.svc.cluster.local")
+            _say(f"  curl {consul.url}/v1/catalog/service/php-apache-svc")
+            _say(f"  kubectl --kubeconfig {kubeconfig} get services,endpointslices")
+            _say("stop with Ctrl-C")
+
+        return _serve_app(settings, banner)
+    finally:
+        kube.stop()
+        consul.stop()
+
+
+def _serve_fake(server: Any, name: str, loads: Sequence[str], loader: str,
+                after_start: Callable[[], None] | None = None) -> int:
+    server.start()
+    try:
+        for path in loads:
+            getattr(server, loader)(path)
+        if after_start:
+            after_start()
+        _say(f"{name} listening on {server.url}")
+        _wait_for_signal()
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_fake_k8s(args: argparse.Namespace) -> int:
+    from bridge.testing.kube import KubeAPIServer
+
+    host, port = config.parse_hostport(args.listen)
+    server = KubeAPIServer(host=host, port=port)
+
+    def write() -> None:
+        if args.write_kubeconfig:
+            server.write_kubeconfig(args.write_kubeconfig)
+            _say(f"kubeconfig written to {args.write_kubeconfig}")
+
+    return _serve_fake(server, "fake-k8s", args.load, "load_manifests", write)
+
+
+def cmd_fake_consul(args: argparse.Namespace) -> int:
+    from bridge.testing.consul import ConsulServer
+
+    host, port = config.parse_hostport(args.listen)
+    return _serve_fake(ConsulServer(host=host, port=port), "fake-consul", args.load, "load")
+
+
+def _listen_arg(value: str) -> str:
+    try:
+        config.parse_hostport(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc}") from None
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="bridge", description="Kubernetes <-> Consul service "
+                                  "discovery bridge with a cluster.local DNS server.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the bridge")
+    run.add_argument("--config", metavar="FILE", help="YAML settings file")
+    _add_setting_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate and print the effective settings")
+    check.add_argument("--config", metavar="FILE", help="YAML settings file")
+    _add_setting_flags(check)
+    check.set_defaults(func=cmd_check_config)
+
+    demo = sub.add_parser("demo", help="run the bridge against embedded test servers")
+    demo.add_argument("--dns-listen", default="127.0.0.1:5353", type=_listen_arg)
+    demo.add_argument("--http-listen", default="127.0.0.1:0", type=_listen_arg)
+    demo.add_argument("--k8s-listen", default="127.0.0.1:0", type=_listen_arg)
+    demo.add_argument("--consul-listen", default="127.0.0.1:0", type=_listen_arg)
+    demo.add_argument("--log-level", default="info")
+    demo.add_argument("--log-format", default="text")
+    demo.set_defaults(func=cmd_demo)
+
+    k8s = sub.add_parser("fake-k8s", help="the Kubernetes API test server")
+    k8s.add_argument("--listen", default="127.0.0.1:0", type=_listen_arg)
+    k8s.add_argument("--load", action="append", default=[], metavar="FILE",
+                     help="multi-document YAML manifests to apply (repeatable)")
+    k8s.add_argument("--write-kubeconfig", metavar="PATH")
+    k8s.set_defaults(func=cmd_fake_k8s)
+
+    fc = sub.add_parser("fake-consul", help="the Consul HTTP API test server")
+    fc.add_argument("--listen", default="127.0.0.1:0", type=_listen_arg)
+    fc.add_argument("--load", action="append", default=[], metavar="FILE",
+                    help="YAML or JSON list of catalog register bodies (repeatable)")
+    fc.set_defaults(func=cmd_fake_consul)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return 2
+    except (BridgeError, OSError) as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

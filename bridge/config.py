@@ -1,0 +1,421 @@
+"""Settings: every knob of the bridge, its default, and the one place they are read.
+
+Layers, lowest to highest: the defaults below, a YAML file (`--config`), environment
+variables, command-line flags. The result is one frozen `Settings` built at start-up and
+passed down; no other module reads the environment. Each field's `why` is the text
+`config/bridge.yaml` repeats, and a test keeps the two in step.
+
+Environment: the ecosystem's own variables (`KUBECONFIG`, `CONSUL_HTTP_ADDR`,
+`CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
+`CONSUL_CLIENT_KEY`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_SSL_VERIFY`, and the in-cluster
+`KUBERNETES_SERVICE_HOST`) plus `BRIDGE_<SECTION>_<KEY>` for every setting
+(`BRIDGE_DNS_TTL=10`, `BRIDGE_CLUSTER_ID=east`). Bridge variables win over ecosystem ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from bridge.errors import ConfigError
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _setting(default: Any, why: str, *, secret: bool = False,
+             check: Callable[[Any], str | None] | None = None) -> Any:
+    """A settings field: default, the one-line reason, and an optional extra check."""
+    meta = {"why": why, "secret": secret, "check": check}
+    if isinstance(default, list | tuple):
+        value = tuple(default)
+        return field(default_factory=lambda: value, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+    return check
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def _listen(value: Any) -> str | None:
+    try:
+        parse_hostport(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _dns_label(value: Any) -> str | None:
+    return None if _DNS_LABEL.match(value) else "must be a DNS-1123 label (a-z, 0-9, '-')"
+
+
+def _zone(value: Any) -> str | None:
+    labels = value.rstrip(".").split(".")
+    if value and all(_DNS_LABEL.match(label) for label in labels):
+        return None
+    return "must be a DNS name of DNS-1123 labels"
+
+
+def _url(value: Any) -> str | None:
+    return None if re.match(r"^https?://[^/\s]+$", value) else "must be http(s)://HOST:PORT"
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or `:PORT` (all addresses). Port 0 means pick a free one."""
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", value or "")
+    if not match:
+        raise ValueError("must be HOST:PORT, [IPv6]:PORT or :PORT")
+    host = match.group(1) or match.group(3) or "0.0.0.0"
+    port = int(match.group(2) or match.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be 0-65535")
+    if match.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise ValueError("not an IPv6 address") from exc
+    return host, port
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = _setting("info", "how much to log; debug shows every watch event and write",
+                          check=_one_of("debug", "info", "warning", "error"))
+    format: str = _setting("text", "text for people, json for log collectors",
+                           check=_one_of("text", "json"))
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    kubeconfig: str = _setting("", "kubeconfig file; empty means in-cluster when running in a "
+                                   "pod, else ~/.kube/config (KUBECONFIG is honoured)")
+    context: str = _setting("", "kubeconfig context to use; empty means its current-context")
+    namespaces: tuple[str, ...] = _setting(["*"], "namespaces to sync and answer, '*' for all")
+    deny_namespaces: tuple[str, ...] = _setting(
+        ["kube-system", "kube-public"], "namespaces never synced; deny wins over allow")
+    default_sync: bool = _setting(True, "sync every Service unless annotated "
+                                        "consul.hashicorp.com/service-sync: 'false'")
+    watch_timeout: int = _setting(300, "seconds a watch stays open before it is renewed, so a "
+                                       "silently dead connection is noticed", check=_positive)
+    in_cluster: bool = _setting(False, "set from KUBERNETES_SERVICE_HOST: use the pod's "
+                                       "service account when no kubeconfig is given")
+
+
+@dataclass(frozen=True)
+class ConsulSettings:
+    address: str = _setting("http://127.0.0.1:8500", "Consul HTTP API (CONSUL_HTTP_ADDR)",
+                            check=_url)
+    token: str = _setting("", "ACL token (CONSUL_HTTP_TOKEN); never logged", secret=True)
+    token_file: str = _setting("", "file holding the ACL token (CONSUL_HTTP_TOKEN_FILE)")
+    ca_cert: str = _setting("", "CA bundle for https (CONSUL_CACERT)")
+    client_cert: str = _setting("", "client certificate for mTLS (CONSUL_CLIENT_CERT)")
+    client_key: str = _setting("", "client key for mTLS (CONSUL_CLIENT_KEY)", secret=True)
+    ssl_verify: bool = _setting(True, "verify the server certificate (CONSUL_HTTP_SSL_VERIFY)")
+    datacenter: str = _setting("", "datacenter to read and write; empty means the agent's")
+    wait: int = _setting(300, "seconds a blocking query waits for a change (Consul caps at "
+                              "600)", check=_positive)
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    to_consul: bool = _setting(True, "mirror Kubernetes Services into the Consul catalog")
+    from_consul: bool = _setting(True, "merge services registered in Consul by others into "
+                                       "the catalog DNS answers from")
+    node_name: str = _setting("", "synthetic Consul node our registrations live on; empty "
+                                  "means k8s-sync-<cluster_id>")
+    tag: str = _setting("k8s", "tag on every registration we write (consul-k8s: -consul-k8s-tag)")
+    service_prefix: str = _setting("", "prefix for Consul service names (consul-k8s: "
+                                       "-k8s-service-prefix)")
+    add_namespace_suffix: bool = _setting(False, "append -<namespace> to Consul service names "
+                                                 "(consul-k8s: -add-k8s-namespace-suffix)")
+    consul_namespace: str = _setting("consul", "namespace that Consul services without a "
+                                               "Kubernetes origin appear in", check=_dns_label)
+    quiet_period: float = _setting(0.1, "seconds without change before a burst is applied",
+                                   check=_not_negative)
+    max_delay: float = _setting(1.0, "seconds a continuous burst may delay a write at most",
+                                check=_positive)
+    resync_period: int = _setting(300, "seconds between full resyncs that repair drift",
+                                  check=_positive)
+    batch_size: int = _setting(64, "operations per Consul transaction; 64 is accepted by every "
+                                   "Consul release", check=_positive)
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    listen: str = _setting("0.0.0.0:53", "UDP and TCP address DNS is served on", check=_listen)
+    zone: str = _setting("cluster.local", "cluster domain answered from the catalog",
+                         check=_zone)
+    ttl: int = _setting(30, "TTL of positive answers, as in the Kubernetes DNS example",
+                        check=_not_negative)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: str = _setting("0.0.0.0:8080", "address of /healthz, /readyz and /metrics",
+                           check=_listen)
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster_id: str = _setting("default", "this cluster's id: marks what this bridge owns in a "
+                                          "Consul shared by several clusters", check=_dns_label)
+    log: LogSettings = field(default_factory=LogSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    consul: ConsulSettings = field(default_factory=ConsulSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    dns: DnsSettings = field(default_factory=DnsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+
+    @property
+    def node_name(self) -> str:
+        return self.sync.node_name or f"k8s-sync-{self.cluster_id}"
+
+
+# Ecosystem variables, lowest priority among the environment.
+_ECOSYSTEM_ENV: dict[str, str] = {
+    "KUBECONFIG": "kubernetes.kubeconfig",
+    "CONSUL_HTTP_ADDR": "consul.address",
+    "CONSUL_HTTP_TOKEN": "consul.token",
+    "CONSUL_HTTP_TOKEN_FILE": "consul.token_file",
+    "CONSUL_CACERT": "consul.ca_cert",
+    "CONSUL_CLIENT_CERT": "consul.client_cert",
+    "CONSUL_CLIENT_KEY": "consul.client_key",
+    "CONSUL_HTTP_SSL_VERIFY": "consul.ssl_verify",
+}
+
+_SECTIONS = {f.name: f for f in fields(Settings) if dataclasses.is_dataclass(f.default_factory)}
+
+
+def iter_settings(obj: Any = None, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """Every leaf setting as (dotted key, field, value), in declaration order."""
+    obj = obj if obj is not None else Settings()
+    out: list[tuple[str, dataclasses.Field, Any]] = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.extend(iter_settings(value, f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", f, value))
+    return out
+
+
+def _leaf_types() -> dict[str, tuple[type, dataclasses.Field]]:
+    types: dict[str, tuple[type, dataclasses.Field]] = {}
+    top = get_type_hints(Settings)
+    for key, f, _ in iter_settings():
+        if "." in key:
+            section, name = key.split(".", 1)
+            types[key] = (get_type_hints(top[section])[name], f)
+        else:
+            types[key] = (top[key], f)
+    return types
+
+
+def _coerce(key: str, kind: type, raw: Any, origin: str) -> Any:
+    where = f" ({origin})" if origin else ""
+
+    def bad(reason: str) -> ConfigError:
+        return ConfigError(key, raw, reason + where)
+
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if isinstance(raw, str) and raw.strip().lower() in {"0", "false", "no", "off"}:
+            return False
+        raise bad("not a boolean (true/false)")
+    if kind is int:
+        if isinstance(raw, bool):
+            raise bad("not an integer")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, str) and re.fullmatch(r"\s*-?\d+\s*", raw):
+            return int(raw)
+        raise bad("not an integer")
+    if kind is float:
+        if isinstance(raw, bool):
+            raise bad("not a number")
+        if isinstance(raw, int | float):
+            return float(raw)
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise bad("not a number") from None
+    if kind == tuple[str, ...]:
+        if isinstance(raw, str):
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+        if isinstance(raw, list | tuple) and all(isinstance(i, str) for i in raw):
+            return tuple(raw)
+        raise bad("not a list of strings")
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return str(raw)
+    raise bad("not a string")
+
+
+def _flatten_yaml(data: Any, origin: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("<file>", type(data).__name__, f"top level must be a mapping ({origin})")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(str(key), value, f"must be a mapping of settings ({origin})")
+            for sub, subval in value.items():
+                flat[f"{key}.{sub}"] = subval
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """A YAML settings file as dotted key -> raw value; errors name the file."""
+    origin = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError("--config", origin, exc.strerror or str(exc)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("--config", origin, f"not valid YAML{where}") from None
+    return _flatten_yaml(data, origin)
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from environment variables as dotted key -> raw string."""
+    found: dict[str, Any] = {}
+    for var, key in _ECOSYSTEM_ENV.items():
+        if environ.get(var, "") != "":
+            found[key] = environ[var]
+    if "consul.address" in found:
+        found["consul.address"] = _consul_url(found["consul.address"],
+                                              environ.get("CONSUL_HTTP_SSL", ""))
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        found["kubernetes.in_cluster"] = "true"
+    for key, _, _ in iter_settings():
+        var = "BRIDGE_" + key.replace(".", "_").upper()
+        if var in environ:
+            found[key] = environ[var]
+    return found
+
+
+def _consul_url(address: str, ssl: str) -> str:
+    """CONSUL_HTTP_ADDR may omit the scheme; CONSUL_HTTP_SSL then chooses https."""
+    if "://" in address:
+        return address
+    scheme = "https" if ssl.strip().lower() in {"1", "true", "yes"} else "http"
+    return f"{scheme}://{address}"
+
+
+def build(*, config_file: str | None = None, environ: Mapping[str, str] | None = None,
+          flags: Mapping[str, Any] | None = None) -> Settings:
+    """Defaults <- file <- environment <- flags, validated. Raises ConfigError."""
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file:
+        layers.append((config_file, read_file(config_file)))
+    layers.append(("environment", read_env(os.environ if environ is None else environ)))
+    layers.append(("flag", {k: v for k, v in (flags or {}).items() if v is not None}))
+    types = _leaf_types()
+    values: dict[str, Any] = {}
+    for origin, layer in layers:
+        for key, raw in layer.items():
+            if key not in types:
+                raise ConfigError(key, raw, f"unknown setting ({origin})")
+            kind, f = types[key]
+            value = _coerce(key, kind, raw, origin)
+            check = f.metadata.get("check")
+            problem = check(value) if check else None
+            if problem:
+                raise ConfigError(key, raw, f"{problem} ({origin})")
+            values[key] = value
+    return _assemble(values)
+
+
+def _assemble(values: Mapping[str, Any]) -> Settings:
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            sections[section][name] = value
+        else:
+            top[key] = value
+    built = {name: f.default_factory(**sections[name])  # type: ignore[misc]
+             for name, f in _SECTIONS.items()}
+    return Settings(**top, **built)
+
+
+def token(settings: ConsulSettings) -> str:
+    """The Consul token: the setting, else the token file's first line."""
+    if settings.token:
+        return settings.token
+    if settings.token_file:
+        try:
+            return Path(settings.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError("consul.token_file", settings.token_file,
+                              exc.strerror or str(exc)) from None
+    return ""
+
+
+def describe(settings: Settings) -> str:
+    """The effective settings as YAML, secrets masked."""
+    out: dict[str, Any] = {}
+    for key, f, value in iter_settings(settings):
+        if f.metadata.get("secret") and value:
+            value = "********"
+        if isinstance(value, tuple):
+            value = list(value)
+        target = out
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return yaml.safe_dump(out, sort_keys=False)
+
+
+def render_reference() -> str:
+    """`config/bridge.yaml`: every setting at its default, each with its reason above it."""
+    lines = ["# bridge settings: every key at its default, with the reason for it.",
+             "# Precedence: these defaults < this file (--config) < environment < flags.",
+             "# Environment: BRIDGE_<SECTION>_<KEY> (e.g. BRIDGE_DNS_TTL), plus KUBECONFIG and",
+             "# the CONSUL_HTTP_* variables the Consul CLI uses.", ""]
+    section = None
+    for key, f, value in iter_settings():
+        parent, _, leaf = key.rpartition(".")
+        if parent != section:
+            if parent:
+                lines.append(f"{parent}:")
+            section = parent
+        indent = "  " if parent else ""
+        lines.append(f"{indent}# {f.metadata['why']}")
+        rendered = yaml.safe_dump({leaf: list(value) if isinstance(value, tuple) else value},
+                                  default_flow_style=True, width=1000).strip()
+        lines.append(f"{indent}{rendered[1:-1]}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,95 @@
+"""Consul blocking-query rules, and a loop that follows them.
+
+The rules (Consul's "blocking queries" documentation): an index that goes backwards
+resets to 0 (a snapshot restore or a KV list delete); an index is never below 1; the loop
+is rate-limited so a server that answers at once cannot spin it; errors back off with
+jitter. No client library does this, so every watcher here goes through `BlockingLoop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from bridge.errors import BridgeError, Rejected, Transient
+from bridge.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def next_index(previous: int, returned: int) -> int:
+    """The index for the next request: reset on a backwards step, never below 1."""
+    if returned < previous:
+        return 0
+    return max(returned, 1)
+
+
+class TokenBucket:
+    """At most `burst` immediate calls, then one per `interval` seconds."""
+
+    def __init__(self, burst: int = 2, interval: float = 0.05,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.interval, self._clock = burst, interval, clock
+        self.tokens = float(burst)
+        self._last = clock()
+
+    def delay(self) -> float:
+        """Seconds to wait before the next call (and take its token)."""
+        now = self._clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._last) / self.interval)
+        self._last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        wait = (1 - self.tokens) * self.interval
+        self.tokens = 0.0
+        self._last = now + wait
+        return wait
+
+
+class BlockingLoop(Generic[T]):
+    """Calls `fetch(index) -> (index, value)` forever, handing each value to `deliver`.
+
+    `deliver` gets every answer, changed or not; it decides what a change is. The loop ends
+    when `stop` is set or `deliver` returns False.
+    """
+
+    def __init__(self, name: str, fetch: Callable[[int | None], tuple[int, T]],
+                 deliver: Callable[[T], bool], stop: threading.Event,
+                 on_error: Callable[[BridgeError], None] | None = None) -> None:
+        self.name = name
+        self._fetch = fetch
+        self._deliver = deliver
+        self._stop = stop
+        self._on_error = on_error
+        self.index = 0
+        self._bucket = TokenBucket()
+        self._backoff = Backoff()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            pause = self._bucket.delay()
+            if pause and self._stop.wait(pause):
+                return
+            try:
+                returned, value = self._fetch(self.index or None)
+            except (Transient, Rejected) as exc:
+                if self._on_error:
+                    self._on_error(exc)
+                delay = self._backoff.next_delay(getattr(exc, "retry_after", None))
+                log.warning("%s: %s; retrying in %.1fs", self.name, exc, delay)
+                self._stop.wait(delay)
+                continue
+            self._backoff.reset()
+            new = next_index(self.index, returned)
+            if new == 0:
+                log.info("%s: index went backwards (%d -> %d); starting over", self.name,
+                         self.index, returned)
+            self.index = new
+            if self._stop.is_set() or not self._deliver(value):
+                return

@@ -1,0 +1,117 @@
+"""py-consul, configured from settings, with its errors mapped to ours.
+
+This is the only module that imports `consul`. The client is built with every value given
+explicitly (py-consul would otherwise read CONSUL_* variables itself, behind the settings'
+back, and let the environment override a configured token). The token travels in the
+X-Consul-Token header, never in a URL, and error messages are redacted all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from typing import Any
+
+import consul
+import requests
+from consul.base import Response
+from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ConsulException
+
+from bridge.config import ConsulSettings, token
+from bridge.errors import Conflict, Rejected, Transient
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "********") if secret else text
+
+
+class ConsulClient:
+    """The calls the bridge makes, each returning plain JSON values."""
+
+    def __init__(self, settings: ConsulSettings) -> None:
+        url = urllib.parse.urlparse(settings.address)
+        verify: bool | str = settings.ssl_verify
+        if settings.ca_cert and settings.ssl_verify:
+            verify = settings.ca_cert
+        cert = None
+        if settings.client_cert:
+            cert = (settings.client_cert, settings.client_key) if settings.client_key \
+                else settings.client_cert
+        self._token = token(settings)
+        self._c = consul.Consul(
+            host=url.hostname or "127.0.0.1",
+            port=url.port or (443 if url.scheme == "https" else 8500),
+            scheme=url.scheme or "http",
+            verify=verify,
+            cert=cert,
+            dc=settings.datacenter or None,
+        )
+        # In a header, not py-consul's ?token= query parameter, which ends up in access logs.
+        self._c.token = None
+        if self._token:
+            self._c.http.session.headers["X-Consul-Token"] = self._token
+        self.wait = f"{settings.wait}s"
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ACLPermissionDenied, ACLDisabled, BadRequest) as exc:
+            raise Rejected(f"{what}: {_redact(str(exc), self._token)}") from None
+        except ConsulException as exc:
+            message = _redact(str(exc), self._token)
+            if message.startswith("429"):
+                raise Transient(f"{what}: {message}") from None
+            if message[:1] == "4":
+                raise Rejected(f"{what}: {message}") from None
+            raise Transient(f"{what}: {message}") from None
+        except requests.RequestException as exc:
+            # The exception text quotes the URL, and the URL can carry the token.
+            raise Transient(f"{what}: {type(exc).__name__}") from None
+        except (ValueError, TypeError) as exc:
+            raise Transient(f"{what}: bad response: {type(exc).__name__}") from None
+
+    def services(self, index: int | None) -> tuple[int, dict[str, list[str]]]:
+        """Blocking read of every service name and its tags."""
+        idx, data = self._call("catalog services", self._c.catalog.services,
+                               index=index, wait=self.wait if index else None)
+        return int(idx), data or {}
+
+    def health_service(self, name: str, index: int | None,
+                       passing: bool) -> tuple[int, list[dict[str, Any]]]:
+        """Blocking read of one service's instances with their checks."""
+        idx, data = self._call(f"health service {name}", self._c.health.service, name,
+                               index=index, wait=self.wait if index else None,
+                               passing=passing)
+        return int(idx), data or []
+
+    def node_services(self, node: str) -> dict[str, Any] | None:
+        """Services on one node (None if the node does not exist)."""
+        _, data = self._call(f"catalog node {node}", self._c.catalog.node, node)
+        return data
+
+    def node_checks(self, node: str) -> list[dict[str, Any]]:
+        _, data = self._call(f"health node {node}", self._c.health.node, node)
+        return data or []
+
+    def txn(self, operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply operations atomically. Raises Conflict (with Consul's per-operation
+        errors in the message) when Consul rolled the transaction back."""
+
+        def callback(response: Response) -> Response:
+            return response
+
+        response = self._call("txn", self._c.http.put, callback, "/v1/txn",
+                              data=json.dumps(operations))
+        if response.code == 200:
+            return (json.loads(response.body) or {}).get("Results") or []
+        body = _redact(str(response.body), self._token)
+        if response.code == 409:
+            try:
+                errors = json.loads(body).get("Errors") or []
+                detail = "; ".join(f"op {e.get('OpIndex')}: {e.get('What')}" for e in errors)
+            except (ValueError, AttributeError):
+                detail = body.strip()
+            raise Conflict(f"txn rolled back: {detail}")
+        if response.code == 429 or response.code >= 500:
+            raise Transient(f"txn: {response.code} {body.strip()}")
+        raise Rejected(f"txn: {response.code} {body.strip()}")

@@ -1,0 +1,143 @@
+"""Raw Consul JSON <-> the bridge's values.
+
+PURE: no I/O. Reads: health entries become `Instance`s (an empty ServiceAddress means the
+node's Address, as Consul documents), and the services on our node become `Registration`s
+so the sink can diff them. Writes: a `Plan` becomes `/v1/txn` operations. Malformed
+entries raise `BadEntry`, which the caller logs and counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bridge.catalog.model import Instance, Origin, OriginKind, Port, frozen_map
+from bridge.catalog.plan import (
+    CHECK_NAME,
+    CHECK_TYPE,
+    EXTERNAL_SOURCE,
+    OWNER_META,
+    Plan,
+    Registration,
+)
+
+NODE_ADDRESS = "127.0.0.1"
+
+
+class BadEntry(ValueError):
+    """A Consul entry the bridge cannot use; the message says why."""
+
+
+def _get(raw: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    # Consul matches JSON keys case-insensitively; be as lenient when reading.
+    if key in raw:
+        return raw[key]
+    lowered = key.lower()
+    for k, v in raw.items():
+        if k.lower() == lowered:
+            return v
+    return default
+
+
+def is_ours(service: Mapping[str, Any], node: str, our_node: str, cluster_id: str) -> bool:
+    meta = _get(service, "Meta") or {}
+    return node == our_node or meta.get(OWNER_META) == cluster_id
+
+
+def instance_from_health(entry: Mapping[str, Any], passing_only: bool = True) -> Instance:
+    """One `/v1/health/service/<name>` entry as an Instance."""
+    node = _get(entry, "Node") or {}
+    service = _get(entry, "Service") or {}
+    if not isinstance(node, dict) or not isinstance(service, dict):
+        raise BadEntry("Node or Service is not an object")
+    node_name = str(_get(node, "Node") or "")
+    address = str(_get(service, "Address") or "") or str(_get(node, "Address") or "")
+    if not address:
+        raise BadEntry(f"instance {_get(service, 'ID')!r} on {node_name!r} has no address")
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
+        raise BadEntry(f"instance {_get(service, 'ID')!r} has a non-IP address "
+                       f"{address!r}") from None
+    port = _get(service, "Port") or 0
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+        raise BadEntry(f"instance {_get(service, 'ID')!r} has a bad port {port!r}")
+    meta = _get(service, "Meta") or {}
+    checks = _get(entry, "Checks") or []
+    statuses = [str(_get(c, "Status") or "") for c in checks if isinstance(c, dict)]
+    allowed = {"passing"} if passing_only else {"passing", "warning"}
+    ports = (Port("", port),) if port else ()
+    # Named ports come from port-<name> meta, which consul-k8s and this bridge write.
+    named = tuple(Port(k[5:], int(v)) for k, v in sorted(meta.items())
+                  if isinstance(k, str) and k.startswith("port-") and str(v).isdigit()
+                  and 0 < int(v) < 65536)
+    return Instance(
+        address=address,
+        ports=named or ports,
+        origin=Origin(OriginKind.CONSUL, node_name),
+        ready=all(s in allowed for s in statuses),
+        node_name=node_name,
+        consul_id=str(_get(service, "ID") or ""),
+        tags=tuple(str(t) for t in (_get(service, "Tags") or [])),
+        meta=frozen_map({str(k): str(v) for k, v in meta.items()}),
+    )
+
+
+def registrations_on_node(node_view: Mapping[str, Any] | None, checks: Iterable[Mapping[str, Any]],
+                          cluster_id: str) -> dict[str, Registration]:
+    """Our registrations as Consul holds them: services on our node carrying our marker."""
+    if not node_view:
+        return {}
+    services = _get(node_view, "Services") or {}
+    if isinstance(services, dict):
+        services = list(services.values())
+    status = {str(_get(c, "CheckID")): str(_get(c, "Status") or "") for c in checks}
+    out: dict[str, Registration] = {}
+    for svc in services:
+        meta = _get(svc, "Meta") or {}
+        if meta.get(OWNER_META) != cluster_id:
+            continue
+        sid = str(_get(svc, "ID") or "")
+        reg = Registration(
+            service_id=sid,
+            name=str(_get(svc, "Service") or ""),
+            address=str(_get(svc, "Address") or ""),
+            port=int(_get(svc, "Port") or 0),
+            tags=tuple(str(t) for t in (_get(svc, "Tags") or [])),
+            meta=frozen_map({str(k): str(v) for k, v in meta.items()}),
+        )
+        out[sid] = dataclasses.replace(reg, check_status=status.get(reg.check_id, ""))
+    return out
+
+
+def node_operation(node: str, cluster_id: str) -> dict[str, Any]:
+    return {"Node": {"Verb": "set", "Node": {
+        "Node": node, "Address": NODE_ADDRESS,
+        "Meta": {"external-source": EXTERNAL_SOURCE, OWNER_META: cluster_id},
+    }}}
+
+
+def _set_operations(node: str, reg: Registration) -> list[dict[str, Any]]:
+    service = {"ID": reg.service_id, "Service": reg.name, "Address": reg.address,
+               "Port": reg.port, "Tags": list(reg.tags), "Meta": dict(reg.meta)}
+    check = {"Node": node, "CheckID": reg.check_id, "Name": CHECK_NAME, "Type": CHECK_TYPE,
+             "Status": reg.check_status, "ServiceID": reg.service_id,
+             "Output": "Kubernetes health checks "
+                       + ("passing" if reg.check_status == "passing" else "failing")}
+    return [{"Service": {"Verb": "set", "Node": node, "Service": service}},
+            {"Check": {"Verb": "set", "Check": check}}]
+
+
+def plan_operations(plan: Plan, node: str) -> list[list[dict[str, Any]]]:
+    """The plan as txn operations, grouped so one registration's service and check
+    always land in the same transaction."""
+    groups: list[list[dict[str, Any]]] = []
+    for reg in (*plan.create, *plan.update):
+        groups.append(_set_operations(node, reg))
+    for reg in plan.delete:
+        # Deleting a service deletes its checks with it.
+        groups.append([{"Service": {"Verb": "delete", "Node": node,
+                                    "Service": {"ID": reg.service_id}}}])
+    return groups

@@ -1,0 +1,107 @@
+"""Consul as a Sink: reads what this cluster owns there, and applies a plan in transactions.
+
+`actual()` reads only our synthetic node and keeps only entries with our owner marker, so
+a neighbour's registrations are invisible to the diff and can never be deleted. `apply()`
+packs the plan into `/v1/txn` batches of at most `batch_size` operations (a registration's
+service and check always share a batch), retries transient failures with backoff, and
+reports the outcome of every item; nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from bridge.catalog.plan import Plan, Registration
+from bridge.consul.client import ConsulClient
+from bridge.consul.objects import node_operation, plan_operations, registrations_on_node
+from bridge.errors import BridgeError, Transient
+
+log = logging.getLogger(__name__)
+
+WRITES = Counter("bridge_consul_writes_total", "Registrations written to Consul", ["op"])
+WRITE_ERRORS = Counter("bridge_consul_write_errors_total", "Registrations Consul refused")
+TXNS = Counter("bridge_consul_txn_total", "Transactions sent to Consul")
+
+
+@dataclass
+class ApplyResult:
+    """Per-item outcome of one apply: which service IDs were written and which failed."""
+
+    written: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class ConsulSink:
+    def __init__(self, client: ConsulClient, *, node: str, cluster_id: str,
+                 batch_size: int = 64) -> None:
+        self._client = client
+        self._node = node
+        self._cluster_id = cluster_id
+        self._batch_size = max(2, batch_size)
+        self._node_known = False
+
+    def actual(self) -> dict[str, Registration]:
+        view = self._client.node_services(self._node)
+        self._node_known = view is not None
+        checks = self._client.node_checks(self._node) if view else []
+        return registrations_on_node(view, checks, self._cluster_id)
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = ApplyResult()
+        if plan.empty:
+            return result
+        items = [*plan.create, *plan.update, *plan.delete]
+        kinds = ["create"] * len(plan.create) + ["update"] * len(plan.update) \
+            + ["delete"] * len(plan.delete)
+        groups = plan_operations(plan, self._node)
+        batch: list[dict[str, Any]] = []
+        members: list[tuple[Registration, str]] = []
+        if not self._node_known:
+            batch.append(node_operation(self._node, self._cluster_id))
+        for item, kind, ops in zip(items, kinds, groups, strict=True):
+            if batch and len(batch) + len(ops) > self._batch_size:
+                self._send(batch, members, result)
+                batch, members = [], []
+            batch.extend(ops)
+            members.append((item, kind))
+        if batch:
+            self._send(batch, members, result)
+        return result
+
+    def _send(self, batch: list[dict[str, Any]], members: list[tuple[Registration, str]],
+              result: ApplyResult) -> None:
+        try:
+            self._txn(batch)
+        except BridgeError as exc:
+            WRITE_ERRORS.inc(len(members))
+            log.error("consul write of %d registrations failed: %s", len(members), exc)
+            for item, _ in members:
+                result.failed[item.service_id] = str(exc)
+            return
+        if batch and "Node" in batch[0]:
+            self._node_known = True
+        for item, kind in members:
+            WRITES.labels(kind).inc()
+            result.written.append(item.service_id)
+            log.debug("consul %s %s (%s %s:%d)", kind, item.service_id, item.name,
+                      item.address, item.port)
+
+    @retry(retry=retry_if_exception_type(Transient), stop=stop_after_attempt(3),
+           wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
+    def _txn(self, batch: list[dict[str, Any]]) -> None:
+        TXNS.inc()
+        self._client.txn(batch)

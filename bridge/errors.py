@@ -1,0 +1,48 @@
+"""The bridge's own exceptions: what the rest of the code sees instead of client-library errors.
+
+`client.py` modules translate library exceptions into these, so retry and skip decisions
+are made on meaning (transient, conflict, gone) rather than on a library's class names.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base class for every error the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """A setting is missing, malformed or out of range. The message names the key and value."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key = key
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid setting {key}={value!r}: {reason}")
+
+
+class SourceError(BridgeError):
+    """Talking to an upstream API failed in a way that a retry may fix."""
+
+
+class Transient(SourceError):
+    """Timeouts, connection errors, 5xx and 429: retry with backoff.
+
+    `retry_after` carries a server's Retry-After hint in seconds, when it sent one.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Expired(SourceError):
+    """The Kubernetes watch position is too old (410 Gone): relist, then watch again."""
+
+
+class Conflict(BridgeError):
+    """A write lost a race (409 or a failed check-and-set): reread, then decide again."""
+
+
+class Rejected(BridgeError):
+    """The server refused a request as invalid or forbidden; retrying unchanged will not help."""

@@ -1,0 +1,147 @@
+"""The official Kubernetes client, configured from settings, with its errors mapped to ours.
+
+This is the only module that imports `kubernetes`. Lists and watches are read as raw JSON
+(`_preload_content=False`, `deserialize=False`): the pydantic models would reject objects a
+real API server does send (and cost a parse the bridge does not need); `objects.py` checks
+the fields the bridge uses instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from bridge.config import KubernetesSettings
+from bridge.errors import ConfigError, Expired, Rejected, Transient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A watchable collection: its name for logs and the client method that lists it."""
+
+    plural: str
+    list_method: Callable[[client.ApiClient], Callable[..., Any]]
+
+
+SERVICES = Resource(
+    "services", lambda api: client.CoreV1Api(api).list_service_for_all_namespaces)
+ENDPOINT_SLICES = Resource(
+    "endpointslices",
+    lambda api: client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces)
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    headers = exc.headers or {}
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def map_error(exc: BaseException, what: str) -> Exception:
+    """A client-library exception as one of ours, with a message that names the call."""
+    if isinstance(exc, ApiException):
+        status = exc.status or 0
+        if status == 410:
+            return Expired(f"{what}: {exc.reason}")
+        if status == 429 or status >= 500 or status == 0:
+            return Transient(f"{what}: HTTP {status} {exc.reason}", _retry_after(exc))
+        return Rejected(f"{what}: HTTP {status} {exc.reason}")
+    if isinstance(exc, urllib3.exceptions.HTTPError | OSError | json.JSONDecodeError):
+        return Transient(f"{what}: {type(exc).__name__}: {exc}")
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+
+
+class KubeClient:
+    """List and watch collections on one API server."""
+
+    def __init__(self, settings: KubernetesSettings) -> None:
+        self._settings = settings
+        self.api = self._connect(settings)
+        self._watches: set[watch.Watch] = set()
+
+    @staticmethod
+    def _connect(settings: KubernetesSettings) -> client.ApiClient:
+        try:
+            if settings.kubeconfig or not settings.in_cluster:
+                cfg = client.Configuration()
+                config.load_kube_config(
+                    config_file=settings.kubeconfig or None,
+                    context=settings.context or None,
+                    client_configuration=cfg,
+                    persist_config=False,
+                )
+            else:
+                cfg = client.Configuration()
+                config.load_incluster_config(client_configuration=cfg)
+        except (ConfigException, OSError, TypeError, ValueError) as exc:
+            key = "kubernetes.kubeconfig" if settings.kubeconfig else "kubernetes.in_cluster"
+            value = settings.kubeconfig or settings.in_cluster
+            raise ConfigError(key, value, f"cannot load Kubernetes credentials: {exc}") from None
+        # Retries are ours (with backoff and Retry-After); urllib3's would hide outages.
+        cfg.retries = False
+        return client.ApiClient(cfg)
+
+    def list_page(self, resource: Resource, *, limit: int, cont: str | None) -> dict[str, Any]:
+        """One page of a list as raw JSON."""
+        what = f"list {resource.plural}"
+        kwargs: dict[str, Any] = {"limit": limit, "_preload_content": False,
+                                  "_request_timeout": (10, 60)}
+        if cont:
+            kwargs["_continue"] = cont
+        try:
+            response = resource.list_method(self.api)(**kwargs)
+            return json.loads(response.data)
+        except Exception as exc:
+            raise map_error(exc, what) from exc
+
+    def watch(self, resource: Resource, resource_version: str,
+              timeout_seconds: int) -> Iterator[dict[str, Any]]:
+        """Raw watch events from `resource_version` until the server ends the stream.
+
+        Raises Expired on a 410 (as an ERROR event or a status), Transient on I/O errors.
+        """
+        what = f"watch {resource.plural}"
+        w = watch.Watch()
+        self._watches.add(w)
+        try:
+            stream = w.stream(
+                resource.list_method(self.api),
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=timeout_seconds,
+                deserialize=False,
+                # A read timeout past the server's own timeout notices a dead connection.
+                _request_timeout=(10, timeout_seconds + 30),
+            )
+            yield from stream
+        except Exception as exc:
+            raise map_error(exc, what) from exc
+        finally:
+            self._watches.discard(w)
+
+    def close(self) -> None:
+        """Ends open watch streams so their threads return promptly."""
+        for w in list(self._watches):
+            w.stop()
+            resp = getattr(w, "_resp", None)
+            if resp is not None:
+                try:
+                    resp.shutdown()
+                except Exception:
+                    log.debug("closing a watch stream failed", exc_info=True)
+        try:
+            self.api.close()
+        except Exception:
+            log.debug("closing the API client failed", exc_info=True)

@@ -1,0 +1,153 @@
+"""List, then watch, then relist on 410: one collection mirrored into a local cache.
+
+A `Reflector` owns one thread and one cache. The cache is a dict replaced as a whole on
+every change (copy-on-write), so readers take `reflector.items` without a lock and always
+see one consistent state. A relist after 410 replaces the cache by diff: it never empties
+it first, so a reader never sees the world vanish while the relist is in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+from prometheus_client import Counter
+
+from bridge.errors import Expired, Rejected, Transient
+from bridge.kube.client import KubeClient, Resource
+from bridge.kube.objects import BadObject, object_key
+from bridge.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EVENTS = Counter("bridge_kube_watch_events_total", "Watch events received", ["resource", "type"])
+RELISTS = Counter("bridge_kube_relists_total", "Full lists (first and after 410)", ["resource"])
+SKIPPED = Counter("bridge_kube_objects_skipped_total", "Objects skipped as malformed",
+                  ["resource"])
+ERRORS = Counter("bridge_kube_errors_total", "Failed list or watch calls", ["resource"])
+
+PAGE_SIZE = 500
+
+
+class Reflector(Generic[T]):
+    """Mirrors one collection through `convert` into `items`, calling `on_change` after each
+    change. `synced` is set once the first complete list has been applied."""
+
+    def __init__(self, kube: KubeClient, resource: Resource, convert: Callable[[Any], T],
+                 on_change: Callable[[], None], *, watch_timeout: int,
+                 stop: threading.Event) -> None:
+        self._kube = kube
+        self._resource = resource
+        self._convert = convert
+        self._on_change = on_change
+        self._watch_timeout = watch_timeout
+        self._stop = stop
+        self._backoff = Backoff()
+        self.items: Mapping[tuple[str, str], T] = MappingProxyType({})
+        self.synced = threading.Event()
+        self.resource_version = ""
+        self.thread = threading.Thread(target=self._run, name=f"reflector-{resource.plural}",
+                                       daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        need_list = True
+        while not self._stop.is_set():
+            try:
+                if need_list:
+                    self._relist()
+                    need_list = False
+                self._watch()
+                self._backoff.reset()
+            except Expired as exc:
+                log.info("%s: watch position expired (%s); relisting", self._resource.plural, exc)
+                need_list = True
+            except (Transient, Rejected) as exc:
+                ERRORS.labels(self._resource.plural).inc()
+                delay = self._backoff.next_delay(getattr(exc, "retry_after", None))
+                log.warning("%s: %s; retrying in %.1fs", self._resource.plural, exc, delay)
+                self._stop.wait(delay)
+            except Exception:
+                # A bug must not kill the mirror: log it, back off, and start over from a list.
+                ERRORS.labels(self._resource.plural).inc()
+                log.exception("%s: unexpected error; relisting", self._resource.plural)
+                need_list = True
+                self._stop.wait(self._backoff.next_delay())
+
+    def _convert_item(self, raw: Any) -> T | None:
+        try:
+            return self._convert(raw)
+        except BadObject as exc:
+            SKIPPED.labels(self._resource.plural).inc()
+            try:
+                key = "/".join(object_key(raw))
+            except BadObject:
+                key = "<unnamed>"
+            log.warning("%s %s skipped: %s", self._resource.plural, key, exc)
+            return None
+
+    def _relist(self) -> None:
+        RELISTS.labels(self._resource.plural).inc()
+        fresh: dict[tuple[str, str], T] = {}
+        cont: str | None = None
+        while True:
+            page = self._kube.list_page(self._resource, limit=PAGE_SIZE, cont=cont)
+            for raw in page.get("items") or []:
+                value = self._convert_item(raw)
+                if value is not None:
+                    fresh[object_key(raw)] = value
+            meta = page.get("metadata") or {}
+            cont = meta.get("continue") or None
+            if not cont:
+                self.resource_version = str(meta.get("resourceVersion") or "")
+                break
+        changed = dict(self.items) != fresh
+        self.items = MappingProxyType(fresh)
+        first = not self.synced.is_set()
+        self.synced.set()
+        log.debug("%s: listed %d at resourceVersion %s", self._resource.plural, len(fresh),
+                  self.resource_version)
+        if changed or first:
+            self._on_change()
+
+    def _watch(self) -> None:
+        for event in self._kube.watch(self._resource, self.resource_version, self._watch_timeout):
+            if self._stop.is_set():
+                return
+            kind = event.get("type")
+            raw = event.get("object") or {}
+            EVENTS.labels(self._resource.plural, str(kind)).inc()
+            rv = str((raw.get("metadata") or {}).get("resourceVersion") or "")
+            if kind == "BOOKMARK":
+                self.resource_version = rv or self.resource_version
+                continue
+            if kind not in ("ADDED", "MODIFIED", "DELETED"):
+                log.warning("%s: unexpected watch event type %r", self._resource.plural, kind)
+                continue
+            try:
+                key = object_key(raw)
+            except BadObject as exc:
+                SKIPPED.labels(self._resource.plural).inc()
+                log.warning("%s: watch event skipped: %s", self._resource.plural, exc)
+                continue
+            if rv:
+                self.resource_version = rv
+            updated = dict(self.items)
+            if kind == "DELETED":
+                updated.pop(key, None)
+            else:
+                value = self._convert_item(raw)
+                if value is None:
+                    # Keep the last good state: a malformed update must not delete data.
+                    continue
+                updated[key] = value
+            if updated != self.items:
+                self.items = MappingProxyType(updated)
+                self._on_change()

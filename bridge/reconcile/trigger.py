@@ -1,0 +1,49 @@
+"""Coalescing wake-ups: many change notifications become one reconcile.
+
+Sources call `poke()` on every change from their own threads. The reconciler's `wait()`
+returns once the changes have been quiet for `quiet` seconds, or `max_delay` after the
+first unhandled poke, whichever comes first, so a steady stream of events still gets
+applied, and a burst of a thousand events costs one pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class Trigger:
+    def __init__(self, quiet: float, max_delay: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.quiet, self.max_delay, self._clock = quiet, max(max_delay, quiet), clock
+        self._cond = threading.Condition()
+        self._first: float | None = None
+        self._last = 0.0
+        self.pokes = 0
+
+    def poke(self) -> None:
+        with self._cond:
+            now = self._clock()
+            if self._first is None:
+                self._first = now
+            self._last = now
+            self.pokes += 1
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """True when poked (after coalescing), False when `timeout` passed without a poke."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while True:
+                now = self._clock()
+                if self._first is not None:
+                    due = min(self._last + self.quiet, self._first + self.max_delay)
+                    if now >= due:
+                        self._first = None
+                        return True
+                    self._cond.wait(due - now)
+                    continue
+                if now >= deadline:
+                    return False
+                self._cond.wait(deadline - now)
