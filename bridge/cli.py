@@ -13,6 +13,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,17 +51,22 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
             for key, _ in SETTING_FLAGS.values()}
 
 
-def _wait_for_signal() -> None:
-    """Blocks until SIGTERM or SIGINT."""
-    stop = threading.Event()
+_STOP = threading.Event()
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM and SIGINT end the command in order, from the moment it starts."""
 
     def handler(signum: int, frame: object) -> None:
-        stop.set()
+        _STOP.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    while not stop.is_set():
-        stop.wait(0.5)
+
+
+def _wait_for_signal() -> None:
+    while not _STOP.is_set():
+        _STOP.wait(0.5)
 
 
 def _say(text: str) -> None:
@@ -135,10 +141,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         def banner(app: Any) -> None:
             host, port = app.dns.addresses[0]
             server = f"@{host} -p {port}"
-            if not app.wait_ready(20):
-                _say("warning: not ready after 20s: " + ", ".join(app.waiting_for()))
-            else:
+            deadline = time.monotonic() + 20
+            while not app.ready and not _STOP.is_set() and time.monotonic() < deadline:
+                _STOP.wait(0.05)
+            if _STOP.is_set():
+                return
+            if app.ready:
                 _say("ready")
+            else:
+                _say("warning: not ready after 20s: " + ", ".join(app.waiting_for()))
             _say("try:")
             _say(f"  dig {server} php-apache-svc.default.svc.cluster.local")
             _say(f"  dig {server} billing.consul.svc.cluster.local")
@@ -237,6 +248,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _install_signal_handlers()
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -60,9 +60,15 @@ def dns_labels(names: Iterable[str]) -> tuple[dict[str, str], list[tuple[str, st
     for name in sorted(set(names)):
         label = dns_label(name)
         if label in owners:
-            digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-            alt = f"{label[:MAX_LABEL - 9].rstrip('-')}-{digest}"
-            collisions.append((name, owners[label], alt))
+            winner = owners[label]
+            alt, attempt = label, 0
+            # A digest label can itself be taken (a name may equal one): rehash until free.
+            while alt in owners:
+                digest = hashlib.sha1(f"{name}#{attempt}".encode() if attempt
+                                      else name.encode()).hexdigest()[:8]
+                alt = f"{label[:MAX_LABEL - 9].rstrip('-')}-{digest}"
+                attempt += 1
+            collisions.append((name, winner, alt))
             label = alt
         owners[label] = name
         result[name] = label

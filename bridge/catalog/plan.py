@@ -79,7 +79,6 @@ def parse_bool(value: str | None) -> bool | None:
     """Go's strconv.ParseBool, which consul-k8s uses for its annotations; None if invalid."""
     if value is None:
         return None
-    value = value.strip()
     if value in _TRUE:
         return True
     if value in _FALSE:
@@ -115,7 +114,7 @@ def sync_enabled(service: Service, default_sync: bool) -> bool:
 def _instance_port(service: Service, instance: Instance) -> int | None:
     """The endpoint (target) port to register: the annotated port, else the first one."""
     wanted = (service.annotation(PORT_ANNOTATION) or "").strip()
-    if wanted.isdigit():
+    if wanted.isascii() and wanted.isdigit():
         return int(wanted)
     names = [wanted] if wanted else [p.name for p in service.ports[:1]]
     for name in names:

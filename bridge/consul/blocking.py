@@ -85,6 +85,12 @@ class BlockingLoop(Generic[T]):
                 log.warning("%s: %s; retrying in %.1fs", self.name, exc, delay)
                 self._stop.wait(delay)
                 continue
+            except Exception:
+                # A bug or a surprise from the server must not end the watch for good.
+                delay = self._backoff.next_delay()
+                log.exception("%s: unexpected error; retrying in %.1fs", self.name, delay)
+                self._stop.wait(delay)
+                continue
             self._backoff.reset()
             new = next_index(self.index, returned)
             if new == 0:

@@ -65,17 +65,16 @@ def instance_from_health(entry: Mapping[str, Any], passing_only: bool = True) ->
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
         raise BadEntry(f"instance {_get(service, 'ID')!r} has a bad port {port!r}")
     meta = _get(service, "Meta") or {}
+    if not isinstance(meta, dict):
+        raise BadEntry(f"instance {_get(service, 'ID')!r} has Meta that is not an object")
     checks = _get(entry, "Checks") or []
+    if not isinstance(checks, list):
+        raise BadEntry(f"instance {_get(service, 'ID')!r} has Checks that is not a list")
     statuses = [str(_get(c, "Status") or "") for c in checks if isinstance(c, dict)]
     allowed = {"passing"} if passing_only else {"passing", "warning"}
-    ports = (Port("", port),) if port else ()
-    # Named ports come from port-<name> meta, which consul-k8s and this bridge write.
-    named = tuple(Port(k[5:], int(v)) for k, v in sorted(meta.items())
-                  if isinstance(k, str) and k.startswith("port-") and str(v).isdigit()
-                  and 0 < int(v) < 65536)
     return Instance(
         address=address,
-        ports=named or ports,
+        ports=_ports(port, meta),
         origin=Origin(OriginKind.CONSUL, node_name),
         ready=all(s in allowed for s in statuses),
         node_name=node_name,
@@ -83,6 +82,20 @@ def instance_from_health(entry: Mapping[str, Any], passing_only: bool = True) ->
         tags=tuple(str(t) for t in (_get(service, "Tags") or [])),
         meta=frozen_map({str(k): str(v) for k, v in meta.items()}),
     )
+
+
+def _ports(port: int, meta: Mapping[str, Any]) -> tuple[Port, ...]:
+    """The instance's ports. `port-<name>` meta names them for services registered by
+    hand or by tools; for Kubernetes-origin entries it holds the Service's ports, not the
+    pod's (consul-k8s convention), so there only the registered port is true."""
+    if meta.get("external-source") != "kubernetes":
+        named = tuple(Port(k[5:], int(v)) for k, v in sorted(meta.items())
+                      if isinstance(k, str) and k.startswith("port-") and len(k) > 5
+                      and isinstance(v, str | int) and str(v).isascii() and str(v).isdigit()
+                      and 0 < int(v) < 65536)
+        if named:
+            return named
+    return (Port("", port),) if port else ()
 
 
 def registrations_on_node(node_view: Mapping[str, Any] | None, checks: Iterable[Mapping[str, Any]],

@@ -58,7 +58,11 @@ class Slice:
 
 
 def object_key(raw: Mapping[str, Any]) -> tuple[str, str]:
+    if not isinstance(raw, dict):
+        raise BadObject("object is not a JSON object")
     meta = raw.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise BadObject("metadata is not an object")
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise BadObject("metadata.name is missing")
@@ -94,6 +98,8 @@ def service_from_raw(raw: Mapping[str, Any]) -> Service:
     if not isinstance(spec, dict):
         raise BadObject("spec is not an object")
     kind = spec.get("type") or "ClusterIP"
+    if kind not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+        raise BadObject(f"spec.type is unknown: {kind!r}")
     cluster_ips = [ip for ip in (spec.get("clusterIPs") or [spec.get("clusterIP")]) if ip]
     headless = cluster_ips == ["None"] or spec.get("clusterIP") == "None"
     if kind == "ExternalName":
@@ -104,15 +110,13 @@ def service_from_raw(raw: Mapping[str, Any]) -> Service:
         stype = ServiceType.NODE_PORT
     elif kind == "LoadBalancer":
         stype = ServiceType.LOAD_BALANCER
-    elif kind == "ClusterIP":
-        stype = ServiceType.CLUSTER_IP
     else:
-        raise BadObject(f"spec.type is unknown: {kind!r}")
+        stype = ServiceType.CLUSTER_IP
     ips: list[str] = []
     if not headless:
         for ip in cluster_ips:
             try:
-                ips.append(str(ipaddress.ip_address(ip)))
+                ips.append(_ip(ip))
             except ValueError:
                 raise BadObject(f"spec.clusterIPs has a bad address: {ip!r}") from None
     raw_ports = spec.get("ports") or []
@@ -131,6 +135,14 @@ def service_from_raw(raw: Mapping[str, Any]) -> Service:
         annotations=frozen_map(_str_map(meta.get("annotations"), "metadata.annotations")),
         publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
     )
+
+
+def _ip(value: Any) -> str:
+    """A textual IP address in canonical form. Integers are refused: the API sends strings,
+    and ipaddress would quietly read 167772161 as 10.0.0.1."""
+    if not isinstance(value, str):
+        raise ValueError(value)
+    return str(ipaddress.ip_address(value))
 
 
 def _condition(conditions: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -160,11 +172,13 @@ def slice_from_raw(raw: Mapping[str, Any]) -> Slice:
         if not isinstance(ep, dict) or not isinstance(ep.get("addresses"), list):
             raise BadObject(f"endpoints[{i}].addresses is missing")
         conditions = ep.get("conditions") or {}
+        if not isinstance(conditions, dict):
+            raise BadObject(f"endpoints[{i}].conditions is not an object")
         target = ep.get("targetRef") or {}
         for address in ep["addresses"]:
             if address_type != "FQDN":
                 try:
-                    address = str(ipaddress.ip_address(address))
+                    address = _ip(address)
                 except ValueError:
                     raise BadObject(f"endpoints[{i}] has a bad address: {address!r}") from None
             endpoints.append(SliceEndpoint(

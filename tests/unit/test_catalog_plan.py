@@ -1,0 +1,426 @@
+"""Kubernetes snapshot -> desired Consul registrations, and the diff against Consul."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.catalog.model import (
+    Instance,
+    Origin,
+    OriginKind,
+    Port,
+    Service,
+    ServiceKey,
+    ServiceType,
+    Snapshot,
+)
+from bridge.catalog.plan import (
+    META_ANNOTATION_PREFIX,
+    OWNER_META,
+    PORT_ANNOTATION,
+    SYNC_ANNOTATION,
+    TAGS_ANNOTATION,
+    Plan,
+    Registration,
+    SyncOptions,
+    desired,
+    diff,
+    parse_bool,
+    parse_tags,
+    registrations_for,
+    sync_enabled,
+)
+
+CLUSTER = "cluster-a"
+ORIGIN = Origin(OriginKind.KUBERNETES, CLUSTER)
+POD_PORTS = (Port("http", 8080), Port("https", 8443))
+
+
+def sid(name: str, address: str) -> str:
+    return f"{name}-{hashlib.sha1(f'{name}-{address}'.encode()).hexdigest()[:12]}"
+
+
+def pod(address: str, name: str, *, ready: bool = True, node: str = "node-1",
+        ports: tuple[Port, ...] = POD_PORTS, zone: str = "") -> Instance:
+    return Instance(address=address, ports=ports, origin=ORIGIN, ready=ready, node_name=node,
+                    target=name, zone=zone)
+
+
+def service(name: str = "web", namespace: str = "shop", *,
+            stype: ServiceType = ServiceType.HEADLESS, annotations: dict | None = None,
+            instances: tuple[Instance, ...] | None = None,
+            ports: tuple[Port, ...] = (Port("http", 80), Port("https", 443))) -> Service:
+    if instances is None:
+        instances = (pod("10.0.0.1", f"{name}-0"), pod("10.0.0.2", f"{name}-1", node="node-2"))
+    return Service(key=ServiceKey(namespace, name), type=stype, ports=ports,
+                   instances=instances, annotations=tuple(sorted((annotations or {}).items())))
+
+
+def opts(**kw) -> SyncOptions:
+    return SyncOptions(cluster_id=CLUSTER, **kw)
+
+
+# --- parse_bool ---------------------------------------------------------------------------
+
+GO_TRUE = ["1", "t", "T", "TRUE", "true", "True"]
+GO_FALSE = ["0", "f", "F", "FALSE", "false", "False"]
+
+
+@pytest.mark.parametrize("value", GO_TRUE)
+def test_parse_bool_true_set(value):
+    assert parse_bool(value) is True
+
+
+@pytest.mark.parametrize("value", GO_FALSE)
+def test_parse_bool_false_set(value):
+    assert parse_bool(value) is False
+
+
+@pytest.mark.parametrize("value", [None, "", "yes", "no", "on", "off", "tRUE", "FaLsE", "2",
+                                   "-1", "y", "n", "truee", "01"])
+def test_parse_bool_anything_else_is_invalid(value):
+    assert parse_bool(value) is None, f"{value!r} is not accepted by Go strconv.ParseBool"
+
+
+@pytest.mark.parametrize("value", [" true", "false "])
+def test_parse_bool_does_not_trim_like_go(value):
+    # consul-k8s calls strconv.ParseBool(raw) on the raw annotation, with no TrimSpace; Go
+    # rejects surrounding whitespace, so the default applies. " false" must not disable sync.
+    assert parse_bool(value) is None, (
+        f"Go's strconv.ParseBool({value!r}) is an error, parse_bool gave {parse_bool(value)!r}")
+
+
+@given(st.text(max_size=8))
+def test_parse_bool_accepts_exactly_the_go_set(value):
+    expected = True if value in GO_TRUE else False if value in GO_FALSE else None
+    if value.strip() != value:
+        return  # whitespace handling has its own test above
+    assert parse_bool(value) is expected
+
+
+# --- parse_tags ---------------------------------------------------------------------------
+
+
+def test_parse_tags_consul_k8s_example():
+    # resource_test.go lbAnnotatedTags; reference §1.2
+    value = "one, two,,\\,leadingcomma,trailingcomma\\,,middle\\,comma"
+    assert parse_tags(value) == ["one", "two", ",leadingcomma", "trailingcomma,",
+                                 "middle,comma"]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", []),
+    ("a", ["a"]),
+    ("  a  ", ["a"]),
+    ("a,,b", ["a", "b"]),
+    (",a,", ["a"]),
+    ("a, ,b", ["a", "b"]),
+    ("tag\\,with\\,commas,tag2", ["tag,with,commas", "tag2"]),
+    ("a\\b", ["a\\b"]),
+    ("a\\", ["a\\"]),
+])
+def test_parse_tags_cases(value, expected):
+    assert parse_tags(value) == expected
+
+
+def go_parse_tags(value: str) -> list[str]:
+    """A line-by-line port of consul-k8s control-plane/helper/parsetags/parsetags.go."""
+    tags: list[str] = []
+    nxt = ""
+    for ch in value:
+        if ch != ",":
+            nxt += ch
+            continue
+        if not nxt:
+            continue
+        if nxt[-1] == "\\":
+            nxt = nxt[:-1] + ","
+            continue
+        tags.append(nxt.strip())
+        nxt = ""
+    if nxt:
+        tags.append(nxt.strip())
+    return tags
+
+
+@given(st.text(alphabet="ab ,\\", max_size=16))
+def test_parse_tags_agrees_with_consul_k8s(value):
+    # Reference §1.2: empty entries are dropped (Go keeps a whitespace-only one as "").
+    expected = [t for t in go_parse_tags(value) if t]
+    assert parse_tags(value) == expected, f"{value!r}"
+
+
+# --- sync_enabled -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("default", "annotation", "expected"), [
+    (True, None, True),
+    (False, None, False),
+    (True, "true", True),
+    (False, "true", True),
+    (True, "false", False),
+    (False, "false", False),
+    (False, "t", True),   # consul-k8s defaultDisableEnable
+    (True, "garbage", True),
+    (False, "garbage", False),
+    (True, "", True),
+])
+def test_sync_enabled(default, annotation, expected):
+    annotations = {} if annotation is None else {SYNC_ANNOTATION: annotation}
+    got = sync_enabled(service(annotations=annotations), default)
+    assert got is expected, f"default={default} annotation={annotation!r}: got {got}"
+
+
+def test_sync_disabled_service_contributes_nothing():
+    assert registrations_for(service(annotations={SYNC_ANNOTATION: "false"}), opts()) == []
+    assert registrations_for(service(), opts(default_sync=False)) == []
+    assert len(registrations_for(service(annotations={SYNC_ANNOTATION: "1"}),
+                                 opts(default_sync=False))) == 2
+
+
+# --- registrations_for --------------------------------------------------------------------
+
+
+def test_headless_service_with_two_ready_pods():
+    svc = service(annotations={TAGS_ANNOTATION: "one, two"})
+    regs = registrations_for(svc, opts())
+    common = {
+        "external-source": "kubernetes",
+        "external-k8s-ns": "shop",
+        "external-k8s-name": "web",
+        OWNER_META: CLUSTER,
+        "port-http": "80",
+        "port-https": "443",
+        "external-k8s-ref-kind": "Pod",
+    }
+    expected = [
+        Registration(
+            service_id=sid("web", "10.0.0.1"), name="web", address="10.0.0.1", port=8080,
+            tags=("k8s", "one", "two"),
+            meta=tuple(sorted({**common, "external-k8s-ref-name": "web-0",
+                               "external-k8s-node-name": "node-1"}.items())),
+            check_status="passing"),
+        Registration(
+            service_id=sid("web", "10.0.0.2"), name="web", address="10.0.0.2", port=8080,
+            tags=("k8s", "one", "two"),
+            meta=tuple(sorted({**common, "external-k8s-ref-name": "web-1",
+                               "external-k8s-node-name": "node-2"}.items())),
+            check_status="passing"),
+    ]
+    assert regs == expected
+
+
+def test_registration_check_id_is_namespace_slash_service_id():
+    reg = registrations_for(service(), opts())[0]
+    assert reg.namespace == "shop"
+    assert reg.check_id == f"shop/{sid('web', '10.0.0.1')}"
+
+
+def test_check_status_follows_readiness():
+    svc = service(instances=(pod("10.0.0.1", "web-0", ready=True),
+                             pod("10.0.0.2", "web-1", ready=False)))
+    status = {r.address: r.check_status for r in registrations_for(svc, opts())}
+    assert status == {"10.0.0.1": "passing", "10.0.0.2": "critical"}, (
+        "not-ready endpoints are registered, but critical (consul-k8s clusterIP_healthCheck)")
+
+
+def test_tags_start_with_the_configured_tag():
+    regs = registrations_for(service(), opts(tag="k8s-east"))
+    assert {r.tags for r in regs} == {("k8s-east",)}
+
+
+def test_name_options_are_applied():
+    regs = registrations_for(service("foo", "namespace"), opts(prefix="prefix",
+                                                                 add_namespace_suffix=True))
+    assert {r.name for r in regs} == {"prefixfoo-namespace"}
+    assert {r.service_id for r in regs} == {sid("prefixfoo-namespace", "10.0.0.1"),
+                                            sid("prefixfoo-namespace", "10.0.0.2")}
+
+
+def test_owner_marker_cannot_be_overridden_or_forged_by_annotation():
+    svc = service(annotations={META_ANNOTATION_PREFIX + OWNER_META: "someone-else"})
+    for reg in registrations_for(svc, opts()):
+        assert dict(reg.meta)[OWNER_META] == CLUSTER, reg.meta
+
+
+def test_service_meta_annotations_are_added():
+    svc = service(annotations={META_ANNOTATION_PREFIX + "team": "blue",
+                               META_ANNOTATION_PREFIX + "Version": "v2",
+                               "other/annotation": "ignored"})
+    meta = dict(registrations_for(svc, opts())[0].meta)
+    assert meta["team"] == "blue"
+    assert meta["Version"] == "v2"
+    assert "other/annotation" not in meta and "annotation" not in meta
+    assert "" not in meta, "the bare prefix must not produce an empty meta key"
+
+
+def test_externalname_service_is_skipped():
+    svc = service(stype=ServiceType.EXTERNAL_NAME, ports=())
+    assert registrations_for(svc, opts()) == []
+
+
+@pytest.mark.parametrize("stype", [ServiceType.CLUSTER_IP, ServiceType.NODE_PORT,
+                                   ServiceType.LOAD_BALANCER, ServiceType.HEADLESS])
+def test_other_types_register_their_endpoints(stype):
+    regs = registrations_for(service(stype=stype), opts())
+    assert [r.address for r in regs] == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_default_port_is_the_endpoint_port_of_the_first_service_port():
+    # Service ports http, https; a slice lists them the other way round.
+    svc = service(instances=(pod("10.0.0.1", "web-0",
+                                 ports=(Port("https", 8443), Port("http", 8080))),))
+    assert registrations_for(svc, opts())[0].port == 8080
+
+
+def test_service_port_annotation_by_name():
+    svc = service(annotations={PORT_ANNOTATION: "https"})
+    assert {r.port for r in registrations_for(svc, opts())} == {8443}
+
+
+def test_service_port_annotation_by_number():
+    svc = service(annotations={PORT_ANNOTATION: "4141"})
+    assert {r.port for r in registrations_for(svc, opts())} == {4141}
+
+
+def test_service_port_annotation_unknown_name_falls_back_to_first_port():
+    svc = service(annotations={PORT_ANNOTATION: "nosuchport"})
+    assert {r.port for r in registrations_for(svc, opts())} == {8080}
+
+
+@pytest.mark.parametrize("value", ["²", "٣"])
+def test_service_port_annotation_with_non_ascii_digits_is_a_port_name(value):
+    # str.isdigit() is True for these, but only ASCII digits make a port number (Go's
+    # strconv.ParseInt rejects them, so consul-k8s treats the value as a port name).
+    svc = service(annotations={PORT_ANNOTATION: value})
+    unknown = registrations_for(service(annotations={PORT_ANNOTATION: "nosuchport"}), opts())
+    got = registrations_for(svc, opts())
+    assert got == unknown, f"service-port={value!r} should act as an unknown port name"
+
+
+def test_instance_without_ports_is_skipped_and_reported():
+    options = opts()
+    svc = service(instances=(pod("10.0.0.1", "web-0", ports=()), pod("10.0.0.2", "web-1")))
+    regs = registrations_for(svc, options)
+    assert [r.address for r in regs] == ["10.0.0.2"]
+    assert len(options.skipped) == 1 and "10.0.0.1" in options.skipped[0], options.skipped
+
+
+def test_unnamed_service_port_meta():
+    svc = service(ports=(Port("", 80),), instances=(pod("10.0.0.1", "p", ports=(Port("", 8080),)),))
+    reg = registrations_for(svc, opts())[0]
+    assert reg.port == 8080
+    assert dict(reg.meta)["port-port1"] == "80"
+
+
+def test_zone_and_no_target_meta():
+    inst = dataclasses.replace(pod("10.0.0.1", "", zone="us-west-2a"), target="")
+    meta = dict(registrations_for(service(instances=(inst,)), opts())[0].meta)
+    assert meta["external-k8s-topology-zone"] == "us-west-2a"
+    assert "external-k8s-ref-name" not in meta and "external-k8s-ref-kind" not in meta, (
+        "an endpoint without targetRef carries no ref keys (consul-k8s targetRefInMeta)")
+
+
+# --- desired ------------------------------------------------------------------------------
+
+
+def test_desired_is_keyed_by_service_id_across_services():
+    snap = Snapshot.of([service("web"), service("api", instances=(pod("10.0.1.1", "api-0"),)),
+                        service("off", annotations={SYNC_ANNOTATION: "false"},
+                                instances=(pod("10.0.2.1", "off-0"),))], synced=True)
+    wanted = desired(snap, opts())
+    assert set(wanted) == {sid("web", "10.0.0.1"), sid("web", "10.0.0.2"),
+                           sid("api", "10.0.1.1")}
+    for key, reg in wanted.items():
+        assert reg.service_id == key
+
+
+def test_desired_reports_duplicate_service_ids():
+    # Two Services, one Consul name (annotation), same pod IP: one ID, the second skipped.
+    a = service("a", "ns1", annotations={"consul.hashicorp.com/service-name": "shared"},
+                instances=(pod("10.0.0.1", "a-0"),))
+    b = service("b", "ns2", annotations={"consul.hashicorp.com/service-name": "shared"},
+                instances=(pod("10.0.0.1", "b-0"),))
+    options = opts()
+    wanted = desired(Snapshot.of([b, a], synced=True), options)
+    assert list(wanted) == [sid("shared", "10.0.0.1")]
+    assert wanted[sid("shared", "10.0.0.1")].namespace == "ns1", "the first key in order wins"
+    assert len(options.skipped) == 1 and "duplicate" in options.skipped[0], options.skipped
+
+
+def test_desired_of_empty_snapshot_is_empty():
+    assert desired(Snapshot(), opts()) == {}
+
+
+# --- diff ---------------------------------------------------------------------------------
+
+
+def reg(address: str, **kw) -> Registration:
+    base = Registration(service_id=sid("web", address), name="web", address=address, port=80,
+                        tags=("k8s",), meta=(("external-k8s-ns", "shop"), (OWNER_META, CLUSTER)))
+    return dataclasses.replace(base, **kw)
+
+
+def by_id(*regs: Registration) -> dict[str, Registration]:
+    return {r.service_id: r for r in regs}
+
+
+def test_diff_unchanged_world_is_an_empty_plan():
+    wanted = desired(Snapshot.of([service()], synced=True), opts())
+    plan = diff(wanted, dict(wanted))
+    assert plan.empty and len(plan) == 0, plan
+    assert plan == Plan()
+
+
+def test_diff_create_update_delete():
+    keep, change, gone, new = reg("10.0.0.1"), reg("10.0.0.2"), reg("10.0.0.3"), reg("10.0.0.4")
+    changed = dataclasses.replace(change, check_status="critical")
+    plan = diff(by_id(keep, changed, new), by_id(keep, change, gone))
+    assert plan.create == (new,)
+    assert plan.update == (changed,), "update carries the wanted value"
+    assert plan.delete == (gone,), "delete carries the actual value"
+    assert len(plan) == 3 and not plan.empty
+
+
+@pytest.mark.parametrize("field", ["port", "tags", "meta", "check_status", "address", "name"])
+def test_diff_any_field_change_is_an_update(field):
+    old = reg("10.0.0.1")
+    new_value = {"port": 81, "tags": ("k8s", "x"), "meta": (*old.meta, ("z", "1")),
+                 "check_status": "critical", "address": "10.0.0.9", "name": "web2"}[field]
+    new = dataclasses.replace(old, **{field: new_value})
+    plan = diff(by_id(new), by_id(old))
+    assert plan.update == (new,) and not plan.create and not plan.delete, plan
+
+
+def test_diff_only_deletes_what_is_in_actual():
+    # A neighbour's registrations never reach `actual` (the sink filters by owner), so diff
+    # has nothing of theirs to delete: deletes are exactly actual minus wanted.
+    ours = reg("10.0.0.1")
+    plan = diff({}, by_id(ours))
+    assert plan.delete == (ours,)
+    assert diff({}, {}).empty, "nothing in actual, nothing deleted"
+    neighbour_like = reg("10.9.9.9", meta=(("external-k8s-ns", "shop"), (OWNER_META, "other")))
+    plan = diff(by_id(neighbour_like), {})
+    assert plan.delete == () and plan.create == (neighbour_like,)
+
+
+@given(st.sets(st.integers(1, 6)), st.sets(st.integers(1, 6)), st.sets(st.integers(1, 6)))
+def test_diff_applied_to_actual_gives_wanted(want_ids, have_ids, stale_ids):
+    wanted = by_id(*(reg(f"10.0.0.{i}") for i in want_ids))
+    actual = by_id(*(reg(f"10.0.0.{i}", port=81 if i in stale_ids else 80) for i in have_ids))
+    plan = diff(wanted, actual)
+    result = dict(actual)
+    for r in plan.delete:
+        assert r.service_id in actual, "diff deleted something that was not in actual"
+        del result[r.service_id]
+    for r in itertools.chain(plan.create, plan.update):
+        result[r.service_id] = r
+    assert result == wanted
+    assert len(plan.update) == len(want_ids & have_ids & stale_ids)
+    assert diff(wanted, result).empty
