@@ -131,8 +131,9 @@ def _service_meta(service: Service, cluster_id: str) -> dict[str, str]:
         "external-k8s-name": service.key.name,
         OWNER_META: cluster_id,
     }
-    for index, port in enumerate(service.ports, start=1):
-        meta[f"port-{port.name or f'port{index}'}"] = str(port.port)
+    for port in service.ports:
+        # An unnamed port (only possible when it is the only one) gives "port-", as in consul-k8s.
+        meta[f"port-{port.name}"] = str(port.port)
     return meta
 
 
@@ -157,7 +158,8 @@ def registrations_for(service: Service, options: SyncOptions) -> list[Registrati
         if port is None:
             options.skipped.append(f"{service.key} {instance.address}: no port")
             continue
-        meta = dict(base_meta)
+        # consul-k8s order: built-in meta, then annotations, then the endpoint's own keys.
+        meta = {**base_meta, **user_meta}
         if instance.target:
             meta["external-k8s-ref-kind"] = "Pod"
             meta["external-k8s-ref-name"] = instance.target
@@ -165,7 +167,6 @@ def registrations_for(service: Service, options: SyncOptions) -> list[Registrati
             meta["external-k8s-node-name"] = instance.node_name
         if instance.zone:
             meta["external-k8s-topology-zone"] = instance.zone
-        meta.update(user_meta)
         # The owner marker is ours alone: no annotation may forge or drop it.
         meta[OWNER_META] = options.cluster_id
         out.append(Registration(

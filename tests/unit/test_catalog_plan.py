@@ -316,7 +316,7 @@ def test_unnamed_service_port_meta():
     svc = service(ports=(Port("", 80),), instances=(pod("10.0.0.1", "p", ports=(Port("", 8080),)),))
     reg = registrations_for(svc, opts())[0]
     assert reg.port == 8080
-    assert dict(reg.meta)["port-port1"] == "80"
+    assert dict(reg.meta)["port-"] == "80", "consul-k8s writes port-<name> with the empty name"
 
 
 def test_zone_and_no_target_meta():
@@ -424,3 +424,11 @@ def test_diff_applied_to_actual_gives_wanted(want_ids, have_ids, stale_ids):
     assert result == wanted
     assert len(plan.update) == len(want_ids & have_ids & stale_ids)
     assert diff(wanted, result).empty
+
+
+def test_endpoint_meta_wins_over_annotation_meta_as_in_consul_k8s():
+    svc = service(annotations={"consul.hashicorp.com/service-meta-external-k8s-node-name": "fake",
+                               "consul.hashicorp.com/service-meta-team": "payments"})
+    metas = [dict(r.meta) for r in registrations_for(svc, opts())]
+    assert [m["external-k8s-node-name"] for m in metas] == ["node-1", "node-2"], metas
+    assert all(m["team"] == "payments" for m in metas)
