@@ -137,6 +137,8 @@ def _set_operations(node: str, reg: Registration) -> list[dict[str, Any]]:
                "Port": reg.port, "Tags": list(reg.tags), "Meta": dict(reg.meta)}
     check = {"Node": node, "CheckID": reg.check_id, "Name": CHECK_NAME, "Type": CHECK_TYPE,
              "Status": reg.check_status, "ServiceID": reg.service_id,
+             # Consul's txn ACL check authorises a service check by its ServiceName.
+             "ServiceName": reg.name,
              "Output": "Kubernetes health checks "
                        + ("passing" if reg.check_status == "passing" else "failing")}
     return [{"Service": {"Verb": "set", "Node": node, "Service": service}},
@@ -150,7 +152,8 @@ def plan_operations(plan: Plan, node: str) -> list[list[dict[str, Any]]]:
     for reg in (*plan.create, *plan.update):
         groups.append(_set_operations(node, reg))
     for reg in plan.delete:
-        # Deleting a service deletes its checks with it.
+        # Deleting a service deletes its checks with it. Consul vets every service op, a
+        # delete too, and refuses an ID without a name.
         groups.append([{"Service": {"Verb": "delete", "Node": node,
-                                    "Service": {"ID": reg.service_id}}}])
+                                    "Service": {"ID": reg.service_id, "Service": reg.name}}}])
     return groups

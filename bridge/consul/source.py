@@ -54,6 +54,7 @@ class ConsulSource:
         self._watchers: dict[str, _Watcher] = {}
         self._names: frozenset[str] = frozenset()
         self._listed = threading.Event()
+        self._synced = False
         self._lock = threading.Lock()  # guards the watcher set, not the entries readers see
         self._loop = BlockingLoop("consul services", self._client.services, self._on_services,
                                   stop)
@@ -71,10 +72,15 @@ class ConsulSource:
 
     @property
     def synced(self) -> bool:
+        """True once the service list and every service in it have been read completely.
+        A latch: a service that appears later does not make the source unsynced again."""
+        if self._synced:
+            return True
         if not self._listed.is_set():
             return False
         entries = self._entries
-        return all(name in entries for name in self._names)
+        self._synced = all(name in entries for name in self._names)
+        return self._synced
 
     def _on_services(self, services: dict[str, list[str]]) -> bool:
         names = frozenset(services)

@@ -268,7 +268,8 @@ def test_plan_operations_group_service_and_check_and_delete_alone():
     assert groups[0][1]["Check"]["Check"]["Output"] == "Kubernetes health checks passing"
     assert groups[1][1]["Check"]["Check"]["Output"] == "Kubernetes health checks failing"
     assert groups[2] == [{"Service": {"Verb": "delete", "Node": NODE,
-                                      "Service": {"ID": delete.service_id}}}]
+                                      "Service": {"ID": delete.service_id, "Service": "web"}}}], \
+        "Consul refuses a service op with an ID but no name, a delete too"
 
 
 def test_empty_plan_has_no_operations():

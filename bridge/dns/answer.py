@@ -1,0 +1,569 @@
+"""What the cluster DNS says: (catalog, question name, qtype) -> response (pure: no I/O).
+
+This module owns the *meaning* of every answer: which names exist, which records they
+carry, and when the answer is NXDOMAIN, NODATA, SERVFAIL or REFUSED. It knows nothing of
+wire formats; `table.py` turns its responses into bytes and `server.py` moves the bytes.
+
+An `Answerer` indexes one immutable `Catalog` once (by service, endpoint name and address)
+so that each question is a few dictionary look-ups. It is built per catalog and never
+changes, so any number of threads may use it.
+
+The rules follow the conformance checklist in `reference/kubernetes-dns.md` §5; the
+numbers in comments refer to it. Deliberate departures from CoreDNS:
+
+- `_<proto>.<svc>.<ns>.svc.<zone>` and `dns.<zone>` are empty non-terminals (NODATA), not
+  NXDOMAIN: they have names below them, and an NXDOMAIN there would let a resolver that
+  minimises query names (RFC 7816) or cuts below NXDOMAIN (RFC 8020) deny the SRV names
+  and `ns.dns.<zone>`.
+- `_<port>._<proto>` labels name SRV records only; CoreDNS also answers A on them.
+- An ExternalName whose target does not exist in the zone ends its chain with NXDOMAIN
+  (RFC 6604, the rcode of the last name); CoreDNS keeps NOERROR.
+- Reverse names of addresses the catalog does not know are `NOT_OURS` (like CoreDNS's
+  `fallthrough in-addr.arpa ip6.arpa` in both default Corefiles): the server forwards or
+  refuses them.
+- Pod records (`<a-b-c-d>.<ns>.pod.<zone>`) are not served (CoreDNS `pods disabled`).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from bridge.catalog.model import Catalog, Instance, Port, Service, ServiceType
+from bridge.dns.query import IPAddress, Kind, Name, Query, lower, parse, reverse_name, zone_labels
+
+if TYPE_CHECKING:
+    from bridge.config import DnsSettings
+
+SCHEMA_VERSION = "1.1.0"
+DNS_VERSION_TTL = 28800
+SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400
+MAX_SOA_TTL = 300
+MAX_CNAME_CHAIN = 10
+
+
+class QType(enum.IntEnum):
+    A = 1
+    NS = 2
+    CNAME = 5
+    SOA = 6
+    PTR = 12
+    MX = 15
+    TXT = 16
+    AAAA = 28
+    SRV = 33
+    OPT = 41
+    SVCB = 64
+    HTTPS = 65
+    IXFR = 251
+    AXFR = 252
+    ANY = 255
+
+
+class Rcode(enum.IntEnum):
+    NOERROR = 0
+    FORMERR = 1
+    SERVFAIL = 2
+    NXDOMAIN = 3
+    NOTIMP = 4
+    REFUSED = 5
+    BADVERS = 16  # extended rcode: the low 4 bits go in the header, the rest in the OPT
+
+
+# --- record data -------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class A:
+    address: str
+    rtype = QType.A
+
+
+@dataclass(frozen=True, slots=True)
+class AAAA:
+    address: str
+    rtype = QType.AAAA
+
+
+@dataclass(frozen=True, slots=True)
+class CNAME:
+    target: Name
+    rtype = QType.CNAME
+
+
+@dataclass(frozen=True, slots=True)
+class PTR:
+    target: Name
+    rtype = QType.PTR
+
+
+@dataclass(frozen=True, slots=True)
+class NS:
+    target: Name
+    rtype = QType.NS
+
+
+@dataclass(frozen=True, slots=True)
+class SRV:
+    priority: int
+    weight: int
+    port: int
+    target: Name
+    rtype = QType.SRV
+
+
+@dataclass(frozen=True, slots=True)
+class SOA:
+    mname: Name
+    rname: Name
+    serial: int
+    refresh: int
+    retry: int
+    expire: int
+    minimum: int
+    rtype = QType.SOA
+
+
+@dataclass(frozen=True, slots=True)
+class TXT:
+    strings: tuple[str, ...]
+    rtype = QType.TXT
+
+
+RData = A | AAAA | CNAME | PTR | NS | SRV | SOA | TXT
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    name: Name
+    ttl: int
+    data: RData
+
+    @property
+    def rtype(self) -> QType:
+        return self.data.rtype
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One answer. `chase` is an out-of-zone CNAME target left for an upstream resolver."""
+
+    rcode: Rcode
+    answer: tuple[Record, ...] = ()
+    authority: tuple[Record, ...] = ()
+    additional: tuple[Record, ...] = ()
+    authoritative: bool = True
+    chase: Name | None = None
+
+
+class NotOurs:
+    """The question is outside every zone we answer: forward it upstream or refuse it."""
+
+    _instance: NotOurs | None = None
+
+    def __new__(cls) -> NotOurs:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NOT_OURS"
+
+
+NOT_OURS = NotOurs()
+REFUSED = Response(Rcode.REFUSED, authoritative=False)
+_NO_TRANSFER = {QType.AXFR: REFUSED, QType.IXFR: REFUSED}  # 52: no zone transfers
+
+
+@dataclass(frozen=True, slots=True)
+class Answers:
+    """Every response for one name: `by_type`, and `default` for any other qtype."""
+
+    by_type: Mapping[int, Response]
+    default: Response
+
+    def get(self, qtype: int) -> Response:
+        return self.by_type.get(qtype, self.default)
+
+
+# --- the catalog, indexed for DNS ----------------------------------------------------------
+
+class _Shape(enum.Enum):
+    CLUSTER = "cluster"
+    HEADLESS = "headless"
+    EXTERNAL = "external"
+
+
+Address = A | AAAA  # an address as its record data: built once per catalog, shared
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    name: str  # the endpoint's DNS label: its hostname, else its dashed address
+    address: Address
+    ports: tuple[Port, ...]
+
+
+@dataclass(slots=True)
+class _Svc:
+    name: str
+    namespace: str
+    shape: _Shape
+    ports: tuple[Port, ...] = ()
+    cluster_ips: tuple[Address, ...] = ()
+    external: Name = ()
+    endpoints: tuple[_Endpoint, ...] = ()
+    by_endpoint: dict[str, list[_Endpoint]] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        # A headless service without a published endpoint has no records at all (14).
+        if self.shape is _Shape.HEADLESS:
+            return bool(self.endpoints)
+        if self.shape is _Shape.EXTERNAL:
+            return bool(self.external)
+        return True
+
+    def labels(self) -> Name:
+        return (self.name, self.namespace, "svc")
+
+
+@dataclass(frozen=True, slots=True)
+class _Srv:
+    """One SRV candidate before de-duplication: what CoreDNS counts for the weight (12)."""
+
+    target: Name  # relative to the zone
+    address: Address
+    port: int
+
+
+_Found = dict[int, tuple[list[Record], list[Record]]]
+
+
+def _address(value: str) -> IPAddress | None:
+    try:
+        parsed = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.scope_id:
+        return None
+    return parsed
+
+
+def _data(address: IPAddress) -> Address:
+    return A(str(address)) if address.version == 4 else AAAA(str(address))
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _is_label(value: str) -> bool:
+    """A DNS-1123 label: what Kubernetes allows as a hostname, and never `_`-prefixed."""
+    return _DNS_LABEL.fullmatch(lower(value)) is not None
+
+
+def endpoint_name(instance: Instance, address: IPAddress) -> str:
+    """The endpoint's label: its hostname, else the dashed address (17, 18).
+
+    IPv6 follows CoreDNS: `:` becomes `-`, and a trailing `-` gets a `0` (`5678-abcd--1`).
+    """
+    if instance.hostname and _is_label(instance.hostname):
+        return lower(instance.hostname)
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address).replace(".", "-")
+    dashed = str(address).replace(":", "-").replace(".", "-")
+    return dashed + "0" if dashed.endswith("-") else dashed
+
+
+def _index(service: Service) -> _Svc:
+    name, namespace = lower(service.key.name), lower(service.key.namespace)
+    if service.type is ServiceType.EXTERNAL_NAME:
+        target = service.external_name.rstrip(".")
+        # CoreDNS emits the CNAME only when the target is a name, not an IP literal.
+        valid = bool(target) and _address(target) is None and ".." not in target
+        return _Svc(name, namespace, _Shape.EXTERNAL,
+                    external=tuple(target.split(".")) if valid else ())
+    ips = tuple(dict.fromkeys(ip for ip in map(_address, service.cluster_ips) if ip))
+    # No usable cluster IP means nothing proxies the port: answer with the endpoints.
+    shape = _Shape.HEADLESS if service.headless or not ips else _Shape.CLUSTER
+    endpoints: list[_Endpoint] = []
+    for instance in service.instances:
+        if not (instance.ready or service.publish_not_ready):  # 23, 24
+            continue
+        address = _address(instance.address)
+        if address is None:
+            continue
+        endpoints.append(_Endpoint(endpoint_name(instance, address), _data(address),
+                                   instance.ports))
+    by_endpoint: dict[str, list[_Endpoint]] = {}
+    for endpoint in endpoints:
+        by_endpoint.setdefault(endpoint.name, []).append(endpoint)
+    return _Svc(name, namespace, shape, ports=service.ports,
+                cluster_ips=tuple(map(_data, ips)) if shape is _Shape.CLUSTER else (),
+                endpoints=tuple(endpoints), by_endpoint=by_endpoint)
+
+
+def _matches(port: Port, name: str, protocol: str) -> bool:
+    """Port name and protocol compare case-insensitively; unnamed ports never match (9, 10)."""
+    return bool(port.name) and lower(port.name) == name and lower(port.protocol) == protocol
+
+
+def _family(addresses: Sequence[Address], qtype: int) -> list[Address]:
+    """The addresses of the qtype's family, each once, in catalog order (13, 16)."""
+    kind = A if qtype == QType.A else AAAA
+    return [a for a in {a.address: a for a in addresses}.values() if type(a) is kind]
+
+
+class Answerer:
+    """Answers questions about one catalog. Immutable once built; share it freely."""
+
+    def __init__(self, catalog: Catalog, zone: str, ttl: int, *,
+                 ns_addresses: Sequence[str] = ()) -> None:
+        self.zone: Name = zone_labels(zone)
+        self.ttl = ttl
+        self.ready = catalog.ready
+        self.serial = catalog.generation & 0xFFFFFFFF
+        self.ns_addresses: tuple[Address, ...] = tuple(
+            _data(ip) for ip in map(_address, ns_addresses) if ip)
+        self._namespaces = frozenset(lower(ns) for ns in catalog.namespaces)
+        self._services: dict[tuple[str, str], _Svc] = {}
+        for key in sorted(catalog.services):
+            svc = _index(catalog.services[key])
+            self._services[(svc.namespace, svc.name)] = svc
+        self._ptr = self._reverse_index()
+
+    def _reverse_index(self) -> dict[str, tuple[Name, ...]]:
+        # A cluster IP names its service (the first one, in key order, as CoreDNS);
+        # otherwise an address names every endpoint carrying it, de-duplicated (30, 31).
+        by_cluster_ip: dict[str, Name] = {}
+        by_endpoint: dict[str, dict[Name, None]] = {}
+        for svc in self._services.values():
+            if not svc.exists:
+                continue
+            for ip in svc.cluster_ips:
+                by_cluster_ip.setdefault(ip.address, svc.labels() + self.zone)
+            for endpoint in svc.endpoints:
+                target = (endpoint.name, *svc.labels(), *self.zone)
+                by_endpoint.setdefault(endpoint.address.address, {})[target] = None
+        index = {ip: tuple(targets) for ip, targets in by_endpoint.items()}
+        index.update((ip, (target,)) for ip, target in by_cluster_ip.items())
+        return index
+
+    # --- the names that exist ------------------------------------------------------------
+
+    def names(self) -> Iterator[Name]:
+        """Every name that exists, lower-case: what `table.py` precomputes.
+
+        Contract relied on by the table: for a name inside the zone that is *not* listed
+        here, the responses depend only on the qtype and the zone as spelled (the only
+        names they carry are built from the zone). Reverse names not listed are `NOT_OURS`.
+        """
+        zone = self.zone
+        yield zone
+        for rest in (("dns-version",), ("dns",), ("ns", "dns"), ("svc",), ("pod",)):
+            yield rest + zone
+        for namespace in sorted(self._namespaces):
+            yield (namespace, "svc", *zone)
+        for svc in self._services.values():
+            if not svc.exists:
+                continue
+            base = svc.labels() + zone
+            yield base
+            if svc.shape is _Shape.EXTERNAL:
+                continue
+            for endpoint in svc.by_endpoint:
+                yield (endpoint, *base)
+            pairs = {(lower(p.name), lower(p.protocol)) for p in self._srv_ports(svc) if p.name}
+            for protocol in sorted({proto for _, proto in pairs}):
+                yield ("_" + protocol, *base)
+            for name, protocol in sorted(pairs):
+                yield ("_" + name, "_" + protocol, *base)
+        for address in self._ptr:
+            yield reverse_name(ipaddress.ip_address(address))
+
+    def _srv_ports(self, svc: _Svc) -> Iterator[Port]:
+        if svc.shape is _Shape.CLUSTER:
+            yield from svc.ports
+        else:
+            for endpoint in svc.endpoints:
+                yield from endpoint.ports
+
+    # --- answering -----------------------------------------------------------------------
+
+    def answer(self, qname: str | Sequence[str | bytes], qtype: int) -> Response | NotOurs:
+        """The response to one question (class IN), or NOT_OURS for names we do not serve.
+
+        Owner names repeat `qname` exactly and names built from the zone use the zone as
+        the client spelled it (46, 47); names from the catalog are lower case.
+        """
+        answers = self.answers(qname)
+        if isinstance(answers, NotOurs):
+            return answers
+        return answers.get(qtype)
+
+    def answers(self, qname: str | Sequence[str | bytes]) -> Answers | NotOurs:
+        """Every response for one name: what `table.py` precomputes."""
+        return self.answers_query(parse(qname, self.zone))
+
+    def answers_query(self, q: Query) -> Answers | NotOurs:
+        """`answers` for a name already parsed against this zone."""
+        if q.kind is Kind.OUTSIDE or q.kind is Kind.REVERSE_OTHER:
+            return NOT_OURS
+        nodata = self._negative(Rcode.NOERROR, q.zone)
+        if q.kind is Kind.REVERSE:
+            assert q.address is not None
+            targets = self._ptr.get(str(q.address))
+            if not targets:
+                return NOT_OURS  # 33: fall through to the forwarder for unknown addresses
+            ptr = Response(Rcode.NOERROR,
+                           tuple(Record(q.name, self.ttl, PTR(t)) for t in targets))  # 30-32
+            return Answers({QType.PTR: ptr, **_NO_TRANSFER}, nodata)
+        found = self._find(q)
+        if found is None:
+            # 42 (a CoreDNS quirk, kept): SOA below the apex is NODATA, existing or not.
+            return Answers({QType.SOA: nodata, **_NO_TRANSFER}, self._missing(q.zone))
+        if isinstance(found, _Svc):
+            by_type = {qtype: self._alias(q, found, qtype)
+                       for qtype in (QType.A, QType.AAAA, QType.CNAME)}
+        else:
+            by_type = {qtype: Response(Rcode.NOERROR, tuple(answers), (), tuple(additional))
+                       if answers else nodata
+                       for qtype, (answers, additional) in found.items()}
+        # 40: every other qtype (MX, ANY, HINFO, ...) on an existing name is NODATA.
+        return Answers({**by_type, **_NO_TRANSFER}, nodata)
+
+    def _missing(self, zone: Name) -> Response:
+        # 53: before the first complete sync an absent name may just not be known yet; a
+        # SERVFAIL is not negatively cached, an NXDOMAIN would be.
+        return self._negative(Rcode.NXDOMAIN if self.ready else Rcode.SERVFAIL, zone)
+
+    def _negative(self, rcode: Rcode, zone: Name) -> Response:
+        return Response(rcode, authority=(self._soa(zone),))  # 45
+
+    def _soa(self, zone: Name) -> Record:
+        data = SOA(("ns", "dns", *zone), ("hostmaster", *zone), self.serial,
+                   SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, self.ttl)
+        return Record(zone, min(self.ttl, MAX_SOA_TTL), data)  # 41, 45
+
+    def _find(self, q: Query) -> _Found | _Svc | None:
+        """Records by qtype for an existing name, an ExternalName service, or None."""
+        kind = q.kind
+        if kind is Kind.SERVICE or kind is Kind.ENDPOINT or kind is Kind.PORT \
+                or kind is Kind.PROTOCOL:
+            svc = self._services.get((q.namespace, q.service))
+            if svc is None or not svc.exists:
+                return None  # 34, 35, 14
+            if svc.shape is _Shape.EXTERNAL:
+                return svc if kind is Kind.SERVICE else None  # 29
+            return self._service(q, svc)
+        if kind is Kind.NAMESPACE:
+            return {} if q.namespace in self._namespaces else None  # 35, 36
+        if kind is Kind.APEX:
+            host = ("ns", "dns", *q.zone)
+            glue = [Record(host, self.ttl, a) for a in self.ns_addresses]
+            return {QType.SOA: ([self._soa(q.zone)], []),  # 41
+                    QType.NS: ([Record(q.name, self.ttl, NS(host))], glue)}  # 43, 44
+        if kind is Kind.DNS_VERSION:
+            return {QType.TXT: ([Record(q.name, DNS_VERSION_TTL, TXT((SCHEMA_VERSION,)))], [])}
+        if kind is Kind.NS_HOST:
+            return self._addresses(q.name, self.ns_addresses)  # 44
+        if kind is Kind.SVC_ROOT or kind is Kind.POD_ROOT or kind is Kind.DNS_ROOT:
+            return {}  # 36
+        return None  # INVALID, POD: 37, 38, 48, 49
+
+    def _addresses(self, name: Name, addresses: Sequence[Address]) -> _Found:
+        ttl = self.ttl
+        return {qtype: ([Record(name, ttl, a) for a in _family(addresses, qtype)], [])
+                for qtype in (QType.A, QType.AAAA)}
+
+    def _service(self, q: Query, svc: _Svc) -> _Found | None:
+        kind = q.kind
+        if kind is Kind.ENDPOINT:
+            endpoints = svc.by_endpoint.get(q.endpoint)
+            if not endpoints:
+                return None  # 19; endpoint names exist for ClusterIP services too (20)
+            addresses = [e.address for e in endpoints]
+            candidates = [_Srv((e.name, *svc.labels()), e.address, p.port)
+                          for e in endpoints for p in e.ports]
+        elif kind is Kind.PROTOCOL:
+            known = any(lower(p.protocol) == q.protocol
+                        for p in self._srv_ports(svc) if p.name)
+            return {} if known else None
+        elif kind is Kind.PORT:
+            candidates = self._port_candidates(svc, q.port, q.protocol)
+            # 10; only SRV lives here (CoreDNS would also answer A: a quirk not copied).
+            return {QType.SRV: self._srv(q, candidates)} if candidates else None
+        elif svc.shape is _Shape.CLUSTER:
+            addresses = list(svc.cluster_ips)  # 2, 3, 4, 6
+            candidates = [_Srv(svc.labels(), ip, p.port)
+                          for p in svc.ports for ip in svc.cluster_ips]  # 11
+        else:
+            addresses = [e.address for e in svc.endpoints]  # 13
+            candidates = [_Srv((e.name, *svc.labels()), e.address, p.port)
+                          for e in svc.endpoints for p in e.ports]  # 22: no ports, no SRV
+        found = self._addresses(q.name, addresses)
+        found[QType.SRV] = self._srv(q, candidates)
+        return found
+
+    def _port_candidates(self, svc: _Svc, name: str, protocol: str) -> list[_Srv]:
+        if svc.shape is _Shape.CLUSTER:
+            return [_Srv(svc.labels(), ip, p.port)
+                    for p in svc.ports if _matches(p, name, protocol)
+                    for ip in svc.cluster_ips]  # 8
+        return [_Srv((e.name, *svc.labels()), e.address, p.port)
+                for e in svc.endpoints for p in e.ports if _matches(p, name, protocol)]  # 21
+
+    def _srv(self, q: Query, candidates: list[_Srv]) -> tuple[list[Record], list[Record]]:
+        if not candidates:
+            return [], []
+        # 12: CoreDNS counts every candidate before de-duplicating: floor(100/N), at least 1.
+        weight = max(1, 100 // len(candidates))
+        answers: dict[tuple[Name, int], Record] = {}
+        glue: dict[tuple[Name, str], Record] = {}
+        for c in candidates:
+            target = c.target + q.zone
+            if (target, c.port) not in answers:
+                answers[(target, c.port)] = Record(q.name, self.ttl,
+                                                   SRV(0, weight, c.port, target))
+            if (target, c.address.address) not in glue:
+                glue[(target, c.address.address)] = Record(target, self.ttl, c.address)
+        return list(answers.values()), list(glue.values())
+
+    def _alias(self, q: Query, svc: _Svc, qtype: int) -> Response:
+        """ExternalName: a CNAME, chased inside the zone for A/AAAA (26, 27)."""
+        chain = [Record(q.name, self.ttl, CNAME(svc.external))]
+        if qtype == QType.CNAME:
+            return Response(Rcode.NOERROR, tuple(chain))
+        seen = {tuple(lower(label) for label in q.name)}
+        target = svc.external
+        for _ in range(MAX_CNAME_CHAIN):
+            tq = parse(target, self.zone)
+            folded = tuple(lower(label) for label in target)
+            if not tq.in_zone:
+                return Response(Rcode.NOERROR, tuple(chain), chase=target)
+            if folded in seen:
+                break  # a loop: answer with the chain so far, as CoreDNS drops loops
+            seen.add(folded)
+            found = self._find(tq)
+            if found is None:
+                missing = self._missing(q.zone)  # RFC 6604: the rcode of the last name
+                return Response(missing.rcode, tuple(chain), missing.authority)
+            if isinstance(found, _Svc):
+                chain.append(Record(target, self.ttl, CNAME(found.external)))
+                target = found.external
+                continue
+            answers, additional = found.get(qtype, ([], []))
+            if not answers:
+                return Response(Rcode.NOERROR, tuple(chain), (self._soa(q.zone),))
+            return Response(Rcode.NOERROR, tuple(chain + answers), (), tuple(additional))
+        return Response(Rcode.NOERROR, tuple(chain))
+
+
+def answer(catalog: Catalog, qname: str | Sequence[str | bytes], qtype: int,
+           settings: DnsSettings, *, ns_addresses: Sequence[str] = ()) -> Response | NotOurs:
+    """One-off convenience: index `catalog` and answer one question. Servers keep an Answerer."""
+    return Answerer(catalog, settings.zone, settings.ttl,
+                    ns_addresses=ns_addresses).answer(qname, qtype)

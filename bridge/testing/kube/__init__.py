@@ -1,0 +1,19 @@
+"""An in-process, real-HTTP fake of kube-apiserver, good enough to fool kubectl and the client.
+
+`KubeAPIServer` serves namespaces, services, endpoints, pods (core/v1), endpointslices
+(discovery.k8s.io/v1) and leases (coordination.k8s.io/v1) with the list/watch contract of a
+real server (one global resourceVersion, history replay, 410 Expired, bookmarks, selectors,
+pagination, patch flavours) and runs the controllers that matter for service discovery
+(cluster-IP/node-port allocation, EndpointSlices and Endpoints from Pods) synchronously.
+
+Modules: `resources` (type table), `errors` (Status bodies), `selectors` and `patch` (pure),
+`strategy` (defaults/validation), `allocation` and `controllers`, `watchers` and `store`
+(state), `tables` and `discovery` (kubectl), `handler` (HTTP), `faults`, `server`.
+"""
+
+from bridge.testing.kube.errors import StatusError
+from bridge.testing.kube.faults import RequestRecord
+from bridge.testing.kube.server import KubeAPIServer
+from bridge.testing.kube.store import Store
+
+__all__ = ["KubeAPIServer", "RequestRecord", "StatusError", "Store"]

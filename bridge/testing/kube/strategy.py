@@ -1,0 +1,669 @@
+"""Per-type create/update rules: defaulting, validation, and what an update may change. Pure.
+
+This is the fake's counterpart of the apiserver's registry strategies (`PrepareForCreate`,
+`PrepareForUpdate`, `Validate`, defaulting). It only covers what clients of these resources
+can observe: names, the defaults `kubectl get -o yaml` shows, the required fields the official
+Python models insist on, status handling, and `generation`. Cluster-IP and node-port
+allocation live in `allocation.py` because they need the store's other Services.
+
+Deliberate departure: a `status` sent with a *create* is kept for Pods and Services (a real
+server drops it). There is no kubelet to report pod IPs and readiness and no cloud controller
+to fill `status.loadBalancer`, so manifests carry them instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.testing.kube import errors
+from bridge.testing.kube.errors import FieldError
+from bridge.testing.kube.jsonvalue import clone
+from bridge.testing.kube.resources import ResourceType
+
+JSON = dict[str, Any]
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+DNS1123_LABEL_MSG = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
+    "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex "
+    "used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+)
+DNS1123_SUBDOMAIN_MSG = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
+    "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
+    "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+DNS1035_LABEL_MSG = (
+    "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
+    "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or "
+    "'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
+)
+LABEL_VALUE_MSG = (
+    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or "
+    "'.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or "
+    "'my_value',  or '12345', regex used for validation is "
+    "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+)
+
+# Fields an update to metadata may not touch; the server keeps the stored values.
+_SERVER_OWNED_META = (
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "selfLink",
+    "managedFields",
+)
+
+
+def now() -> str:
+    """An RFC 3339 timestamp with second precision, as metav1.Time serializes."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def micro_time(value: str) -> str:
+    """Normalize an RFC 3339 time to metav1.MicroTime's six fractional digits in UTC."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    # fromisoformat before 3.11 rejects arbitrary fraction lengths; pad/trim to microseconds.
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(\.\d+)?(.*)$", text)
+    if not match:
+        raise ValueError(value)
+    fraction = (match.group(2) or ".0")[1:7].ljust(6, "0")
+    parsed = datetime.fromisoformat(f"{match.group(1)}.{fraction}{match.group(3)}")
+    if parsed.tzinfo is None:
+        raise ValueError(value)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+def name_errors(rt: ResourceType, name: str, field: str = "metadata.name") -> list[FieldError]:
+    """Validate an object name with the rule the real type uses."""
+    if rt.plural == "services":
+        limit, pattern, message = 63, _DNS1035_LABEL, DNS1035_LABEL_MSG
+    elif rt.plural == "namespaces":
+        limit, pattern, message = 63, _DNS1123_LABEL, DNS1123_LABEL_MSG
+    else:
+        limit, pattern, message = 253, _DNS1123_SUBDOMAIN, DNS1123_SUBDOMAIN_MSG
+    found: list[FieldError] = []
+    if len(name) > limit:
+        found.append(FieldError("Invalid", field, name, f"must be no more than {limit} characters"))
+    if not pattern.match(name):
+        found.append(FieldError("Invalid", field, name, message))
+    return found
+
+
+def _qualified_name_errors(key: str, field: str) -> list[FieldError]:
+    prefix, slash, name = key.rpartition("/")
+    found: list[FieldError] = []
+    if slash and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+        found.append(FieldError("Invalid", field, key, "prefix part " + DNS1123_SUBDOMAIN_MSG))
+    if not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):
+        found.append(
+            FieldError(
+                "Invalid",
+                field,
+                key,
+                "name part must consist of alphanumeric characters, '-', '_' or '.', and must "
+                "start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or "
+                "'123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
+            )
+        )
+    return found
+
+
+def _metadata_errors(rt: ResourceType, obj: JSON) -> list[FieldError]:
+    meta = obj["metadata"]
+    found = name_errors(rt, meta.get("name", ""))
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        return [*found, FieldError("Invalid", "metadata.labels", labels, "must be a map")]
+    for key, value in labels.items():
+        found += _qualified_name_errors(str(key), "metadata.labels")
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            found.append(FieldError("Invalid", "metadata.labels", value, LABEL_VALUE_MSG))
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        return [*found, FieldError("Invalid", "metadata.annotations", annotations, "must be a map")]
+    for key, value in annotations.items():
+        found += _qualified_name_errors(str(key), "metadata.annotations")
+        if not isinstance(value, str):
+            found.append(FieldError("Invalid", "metadata.annotations", value, "must be a string"))
+    return found
+
+
+# --- create / update ----------------------------------------------------------------------
+
+
+def prepare_create(rt: ResourceType, body: JSON, *, keep_status: bool) -> JSON:
+    """The object as it will be stored, before naming, allocation and validation."""
+    obj = clone(body)
+    meta = obj.get("metadata")
+    if meta is None:
+        meta = obj["metadata"] = {}
+    if not isinstance(meta, dict):
+        raise errors.bad_request("metadata must be an object")
+    obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+    for key in (*_SERVER_OWNED_META, "resourceVersion"):
+        meta.pop(key, None)
+    if rt.status_subresource and not (keep_status and rt.plural in ("pods", "services")):
+        obj.pop("status", None)
+    apply_defaults(rt, obj)
+    if rt.has_generation:
+        meta["generation"] = 1
+    return obj
+
+
+def prepare_update(rt: ResourceType, old: JSON, body: JSON, *, subresource: str | None) -> JSON:
+    """Merge an update request onto the stored object the way the registry would."""
+    if subresource == "status":
+        # The status endpoint changes status only; everything else stays as stored.
+        obj = clone(old)
+        if "status" in body:
+            obj["status"] = clone(body["status"])
+        else:
+            obj.pop("status", None)
+        apply_defaults(rt, obj)
+        return obj
+    obj = clone(body)
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        raise errors.bad_request("metadata must be an object")
+    obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+    for key in _SERVER_OWNED_META:
+        if key in old["metadata"]:
+            meta[key] = clone(old["metadata"][key])
+        else:
+            meta.pop(key, None)
+    if rt.status_subresource:
+        if "status" in old:
+            obj["status"] = clone(old["status"])
+        else:
+            obj.pop("status", None)
+    if rt.plural == "services":
+        _service_update_fixups(old, obj)
+    apply_defaults(rt, obj)
+    if rt.has_generation:
+        changed = _without_meta_status(old) != _without_meta_status(obj)
+        meta["generation"] = old["metadata"].get("generation", 1) + (1 if changed else 0)
+    return obj
+
+
+_NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
+
+
+def _service_update_fixups(old: JSON, new: JSON) -> None:
+    """The service REST's `patchAllocatedValues` and `dropTypeDependentFields`.
+
+    A replace that leaves out allocated values (cluster IPs, node ports) keeps the allocated
+    ones, which is what lets `kubectl apply` and create-or-replace work without echoing them;
+    fields that only make sense for the old type are dropped when the type changes, unless
+    the client set them to something new.
+    """
+    o, n = old.get("spec") or {}, new.get("spec")
+    if not isinstance(n, dict):
+        return
+    otype, ntype = o.get("type", "ClusterIP"), n.get("type", "ClusterIP")
+    if otype != "ExternalName" and ntype != "ExternalName":
+        if not n.get("clusterIP") and not n.get("clusterIPs"):
+            for key in ("clusterIP", "clusterIPs"):
+                if o.get(key):
+                    n[key] = clone(o[key])
+        elif n.get("clusterIP") == o.get("clusterIP") and not n.get("clusterIPs") and o.get("clusterIPs"):
+            n["clusterIPs"] = clone(o["clusterIPs"])
+        if n.get("clusterIP") == o.get("clusterIP"):
+            for key in ("ipFamilies", "ipFamilyPolicy"):
+                if not n.get(key) and o.get(key):
+                    n[key] = clone(o[key])
+    if otype in _NODE_PORT_TYPES and ntype in _NODE_PORT_TYPES:
+        for port in n.get("ports") or []:
+            if isinstance(port, dict) and not port.get("nodePort"):
+                for before in o.get("ports") or []:
+                    if (
+                        before.get("port") == port.get("port")
+                        and before.get("nodePort")
+                        and before.get("protocol", "TCP") == port.get("protocol", "TCP")
+                    ):
+                        port["nodePort"] = before["nodePort"]
+                        break
+        if not n.get("healthCheckNodePort") and o.get("healthCheckNodePort"):
+            n["healthCheckNodePort"] = o["healthCheckNodePort"]
+    if otype in _NODE_PORT_TYPES and ntype not in _NODE_PORT_TYPES:
+        old_node_ports = {p.get("nodePort") for p in o.get("ports") or []}
+        for port in n.get("ports") or []:
+            if isinstance(port, dict) and port.get("nodePort") in old_node_ports:
+                port.pop("nodePort")
+        for key in ("healthCheckNodePort", "externalTrafficPolicy", "allocateLoadBalancerNodePorts"):
+            if key in n and n.get(key) == o.get(key):
+                n.pop(key)
+    if ntype == "ExternalName" and otype != "ExternalName":
+        for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy"):
+            if key in n and n.get(key) == o.get(key):
+                n.pop(key)
+
+
+def _without_meta_status(obj: JSON) -> JSON:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+def validate(rt: ResourceType, obj: JSON, old: JSON | None = None) -> list[FieldError]:
+    """All validation failures for the object as it would be stored."""
+    found = _metadata_errors(rt, obj)
+    check = _VALIDATORS.get(rt.plural)
+    if check is not None:
+        found += check(obj, old)
+    return found
+
+
+# --- defaults ---------------------------------------------------------------------------
+
+
+def apply_defaults(rt: ResourceType, obj: JSON) -> None:
+    fill = _DEFAULTERS.get(rt.plural)
+    if fill is not None:
+        fill(obj)
+
+
+def _default_namespace(obj: JSON) -> None:
+    meta = obj["metadata"]
+    # The apiserver stamps this label on every namespace so selectors can pick namespaces.
+    labels = meta.get("labels") or {}
+    labels["kubernetes.io/metadata.name"] = meta.get("name", "")
+    meta["labels"] = labels
+    spec = obj.get("spec") or {}
+    spec.setdefault("finalizers", ["kubernetes"])
+    obj["spec"] = spec
+    status = obj.get("status") or {}
+    status.setdefault("phase", "Active")
+    obj["status"] = status
+
+
+def _default_service(obj: JSON) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        spec = obj["spec"] = {}
+    if spec.get("selector") == {}:
+        # An empty map does not survive the round trip through etcd: it reads back as absent.
+        spec.pop("selector")
+    kind = spec.setdefault("type", "ClusterIP")
+    spec.setdefault("sessionAffinity", "None")
+    for port in spec.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("protocol", "TCP")
+            if kind != "ExternalName" and "targetPort" not in port and "port" in port:
+                port["targetPort"] = port["port"]
+    if kind != "ExternalName":
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+    if kind in ("NodePort", "LoadBalancer"):
+        spec.setdefault("externalTrafficPolicy", "Cluster")
+    if kind == "LoadBalancer":
+        spec.setdefault("allocateLoadBalancerNodePorts", True)
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        status = obj["status"] = {}
+    status.setdefault("loadBalancer", {})
+
+
+def _pull_policy(image: str) -> str:
+    name = image.rsplit("/", 1)[-1]
+    if "@" in name:
+        return "IfNotPresent"
+    tag = name.split(":", 1)[1] if ":" in name else "latest"
+    return "Always" if tag == "latest" else "IfNotPresent"
+
+
+def _default_pod(obj: JSON) -> None:
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        spec = obj["spec"] = {}
+    spec.setdefault("restartPolicy", "Always")
+    spec.setdefault("dnsPolicy", "ClusterFirst")
+    spec.setdefault("terminationGracePeriodSeconds", 30)
+    spec.setdefault("schedulerName", "default-scheduler")
+    spec.setdefault("securityContext", {})
+    spec.setdefault("enableServiceLinks", True)
+    spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
+    spec.setdefault("priority", 0)
+    for key in ("initContainers", "containers"):
+        for container in spec.get(key) or []:
+            if not isinstance(container, dict):
+                continue
+            container.setdefault("imagePullPolicy", _pull_policy(str(container.get("image", ""))))
+            container.setdefault("terminationMessagePath", "/dev/termination-log")
+            container.setdefault("terminationMessagePolicy", "File")
+            container.setdefault("resources", {})
+            for port in container.get("ports") or []:
+                if isinstance(port, dict):
+                    port.setdefault("protocol", "TCP")
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        status = obj["status"] = {}
+    # The kubelet keeps podIP and podIPs[0] in step; manifests often give only one of them.
+    if status.get("podIP") and not status.get("podIPs"):
+        status["podIPs"] = [{"ip": status["podIP"]}]
+    elif status.get("podIPs") and not status.get("podIP"):
+        first = status["podIPs"][0]
+        if isinstance(first, dict) and first.get("ip"):
+            status["podIP"] = first["ip"]
+    if "phase" not in status:
+        ready = any(c.get("type") == "Ready" for c in status.get("conditions") or [] if isinstance(c, dict))
+        status["phase"] = "Running" if status.get("podIP") or ready else "Pending"
+    status.setdefault("qosClass", "BestEffort")
+
+
+def _default_endpoint_slice(obj: JSON) -> None:
+    for port in obj.get("ports") or []:
+        if isinstance(port, dict):
+            port.setdefault("name", "")
+            port.setdefault("protocol", "TCP")
+
+
+def _default_endpoints(obj: JSON) -> None:
+    for subset in obj.get("subsets") or []:
+        if isinstance(subset, dict):
+            for port in subset.get("ports") or []:
+                if isinstance(port, dict):
+                    port.setdefault("protocol", "TCP")
+
+
+def _default_lease(obj: JSON) -> None:
+    spec = obj.get("spec") or {}
+    for key in ("acquireTime", "renewTime"):
+        value = spec.get(key)
+        if isinstance(value, str):
+            try:
+                spec[key] = micro_time(value)
+            except ValueError:
+                raise errors.bad_request(
+                    f'Lease in version "v1" cannot be handled as a Lease: parsing time "{value}" '
+                    'as "2006-01-02T15:04:05.000000Z07:00": cannot parse'
+                ) from None
+
+
+_DEFAULTERS = {
+    "namespaces": _default_namespace,
+    "services": _default_service,
+    "pods": _default_pod,
+    "endpointslices": _default_endpoint_slice,
+    "endpoints": _default_endpoints,
+    "leases": _default_lease,
+}
+
+
+# --- validation -------------------------------------------------------------------------
+
+_PROTOCOLS = ("SCTP", "TCP", "UDP")
+_SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
+
+
+def _port_number_errors(value: Any, field: str) -> list[FieldError]:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return (
+            [FieldError("Required", field)]
+            if value in (None, 0)
+            else [FieldError("Invalid", field, value, "must be between 1 and 65535, inclusive")]
+        )
+    if not 1 <= value <= 65535:
+        return [FieldError("Invalid", field, value, "must be between 1 and 65535, inclusive")]
+    return []
+
+
+def _protocol_errors(port: JSON, field: str) -> list[FieldError]:
+    protocol = port.get("protocol", "TCP")
+    if protocol not in _PROTOCOLS:
+        return [FieldError("NotSupported", field, protocol, 'supported values: "SCTP", "TCP", "UDP"')]
+    return []
+
+
+def _validate_service(obj: JSON, old: JSON | None) -> list[FieldError]:
+    spec = obj.get("spec") or {}
+    kind = spec.get("type", "ClusterIP")
+    found: list[FieldError] = []
+    if kind not in _SERVICE_TYPES:
+        found.append(
+            FieldError(
+                "NotSupported",
+                "spec.type",
+                kind,
+                'supported values: "ClusterIP", "ExternalName", "LoadBalancer", "NodePort"',
+            )
+        )
+    ports = spec.get("ports") or []
+    headless = spec.get("clusterIP") == "None"
+    if not ports and kind != "ExternalName" and not headless:
+        found.append(FieldError("Required", "spec.ports"))
+    names: set[str] = set()
+    for i, port in enumerate(ports):
+        path = f"spec.ports[{i}]"
+        if not isinstance(port, dict):
+            found.append(FieldError("Invalid", path, port, "must be an object"))
+            continue
+        found += _port_number_errors(port.get("port"), f"{path}.port")
+        found += _protocol_errors(port, f"{path}.protocol")
+        name = port.get("name", "")
+        if len(ports) > 1 and not name:
+            found.append(FieldError("Required", f"{path}.name"))
+        elif name and not _DNS1123_LABEL.match(name):
+            found.append(FieldError("Invalid", f"{path}.name", name, DNS1123_LABEL_MSG))
+        if name in names and name:
+            found.append(FieldError("Duplicate", f"{path}.name", name))
+        names.add(name)
+        target = port.get("targetPort")
+        if isinstance(target, int) and not isinstance(target, bool):
+            found += _port_number_errors(target, f"{path}.targetPort")
+        elif isinstance(target, str) and not (
+            _IANA_SVC_NAME.match(target) and len(target) <= 15 and re.search("[a-z]", target)
+        ):
+            found.append(
+                FieldError(
+                    "Invalid",
+                    f"{path}.targetPort",
+                    target,
+                    "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
+                )
+            )
+        if kind in ("ClusterIP", "ExternalName") and port.get("nodePort"):
+            found.append(FieldError("Forbidden", f"{path}.nodePort", None, f"may not be used when `type` is '{kind}'"))
+    if kind == "ExternalName" and not spec.get("externalName"):
+        found.append(FieldError("Required", "spec.externalName"))
+    if old is not None:
+        before = old.get("spec") or {}
+        if (
+            before.get("type", "ClusterIP") != "ExternalName"
+            and kind != "ExternalName"
+            and before.get("clusterIP")
+            and spec.get("clusterIP") != before.get("clusterIP")
+        ):
+            found.append(
+                FieldError(
+                    "Invalid",
+                    "spec.clusterIPs[0]",
+                    spec.get("clusterIPs") or [spec.get("clusterIP", "")],
+                    "may not change once set",
+                )
+            )
+    for key, value in (spec.get("selector") or {}).items():
+        found += _qualified_name_errors(str(key), "spec.selector")
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            found.append(FieldError("Invalid", "spec.selector", value, LABEL_VALUE_MSG))
+    return found
+
+
+def _validate_pod(obj: JSON, old: JSON | None) -> list[FieldError]:
+    spec = obj.get("spec") or {}
+    found: list[FieldError] = []
+    containers = spec.get("containers") or []
+    if not containers:
+        found.append(FieldError("Required", "spec.containers"))
+    seen: set[str] = set()
+    for i, container in enumerate(containers):
+        path = f"spec.containers[{i}]"
+        if not isinstance(container, dict):
+            found.append(FieldError("Invalid", path, container, "must be an object"))
+            continue
+        name = container.get("name", "")
+        if not name:
+            found.append(FieldError("Required", f"{path}.name"))
+        elif not _DNS1123_LABEL.match(name):
+            found.append(FieldError("Invalid", f"{path}.name", name, DNS1123_LABEL_MSG))
+        elif name in seen:
+            found.append(FieldError("Duplicate", f"{path}.name", name))
+        seen.add(name)
+        if not container.get("image"):
+            found.append(FieldError("Required", f"{path}.image"))
+        for j, port in enumerate(container.get("ports") or []):
+            ppath = f"{path}.ports[{j}]"
+            found += _port_number_errors(port.get("containerPort"), f"{ppath}.containerPort")
+            found += _protocol_errors(port, f"{ppath}.protocol")
+            pname = port.get("name")
+            if pname is not None and not (_IANA_SVC_NAME.match(pname) and len(pname) <= 15):
+                found.append(
+                    FieldError(
+                        "Invalid",
+                        f"{ppath}.name",
+                        pname,
+                        "must be no more than 15 characters and contain only "
+                        "alpha-numeric characters (a-z, 0-9), and hyphens (-)",
+                    )
+                )
+    for key in ("hostname", "subdomain"):
+        value = spec.get(key)
+        if value and not _DNS1123_LABEL.match(value):
+            found.append(FieldError("Invalid", f"spec.{key}", value, DNS1123_LABEL_MSG))
+    for i, entry in enumerate((obj.get("status") or {}).get("podIPs") or []):
+        ip = entry.get("ip") if isinstance(entry, dict) else None
+        if not _is_ip(ip):
+            found.append(FieldError("Invalid", f"status.podIPs[{i}].ip", ip, "must be a valid IP address"))
+    if old is not None and _mutable_pod_spec(old.get("spec") or {}, spec) != spec:
+        found.append(
+            FieldError(
+                "Forbidden",
+                "spec",
+                None,
+                "pod updates may not change fields other than `spec.containers[*].image`,"
+                "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` "
+                "(only additions to existing tolerations),`spec.terminationGracePeriodSeconds` "
+                "(allow it to be set to 1 if it was previously negative)",
+            )
+        )
+    return found
+
+
+def _mutable_pod_spec(old: JSON, new: JSON) -> JSON:
+    """The old spec with only the fields a pod update may change taken from the new one."""
+    merged = clone(old)
+    for key in ("activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"):
+        if key in new:
+            merged[key] = clone(new[key])
+        else:
+            merged.pop(key, None)
+    for key in ("containers", "initContainers"):
+        olds, news = merged.get(key) or [], new.get(key) or []
+        if len(olds) == len(news):
+            for o, n in zip(olds, news, strict=True):
+                if isinstance(o, dict) and isinstance(n, dict) and "image" in n:
+                    o["image"] = n["image"]
+    return merged
+
+
+def _is_ip(value: Any, family: str | None = None) -> bool:
+    if not isinstance(value, str):
+        return False
+    return _parses_as_ip(value, family)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parses_as_ip(value: str, family: str | None) -> bool:
+    # Cached: controllers re-validate the same endpoint addresses on every slice rewrite.
+    try:
+        parsed = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return family is None or (family == "IPv4") == (parsed.version == 4)
+
+
+def _validate_endpoint_slice(obj: JSON, old: JSON | None) -> list[FieldError]:
+    found: list[FieldError] = []
+    address_type = obj.get("addressType")
+    if not address_type:
+        found.append(FieldError("Required", "addressType"))
+    elif address_type not in ("IPv4", "IPv6", "FQDN"):
+        found.append(
+            FieldError("NotSupported", "addressType", address_type, 'supported values: "FQDN", "IPv4", "IPv6"')
+        )
+    if old is not None and old.get("addressType") != address_type:
+        found.append(FieldError("Invalid", "addressType", address_type, "field is immutable"))
+    endpoints = obj.get("endpoints") or []
+    if len(endpoints) > 1000:
+        found.append(FieldError("Invalid", "endpoints", len(endpoints), "must have at most 1000 items"))
+    for i, endpoint in enumerate(endpoints):
+        path = f"endpoints[{i}].addresses"
+        addresses = endpoint.get("addresses") if isinstance(endpoint, dict) else None
+        if not addresses:
+            found.append(FieldError("Required", path, None, "must contain at least 1 address"))
+            continue
+        if len(addresses) > 100:
+            found.append(FieldError("Invalid", path, len(addresses), "must have at most 100 items"))
+        for j, address in enumerate(addresses):
+            if address_type in ("IPv4", "IPv6") and not _is_ip(address, address_type):
+                found.append(FieldError("Invalid", f"{path}[{j}]", address, f"must be a valid {address_type} address"))
+    ports = obj.get("ports") or []
+    names: set[str] = set()
+    for i, port in enumerate(ports):
+        name = port.get("name", "") if isinstance(port, dict) else ""
+        if name in names:
+            found.append(FieldError("Duplicate", f"ports[{i}].name", name))
+        names.add(name)
+        if isinstance(port, dict) and port.get("port") is not None:
+            found += _port_number_errors(port.get("port"), f"ports[{i}].port")
+    return found
+
+
+def _validate_endpoints(obj: JSON, old: JSON | None) -> list[FieldError]:
+    found: list[FieldError] = []
+    for i, subset in enumerate(obj.get("subsets") or []):
+        for key in ("addresses", "notReadyAddresses"):
+            for j, address in enumerate(subset.get(key) or []):
+                ip = address.get("ip") if isinstance(address, dict) else None
+                if not ip:
+                    found.append(FieldError("Required", f"subsets[{i}].{key}[{j}].ip"))
+                elif not _is_ip(ip):
+                    found.append(FieldError("Invalid", f"subsets[{i}].{key}[{j}].ip", ip, "must be a valid IP address"))
+        ports = subset.get("ports") or []
+        for j, port in enumerate(ports):
+            found += _port_number_errors(port.get("port"), f"subsets[{i}].ports[{j}].port")
+            found += _protocol_errors(port, f"subsets[{i}].ports[{j}].protocol")
+            if len(ports) > 1 and not port.get("name"):
+                found.append(FieldError("Required", f"subsets[{i}].ports[{j}].name"))
+    return found
+
+
+def _validate_lease(obj: JSON, old: JSON | None) -> list[FieldError]:
+    spec = obj.get("spec") or {}
+    duration = spec.get("leaseDurationSeconds")
+    if duration is not None and (not isinstance(duration, int) or duration <= 0):
+        return [FieldError("Invalid", "spec.leaseDurationSeconds", duration, "must be greater than 0")]
+    return []
+
+
+_VALIDATORS = {
+    "services": _validate_service,
+    "pods": _validate_pod,
+    "endpointslices": _validate_endpoint_slice,
+    "endpoints": _validate_endpoints,
+    "leases": _validate_lease,
+}

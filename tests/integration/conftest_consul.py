@@ -1,0 +1,157 @@
+"""Shared helpers for the Consul conformance tests (tests/integration/test_fake_consul_*.py).
+
+The tests are written as a specification of Consul's HTTP behaviour. By default they run
+against the in-process fake; set BRIDGE_TEST_CONSUL_ADDR=host:port to run the portable
+ones against a real agent (e.g. `consul agent -dev`) unchanged. Tests that need fault
+hooks or ACL tokens always use the fake and live in the *_faults / *_acl files.
+
+Every name a test creates gets a random suffix so that runs against a shared real agent
+do not collide, and what a test registers is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import consul
+
+from bridge.testing.consul import ConsulServer
+
+ENV_ADDR = "BRIDGE_TEST_CONSUL_ADDR"
+T = TypeVar("T")
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+    @property
+    def index(self) -> int:
+        return int(self.header("X-Consul-Index") or 0)
+
+
+@dataclass
+class ConsulTarget:
+    """The Consul under test: address, clients, and the fake behind it (None if real)."""
+
+    host: str
+    port: int
+    fake: ConsulServer | None
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def client(self, **kwargs: Any) -> consul.Consul:
+        return consul.Consul(host=self.host, port=self.port, **kwargs)
+
+    def http(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> RawResponse:
+        """One raw HTTP exchange; dicts/lists are sent as JSON, str/bytes as-is."""
+        if body is not None and not isinstance(body, str | bytes):
+            body = json.dumps(body)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return RawResponse(response.status, dict(response.getheaders()), response.read())
+        finally:
+            conn.close()
+
+    @property
+    def agent_node(self) -> str:
+        return self.http("GET", "/v1/agent/self").json()["Config"]["NodeName"]
+
+    def unique(self, prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    def register(self, body: dict[str, Any]) -> None:
+        """PUT /v1/catalog/register, asserting success, and deregister the node afterwards."""
+        response = self.http("PUT", "/v1/catalog/register", body)
+        assert response.status == 200, response.text
+        node = body.get("Node") or body.get("node")
+        if node:
+            self.cleanups.append(lambda: self.http("PUT", "/v1/catalog/deregister", {"Node": node}))
+
+    def run_cleanups(self) -> None:
+        for cleanup in reversed(self.cleanups):
+            with contextlib.suppress(OSError):
+                cleanup()
+        self.cleanups.clear()
+
+
+def _parse_addr(raw: str) -> tuple[str, int]:
+    raw = raw.removeprefix("http://").rstrip("/")
+    host, _, port = raw.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@contextlib.contextmanager
+def consul_under_test() -> Iterator[ConsulTarget]:
+    """A real Consul if BRIDGE_TEST_CONSUL_ADDR is set, otherwise a fresh fake."""
+    addr = os.environ.get(ENV_ADDR)
+    if addr:
+        host, port = _parse_addr(addr)
+        target = ConsulTarget(host, port, fake=None)
+        try:
+            yield target
+        finally:
+            target.run_cleanups()
+        return
+    with fake_consul() as server:
+        host, port = server.address
+        yield ConsulTarget(host, port, fake=server)
+
+
+@contextlib.contextmanager
+def fake_consul(**kwargs: Any) -> Iterator[ConsulServer]:
+    """A started fake with jitter off (deterministic blocking times), stopped afterwards."""
+    kwargs.setdefault("jitter", False)
+    server = ConsulServer(**kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def fake_target(server: ConsulServer) -> ConsulTarget:
+    host, port = server.address
+    return ConsulTarget(host, port, fake=server)
+
+
+def eventually(probe: Callable[[], T | None], *, timeout: float = 5.0, interval: float = 0.02) -> T:
+    """Poll `probe` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+        time.sleep(interval)

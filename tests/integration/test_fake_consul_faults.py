@@ -1,0 +1,315 @@
+"""Fault injection and test hooks of the fake Consul (always the fake: a real agent has none).
+
+These tests pin down what clients will meet when the bridge's own tests inject
+failures: outages on the same port, leaderless 500s, 429s, slow answers, connections cut
+mid-blocking-query, KnownLeader false, backwards indexes, and the request log.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+import consul as pyconsul
+import pytest
+import requests
+from consul.exceptions import ClientError
+
+from bridge.testing.consul import ConsulServer
+from tests.integration.conftest_consul import ConsulTarget, eventually, fake_consul, fake_target
+
+
+@pytest.fixture
+def server() -> Iterator[ConsulServer]:
+    with fake_consul() as fake:
+        yield fake
+
+
+@pytest.fixture
+def target(server: ConsulServer) -> ConsulTarget:
+    return fake_target(server)
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor
+
+
+def connect_refused(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False  # e.g. accepted then reset while the listener was closing
+    return False
+
+
+def test_start_reports_a_real_port_and_url(server: ConsulServer) -> None:
+    host, port = server.address
+    assert port > 0
+    assert server.url == f"http://{host}:{port}"
+
+
+def test_outage_refuses_connections_then_recovers_on_the_same_port(server: ConsulServer, target: ConsulTarget) -> None:
+    address = server.address
+    server.faults.outage()
+    assert connect_refused(address)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        target.client().status.leader()
+    server.faults.recover()
+    assert server.address == address
+    assert target.http("GET", "/v1/status/leader").status == 200
+
+
+def test_timed_outage_recovers_by_itself(server: ConsulServer, target: ConsulTarget) -> None:
+    server.faults.outage(duration=0.3)
+    assert connect_refused(server.address)
+    eventually(lambda: not connect_refused(server.address), timeout=5)
+    assert target.http("GET", "/v1/status/peers").status == 200
+
+
+def test_outage_cuts_a_held_blocking_query(
+    server: ConsulServer, target: ConsulTarget, pool: ThreadPoolExecutor
+) -> None:
+    index = target.http("GET", "/v1/catalog/services").index
+    query = pool.submit(lambda: target.client().catalog.services(index=index, wait="30s"))
+    with pytest.raises(FutureTimeout):
+        query.result(timeout=0.3)
+    server.faults.outage()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        query.result(timeout=5)
+    server.faults.recover()
+
+
+def test_no_cluster_leader_500(server: ConsulServer, target: ConsulTarget) -> None:
+    server.faults.no_leader(count=1)
+    response = target.http("GET", "/v1/catalog/services")
+    assert (response.status, response.text) == (500, "No cluster leader")
+    assert target.http("GET", "/v1/catalog/services").status == 200  # count=1 used up
+    server.faults.no_leader(count=1)
+    with pytest.raises(pyconsul.ConsulException, match="No cluster leader"):
+        target.client().catalog.services()
+
+
+def test_rate_limit_429(server: ConsulServer, target: ConsulTarget) -> None:
+    server.faults.rate_limit(count=2, retry_after=1)
+    first = target.http("PUT", "/v1/catalog/register", {"Node": "n", "Address": "a"})
+    assert first.status == 429
+    assert first.header("Retry-After") == "1"
+    with pytest.raises(ClientError, match="429"):
+        target.client().catalog.nodes()
+    assert target.http("GET", "/v1/catalog/nodes").status == 200
+
+
+def test_errors_can_target_a_path_prefix(server: ConsulServer, target: ConsulTarget) -> None:
+    server.faults.fail_requests(503, "unavailable", path_prefix="/v1/health/")
+    assert target.http("GET", "/v1/health/service/x").status == 503
+    assert target.http("GET", "/v1/catalog/services").status == 200
+    server.faults.clear()
+    assert target.http("GET", "/v1/health/service/x").status == 200
+
+
+def test_slow_responses(server: ConsulServer, target: ConsulTarget) -> None:
+    server.faults.slow(0.4)
+    started = time.monotonic()
+    assert target.http("GET", "/v1/status/leader").status == 200
+    assert time.monotonic() - started >= 0.4
+    server.faults.slow(0)
+
+
+def test_drop_cuts_blocking_queries_without_a_response(
+    server: ConsulServer, target: ConsulTarget, pool: ThreadPoolExecutor
+) -> None:
+    index = target.http("GET", "/v1/catalog/services").index
+    query = pool.submit(lambda: target.client().catalog.services(index=index, wait="30s"))
+    with pytest.raises(FutureTimeout):
+        query.result(timeout=0.3)
+    server.faults.drop_blocking_queries()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        query.result(timeout=5)
+    # Non-blocking requests are unaffected and the server keeps serving.
+    assert target.http("GET", "/v1/catalog/services").status == 200
+    dropped = [r for r in server.requests.records() if r.status == 0]
+    assert [r.path for r in dropped] == ["/v1/catalog/services"]
+
+
+def test_drop_after_a_delay(server: ConsulServer, target: ConsulTarget) -> None:
+    server.faults.drop_blocking_queries_after(0.2)
+    index = target.http("GET", "/v1/catalog/services").index
+    with pytest.raises(requests.exceptions.ConnectionError):
+        target.client().catalog.services(index=index, wait="30s")
+
+
+def test_known_leader_false_header(server: ConsulServer, target: ConsulTarget) -> None:
+    server.faults.set_known_leader(False, last_contact_ms=1500)
+    response = target.http("GET", "/v1/catalog/services?stale")
+    assert response.header("X-Consul-KnownLeader") == "false"
+    assert response.header("X-Consul-LastContact") == "1500"
+    assert target.http("GET", "/v1/status/leader").json() == ""
+
+
+def test_reset_index_moves_the_index_backwards(server: ConsulServer, target: ConsulTarget) -> None:
+    for i in range(5):
+        target.register({"Node": f"n{i}", "Address": "10.0.0.1", "Service": {"Service": f"s{i}"}})
+    high = target.http("GET", "/v1/catalog/services").index
+    server.faults.reset_index(2)
+    assert server.state.index == 2
+    after = target.http("GET", "/v1/catalog/services")
+    assert after.index <= 2 < high
+    # A client still holding the old index blocks for its whole wait and gets the lower one.
+    started = time.monotonic()
+    blocked = target.http("GET", f"/v1/catalog/services?index={high}&wait=1s")
+    assert time.monotonic() - started >= 0.95
+    assert blocked.index == after.index
+    # New writes continue from the reset index.
+    target.register({"Node": "fresh", "Address": "10.0.0.2"})
+    assert target.http("GET", "/v1/catalog/nodes").index == 3
+
+
+def test_snapshot_restore_brings_back_old_state_and_index(server: ConsulServer, target: ConsulTarget) -> None:
+    target.register({"Node": "before", "Address": "10.0.0.1"})
+    snap = server.state.snapshot()
+    target.register({"Node": "after", "Address": "10.0.0.1"})
+    high = target.http("GET", "/v1/catalog/nodes").index
+    server.state.restore(snap)
+    response = target.http("GET", "/v1/catalog/nodes")
+    names = {n["Node"] for n in response.json()}
+    assert "before" in names and "after" not in names
+    assert response.index < high
+
+
+def test_request_log_records_requests_with_tokens_redacted(server: ConsulServer, target: ConsulTarget) -> None:
+    client = target.client(token="s3cr3t")
+    client.catalog.register("n1", "10.0.0.1")
+    [record] = server.requests.find(path="/v1/catalog/register")
+    assert record.method == "PUT"
+    assert record.status == 200
+    assert record.query["token"] == ["<hidden>"]
+    assert record.token_source == "query"
+    assert "s3cr3t" not in record.body
+    assert '"node":"n1"' in record.body
+
+
+def test_admin_http_api(server: ConsulServer, target: ConsulTarget) -> None:
+    assert (
+        target.http("PUT", "/_admin/faults/error", {"status": 500, "body": "No cluster leader", "count": 1}).status
+        == 200
+    )
+    assert target.http("GET", "/v1/catalog/nodes").text == "No cluster leader"
+    assert target.http("PUT", "/_admin/faults/known-leader", {"known": False}).status == 200
+    assert target.http("GET", "/v1/catalog/nodes").header("X-Consul-KnownLeader") == "false"
+    assert target.http("PUT", "/_admin/faults/clear").status == 200
+    log = target.http("GET", "/_admin/requests").json()
+    assert [entry["path"] for entry in log] == ["/v1/catalog/nodes", "/v1/catalog/nodes"]
+    target.register({"Node": "n", "Address": "10.0.0.1"})
+    assert target.http("GET", "/_admin/state/index").json()["Index"] > 1
+    assert target.http("PUT", "/_admin/state/reset-index", {"index": 1}).status == 200
+    assert target.http("GET", "/_admin/state/index").json() == {"Index": 1}
+    assert target.http("PUT", "/_admin/faults/outage", {}).status == 400  # needs "seconds"
+
+
+def test_admin_outage_is_acknowledged_then_takes_effect(server: ConsulServer, target: ConsulTarget) -> None:
+    response = target.http("PUT", "/_admin/faults/outage", {"seconds": 0.5})
+    assert (response.status, response.json()) == (200, True)
+    eventually(lambda: connect_refused(server.address))
+    eventually(lambda: not connect_refused(server.address))
+    assert target.http("GET", "/v1/status/leader").status == 200
+
+
+def test_max_txn_ops_can_emulate_an_older_release() -> None:
+    with fake_consul(max_txn_ops=64) as server:
+        target = fake_target(server)
+        ops = [{"KV": {"Verb": "get", "Key": f"k{i}"}} for i in range(65)]
+        response = target.http("PUT", "/v1/txn", ops)
+        assert (response.status, response.text) == (413, "Transaction contains too many operations (65 > 64)")
+
+
+def test_session_ttl_expiry_releases_locks() -> None:
+    with fake_consul(session_ttl_min=0.1) as server:
+        target = fake_target(server)
+        client = target.client()
+        # py-consul refuses TTLs under 10s client-side, so create the session directly.
+        created = target.http("PUT", "/v1/session/create", {"TTL": "500ms", "LockDelay": "0s"})
+        assert created.status == 200, created.text
+        sid = created.json()["ID"]
+        assert client.kv.put("leader", "me", acquire=sid)
+        # Consul invalidates after TTL x 2 without renewal.
+        eventually(lambda: client.session.info(sid)[1] is None, timeout=5)
+        assert "Session" not in client.kv.get("leader")[1]
+
+
+def test_anti_entropy_removes_catalog_entries_on_the_agent_node(server: ConsulServer, target: ConsulTarget) -> None:
+    node = server.config.node_name
+    target.register({"Node": node, "Address": "127.0.0.1", "Service": {"Service": "intruder"}})
+    target.client().agent.service.register("owned")
+    server.anti_entropy()
+    services = target.http("GET", f"/v1/catalog/node/{node}").json()["Services"]
+    assert set(services) == {"consul", "owned"}
+
+
+def test_load_preloads_registrations_from_yaml(server: ConsulServer, target: ConsulTarget, tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        "- node: k8s-sync\n"
+        "  address: 127.0.0.1\n"
+        "  service: {service: web, id: web-1, port: 80, tags: [k8s]}\n"
+        "- Node: k8s-sync\n"
+        "  SkipNodeUpdate: true\n"
+        "  Service: {Service: db, Port: 5432}\n",
+        encoding="utf-8",
+    )
+    assert server.load(path) == 2
+    services = target.http("GET", "/v1/catalog/services").json()
+    assert services["web"] == ["k8s"] and services["db"] == []
+    assert server.load([{"Node": "other", "Address": "10.0.0.1"}]) == 1
+
+
+def test_load_rejects_invalid_items_before_writing(server: ConsulServer, target: ConsulTarget) -> None:
+    with pytest.raises(ValueError, match=r"registration #1: Must provide node"):
+        server.load([{"Node": "ok", "Address": "10.0.0.1"}, {"Address": "10.0.0.2"}])
+    assert "ok" not in {n["Node"] for n in target.http("GET", "/v1/catalog/nodes").json()}
+
+
+def test_stop_ends_held_blocking_queries_promptly(pool: ThreadPoolExecutor) -> None:
+    server = ConsulServer(jitter=False).start()
+    target = fake_target(server)
+    index = target.http("GET", "/v1/catalog/services").index
+    query = pool.submit(lambda: target.client().catalog.services(index=index, wait="5m"))
+    with pytest.raises(FutureTimeout):
+        query.result(timeout=0.3)
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 2.5
+    with pytest.raises(requests.exceptions.ConnectionError):
+        query.result(timeout=5)
+
+
+def test_wait_is_capped_and_defaulted_like_consul(server: ConsulServer, target: ConsulTarget) -> None:
+    # Consul caps wait at 10m and defaults it to 5m; scaled down here so the test is quick.
+    server.config.max_query_time_ns = 300_000_000
+    server.config.default_query_time_ns = 200_000_000
+    index = target.http("GET", "/v1/catalog/services").index
+    started = time.monotonic()
+    target.http("GET", f"/v1/catalog/services?index={index}&wait=10m")
+    capped = time.monotonic() - started
+    started = time.monotonic()
+    target.http("GET", f"/v1/catalog/services?index={index}")
+    defaulted = time.monotonic() - started
+    assert 0.29 <= capped < 1.0
+    assert 0.19 <= defaulted < capped
+
+
+def test_jitter_adds_at_most_a_sixteenth_of_the_wait() -> None:
+    with fake_consul(jitter=True) as server:
+        target = fake_target(server)
+        index = target.http("GET", "/v1/catalog/services").index
+        started = time.monotonic()
+        target.http("GET", f"/v1/catalog/services?index={index}&wait=800ms")
+        elapsed = time.monotonic() - started
+        assert 0.79 <= elapsed < 0.8 * (1 + 1 / 16) + 0.2
