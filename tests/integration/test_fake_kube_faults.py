@@ -251,6 +251,8 @@ items:
     assert kube.store.objects("endpointslices", "shop")[0]["ports"][0]["port"] == 9090
     single = folder / "a.yaml"
     assert len(kube.load_manifests(str(single))) == 3
+    with pytest.raises(FileNotFoundError, match="manifest file not found"):
+        kube.load_manifests(str(folder / "missing.yaml"))
     with pytest.raises(StatusError) as info:
         kube.load_manifests("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad}\nspec: {}\n")
     assert info.value.code == 422

@@ -160,11 +160,11 @@ class Faults:
         self.fail_requests(500, "No cluster leader", count=count, path_prefix=path_prefix)
 
     def rate_limit(
-        self, *, count: int | None = None, path_prefix: str = "/v1/", retry_after: int | None = None
+        self, *, count: int | None = None, path_prefix: str = "/v1/", retry_after: int | None = None, body: str = ""
     ) -> None:
-        """Consul's RPC rate limiter: 429 (Consul sends no Retry-After; add one if you want)."""
+        """Consul's RPC rate limiter: a bare 429 (Consul sends no body and no Retry-After)."""
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-        self.fail_requests(429, "rate limit exceeded", count=count, path_prefix=path_prefix, headers=headers)
+        self.fail_requests(429, body, count=count, path_prefix=path_prefix, headers=headers)
 
     def take_error(self, method: str, path: str) -> ErrorRule | None:
         """The rule that applies to this request, consuming one of its uses."""

@@ -10,6 +10,8 @@ project (tests, the `bridge fake-consul` CLI) uses:
     server.state.index                   # the store (snapshot/restore/reset_index)
     server.faults.no_leader(count=1)     # fault injection
     server.requests.records()            # what clients sent (tokens redacted)
+    server.acl.create_token({...})       # with acl_master_token set
+    server.config.max_txn_ops = 64       # AgentConfig fields may be changed while running
     server.stop()
 """
 

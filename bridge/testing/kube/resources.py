@@ -54,9 +54,6 @@ class ResourceType:
             return f"{self.prefix}/namespaces/{namespace}/{self.plural}"
         return f"{self.prefix}/{self.plural}"
 
-    def item_path(self, namespace: str | None, name: str) -> str:
-        return f"{self.collection_path(namespace)}/{name}"
-
 
 NAMESPACES = ResourceType(
     plural="namespaces",

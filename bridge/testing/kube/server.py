@@ -422,8 +422,12 @@ def _manifest_texts(source: str | Path | Iterable[str | Path]) -> list[str]:
     if isinstance(source, Path):
         return _read_path(source)
     if isinstance(source, str):
-        if "\n" not in source and source.strip() and Path(source).exists():
+        single_line = "\n" not in source.strip()
+        if single_line and source.strip() and Path(source).exists():
             return _read_path(Path(source))
+        if single_line and ":" not in source:
+            # No YAML object fits on one line without a colon: this was meant as a path.
+            raise FileNotFoundError(f"manifest file not found: {source}")
         return [source]
     texts: list[str] = []
     for item in source:

@@ -32,6 +32,8 @@ from bridge.testing.kube.errors import FieldError, StatusError
 from bridge.testing.kube.jsonvalue import clone
 from bridge.testing.kube.resources import ALL, NAMESPACES, ResourceType, by_kind, lookup
 from bridge.testing.kube.selectors import (
+    FieldSelector,
+    LabelSelector,
     SelectorError,
     object_fields,
     parse_field_selector,
@@ -240,7 +242,9 @@ class Store:
                 list_meta["remainingItemCount"] = remaining
         return {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": list_meta, "items": body_items}
 
-    def _selectors(self, rt: ResourceType, label_selector: str | None, field_selector: str | None) -> tuple[Any, Any]:
+    def _selectors(
+        self, rt: ResourceType, label_selector: str | None, field_selector: str | None
+    ) -> tuple[LabelSelector, FieldSelector]:
         try:
             labels = parse_label_selector(label_selector)
             fields = parse_field_selector(field_selector, supported_fields(rt.plural))
