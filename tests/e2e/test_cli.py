@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -77,3 +80,31 @@ def test_run_prints_bound_addresses_and_exits_zero(tmp_path):
     finally:
         fake.stop()
         consul.stop()
+
+
+def test_json_logs_and_no_token_in_them_while_apis_are_down(tmp_path):
+    """With both APIs unreachable the bridge keeps retrying, logs JSON lines, never the token."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:9\n"
+        "users:\n- name: u\n  user:\n    token: kube-secret-token\ncontexts:\n- name: x\n  context:\n"
+        "    cluster: c\n    user: u\ncurrent-context: x\n")
+    run = Proc("run", "--kubeconfig", str(kubeconfig), "--consul-addr", "http://127.0.0.1:9",
+               "--dns-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--log-format", "json",
+               env={"CONSUL_HTTP_TOKEN": "consul-secret-token"})
+    port = int(run.expect(r"http listening on 127\.0\.0\.1:(\d+)").group(1))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        assert response.status == 200
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    assert err.value.code == 503
+    reason = err.value.read().decode()
+    assert "kubernetes list" in reason and "consul list" in reason, reason
+    assert run.stop() == 0
+    stderr = run.p.stderr.read() if run.p.stderr else ""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines, "expected retry warnings while the APIs are down"
+    for line in lines:
+        entry = json.loads(line)
+        assert {"time", "level", "logger", "message"} <= set(entry), entry
+    assert "consul-secret-token" not in stderr and "kube-secret-token" not in stderr
