@@ -164,6 +164,27 @@ class DnsSettings:
                          check=_zone)
     ttl: int = _setting(30, "TTL of positive answers, as in the Kubernetes DNS example",
                         check=_not_negative)
+    pods: str = _setting("disabled", "pod records a-b-c-d.<ns>.pod.<zone>: disabled or insecure "
+                                     "(answered for any address, as kube-dns did)",
+                         check=_one_of("disabled", "insecure"))
+    consul_domain: str = _setting("", "also answer <svc>.service.<domain> from Consul's side of "
+                                      "the catalog (e.g. consul); empty turns it off",
+                                  check=lambda v: None if v == "" else _zone(v))
+    upstreams: tuple[str, ...] = _setting([], "resolvers for names outside our zones, HOST[:PORT]; "
+                                              "empty means those in resolv_conf, minus ourselves")
+    resolv_conf: str = _setting("/etc/resolv.conf", "where the system's resolvers are read from when "
+                                                    "no upstreams are set")
+    upstream_timeout: float = _setting(2.0, "seconds to wait for an upstream before SERVFAIL",
+                                       check=_positive)
+    udp_payload: int = _setting(1232, "EDNS0 UDP payload we advertise and cap answers at (the DNS "
+                                      "flag day 2020 value)", check=lambda v: None
+                                if 512 <= v <= 65535 else "must be 512-65535")
+    tcp_idle_timeout: float = _setting(10.0, "seconds an idle TCP connection is kept open",
+                                       check=_positive)
+    max_tcp_connections: int = _setting(512, "TCP connections served at once; more are refused",
+                                        check=_positive)
+    ns_addresses: tuple[str, ...] = _setting([], "addresses published for ns.dns.<zone> and the apex "
+                                                 "NS glue; empty means the listen address if specific")
 
 
 @dataclass(frozen=True)
