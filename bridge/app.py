@@ -25,7 +25,7 @@ import threading
 import time
 
 from bridge.catalog.model import Catalog
-from bridge.catalog.plan import SyncOptions
+from bridge.catalog.to_consul import SyncOptions
 from bridge.config import Settings, parse_hostport
 from bridge.consul.client import ConsulClient
 from bridge.consul.sink import ConsulSink
@@ -34,7 +34,7 @@ from bridge.dns.server import DnsServer
 from bridge.http import HealthServer
 from bridge.kube.client import KubeClient
 from bridge.kube.source import KubeSource
-from bridge.reconcile.loop import Reconciler
+from bridge.reconcile.loop import Mode, Reconciler
 from bridge.reconcile.trigger import Trigger
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,9 @@ class App:
         self.dns = DnsServer(settings.dns)
         self._catalog_ready = threading.Event()
         self.kube_client = KubeClient(settings.kubernetes)
+        sync = settings.sync
         self.kube = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
-                               self.trigger.poke, self.stop_event)
+                               self.trigger.poke, self.stop_event, watch_nodes=sync.to_consul)
         self.consul_client = ConsulClient(settings.consul)
         self.consul: ConsulSource | None = None
         if settings.sync.from_consul:
@@ -64,15 +65,18 @@ class App:
                                    cluster_id=settings.cluster_id,
                                    batch_size=settings.sync.batch_size)
         options = SyncOptions(
-            cluster_id=settings.cluster_id, tag=settings.sync.tag,
-            prefix=settings.sync.service_prefix,
-            add_namespace_suffix=settings.sync.add_namespace_suffix,
+            cluster_id=settings.cluster_id, tag=sync.tag, prefix=sync.service_prefix,
+            add_namespace_suffix=sync.add_namespace_suffix,
             default_sync=settings.kubernetes.default_sync,
+            cluster_ip_services=sync.cluster_ip_services, register_cluster_ip=sync.register_cluster_ip,
+            node_port_sync_type=sync.node_port_sync_type, lb_endpoints=sync.lb_endpoints,
+            external_name=sync.external_name, not_ready=sync.not_ready,
         )
         self.reconciler = Reconciler(
             kube=self.kube, consul=self.consul, sink=self.sink, publish=self._publish,
             options=options, trigger=self.trigger, stop=self.stop_event,
-            resync_period=settings.sync.resync_period)
+            resync_period=sync.resync_period,
+            mode=Mode(upsert_only=sync.upsert_only, dry_run=sync.dry_run))
         host, port = parse_hostport(settings.http.listen)
         self.http = HealthServer(host, port, self.waiting_for)
         self._dns_bound = False

@@ -145,6 +145,22 @@ class SyncSettings:
                                        "-k8s-service-prefix)")
     add_namespace_suffix: bool = _setting(False, "append -<namespace> to Consul service names "
                                                  "(consul-k8s: -add-k8s-namespace-suffix)")
+    cluster_ip_services: bool = _setting(True, "sync ClusterIP and headless Services (consul-k8s: "
+                                               "-sync-clusterip-services)")
+    register_cluster_ip: bool = _setting(False, "register a ClusterIP Service's cluster IP instead of "
+                                                "its endpoints")
+    node_port_sync_type: str = _setting("ExternalOnly", "node address NodePort Services are registered "
+                                                        "at (consul-k8s: -node-port-sync-type)",
+                                        check=_one_of("ExternalOnly", "InternalOnly", "ExternalFirst"))
+    lb_endpoints: bool = _setting(False, "register a LoadBalancer Service's endpoints instead of its "
+                                         "ingress (consul-k8s: -sync-lb-services-endpoints)")
+    external_name: bool = _setting(False, "register an ExternalName Service with the external name as "
+                                          "its address")
+    not_ready: str = _setting("critical", "not-ready endpoints: critical registers them with a failing "
+                                          "check (as consul-k8s), skip leaves them out",
+                              check=_one_of("critical", "skip"))
+    upsert_only: bool = _setting(False, "never deregister anything from Consul")
+    dry_run: bool = _setting(False, "log the Consul writes that would be made, make none")
     consul_namespace: str = _setting("consul", "namespace that Consul services without a "
                                                "Kubernetes origin appear in", check=_dns_label)
     quiet_period: float = _setting(0.1, "seconds without change before a burst is applied",

@@ -46,6 +46,7 @@ class Port:
     name: str
     port: int
     protocol: str = "TCP"
+    node_port: int = 0  # a Service port's nodePort (NodePort, LoadBalancer); 0 when none
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -99,6 +100,8 @@ class Service:
     labels: tuple[tuple[str, str], ...] = ()
     annotations: tuple[tuple[str, str], ...] = ()
     publish_not_ready: bool = False
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ingress: tuple[str, ...] = ()  # IPs, or hostnames where there is no IP
 
     @property
     def headless(self) -> bool:
@@ -118,15 +121,28 @@ class Service:
 
 
 @dataclass(frozen=True, slots=True)
+class Node:
+    """A Kubernetes node's addresses, for registering NodePort Services at the nodes."""
+
+    name: str
+    internal_ips: tuple[str, ...] = ()
+    external_ips: tuple[str, ...] = ()
+    zone: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """What one source saw at one moment. `synced` is False until it has listed completely."""
 
     services: Mapping[ServiceKey, Service] = field(default_factory=lambda: MappingProxyType({}))
     synced: bool = False
+    nodes: Mapping[str, Node] = field(default_factory=lambda: MappingProxyType({}))
 
     @staticmethod
-    def of(services: Iterable[Service], synced: bool) -> Snapshot:
-        return Snapshot(MappingProxyType({s.key: s for s in services}), synced)
+    def of(services: Iterable[Service], synced: bool,
+           nodes: Mapping[str, Node] | None = None) -> Snapshot:
+        return Snapshot(MappingProxyType({s.key: s for s in services}), synced,
+                        MappingProxyType(dict(nodes or {})))
 
 
 @dataclass(frozen=True, slots=True)

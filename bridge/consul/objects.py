@@ -113,6 +113,7 @@ def registrations_on_node(node_view: Mapping[str, Any] | None, checks: Iterable[
         if meta.get(OWNER_META) != cluster_id:
             continue
         sid = str(_get(svc, "ID") or "")
+        weights = _get(svc, "Weights") or {}
         reg = Registration(
             service_id=sid,
             name=str(_get(svc, "Service") or ""),
@@ -120,6 +121,7 @@ def registrations_on_node(node_view: Mapping[str, Any] | None, checks: Iterable[
             port=int(_get(svc, "Port") or 0),
             tags=tuple(str(t) for t in (_get(svc, "Tags") or [])),
             meta=frozen_map({str(k): str(v) for k, v in meta.items()}),
+            weight=int(_get(weights, "Passing") or 1) if isinstance(weights, dict) else 1,
         )
         out[sid] = dataclasses.replace(reg, check_status=status.get(reg.check_id, ""))
     return out
@@ -132,25 +134,34 @@ def node_operation(node: str, cluster_id: str) -> dict[str, Any]:
     }}}
 
 
-def _set_operations(node: str, reg: Registration) -> list[dict[str, Any]]:
+def _set_operations(node: str, reg: Registration, *, update: bool) -> list[dict[str, Any]]:
     service = {"ID": reg.service_id, "Service": reg.name, "Address": reg.address,
-               "Port": reg.port, "Tags": list(reg.tags), "Meta": dict(reg.meta)}
+               "Port": reg.port, "Tags": list(reg.tags), "Meta": dict(reg.meta),
+               "Weights": {"Passing": reg.weight, "Warning": 1}}
+    ops: list[dict[str, Any]] = [{"Service": {"Verb": "set", "Node": node, "Service": service}}]
+    if not reg.check_status:
+        if update:
+            # The registration may have had a check before (its Service changed type).
+            ops.append({"Check": {"Verb": "delete", "Check": {"Node": node, "CheckID": reg.check_id}}})
+        return ops
     check = {"Node": node, "CheckID": reg.check_id, "Name": CHECK_NAME, "Type": CHECK_TYPE,
              "Status": reg.check_status, "ServiceID": reg.service_id,
              # Consul's txn ACL check authorises a service check by its ServiceName.
              "ServiceName": reg.name,
              "Output": "Kubernetes health checks "
                        + ("passing" if reg.check_status == "passing" else "failing")}
-    return [{"Service": {"Verb": "set", "Node": node, "Service": service}},
-            {"Check": {"Verb": "set", "Check": check}}]
+    ops.append({"Check": {"Verb": "set", "Check": check}})
+    return ops
 
 
 def plan_operations(plan: Plan, node: str) -> list[list[dict[str, Any]]]:
     """The plan as txn operations, grouped so one registration's service and check
     always land in the same transaction."""
     groups: list[list[dict[str, Any]]] = []
-    for reg in (*plan.create, *plan.update):
-        groups.append(_set_operations(node, reg))
+    for reg in plan.create:
+        groups.append(_set_operations(node, reg, update=False))
+    for reg in plan.update:
+        groups.append(_set_operations(node, reg, update=True))
     for reg in plan.delete:
         # Deleting a service deletes its checks with it. Consul vets every service op, a
         # delete too, and refuses an ID without a name.

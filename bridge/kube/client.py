@@ -35,6 +35,7 @@ class Resource:
 
 SERVICES = Resource(
     "services", lambda api: client.CoreV1Api(api).list_service_for_all_namespaces)
+NODES = Resource("nodes", lambda api: client.CoreV1Api(api).list_node)
 ENDPOINT_SLICES = Resource(
     "endpointslices",
     lambda api: client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces)

@@ -15,6 +15,7 @@ from typing import Any
 
 from bridge.catalog.model import (
     Instance,
+    Node,
     Origin,
     OriginKind,
     Port,
@@ -25,6 +26,7 @@ from bridge.catalog.model import (
 )
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "bridge"
 
@@ -87,7 +89,10 @@ def _port(raw: Any, where: str, *, number_key: str = "port", required: bool = Tr
         raise BadObject(f"{where}.{number_key} is not a port number: {number!r}")
     name = raw.get("name") or ""
     protocol = raw.get("protocol") or "TCP"
-    return Port(str(name), number, str(protocol))
+    node_port = raw.get("nodePort") or 0
+    if isinstance(node_port, bool) or not isinstance(node_port, int) or not 0 <= node_port < 65536:
+        raise BadObject(f"{where}.nodePort is not a port number: {node_port!r}")
+    return Port(str(name), number, str(protocol), node_port)
 
 
 def service_from_raw(raw: Mapping[str, Any]) -> Service:
@@ -134,7 +139,70 @@ def service_from_raw(raw: Mapping[str, Any]) -> Service:
         labels=frozen_map(_str_map(meta.get("labels"), "metadata.labels")),
         annotations=frozen_map(_str_map(meta.get("annotations"), "metadata.annotations")),
         publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
+        external_ips=tuple(_ips(spec.get("externalIPs"), "spec.externalIPs")),
+        load_balancer_ingress=_ingress(raw.get("status")),
     )
+
+
+def _ips(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadObject(f"{where} is not a list")
+    try:
+        return [_ip(ip) for ip in value]
+    except ValueError as exc:
+        raise BadObject(f"{where} has a bad address: {exc.args[0]!r}") from None
+
+
+def _ingress(status: Any) -> tuple[str, ...]:
+    """status.loadBalancer.ingress as addresses: the IP, or the hostname where there is none,
+    de-duplicated in order (as consul-k8s registers them)."""
+    if not isinstance(status, dict):
+        return ()
+    lb = status.get("loadBalancer") or {}
+    entries = lb.get("ingress") or [] if isinstance(lb, dict) else []
+    if not isinstance(entries, list):
+        raise BadObject("status.loadBalancer.ingress is not a list")
+    out: list[str] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise BadObject(f"status.loadBalancer.ingress[{i}] is not an object")
+        if entry.get("ip"):
+            try:
+                address = _ip(entry["ip"])
+            except ValueError:
+                raise BadObject(f"status.loadBalancer.ingress[{i}].ip is not an IP") from None
+        else:
+            address = str(entry.get("hostname") or "")
+        if address and address not in out:
+            out.append(address)
+    return tuple(out)
+
+
+def node_from_raw(raw: Mapping[str, Any]) -> Node:
+    """A core/v1 Node reduced to its addresses (for NodePort registrations) and zone."""
+    _, name = object_key(raw)
+    status = raw.get("status") or {}
+    addresses = status.get("addresses") or [] if isinstance(status, dict) else []
+    if not isinstance(addresses, list):
+        raise BadObject("status.addresses is not a list")
+    internal: list[str] = []
+    external: list[str] = []
+    for entry in addresses:
+        if not isinstance(entry, dict):
+            continue
+        kind, address = entry.get("type"), entry.get("address")
+        try:
+            address = _ip(address)
+        except ValueError:
+            continue  # Hostname and InternalDNS entries are names, not addresses
+        if kind == "InternalIP":
+            internal.append(address)
+        elif kind == "ExternalIP":
+            external.append(address)
+    labels = _str_map((raw.get("metadata") or {}).get("labels"), "metadata.labels")
+    return Node(name, tuple(internal), tuple(external), labels.get(ZONE_LABEL, ""))
 
 
 def _ip(value: Any) -> str:

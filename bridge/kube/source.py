@@ -15,12 +15,13 @@ from collections.abc import Callable
 
 from bridge.catalog.model import Snapshot
 from bridge.config import KubernetesSettings
-from bridge.kube.client import ENDPOINT_SLICES, SERVICES, KubeClient
+from bridge.kube.client import ENDPOINT_SLICES, NODES, SERVICES, KubeClient
 from bridge.kube.objects import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     Slice,
     join,
+    node_from_raw,
     service_from_raw,
     slice_from_raw,
 )
@@ -35,24 +36,29 @@ def namespace_allowed(namespace: str, allow: tuple[str, ...], deny: tuple[str, .
 
 
 class KubeSource:
-    """Mirrors Services and EndpointSlices; `synced` once both have listed completely."""
+    """Mirrors Services and EndpointSlices (and Nodes, when NodePort Services are synced to
+    their node addresses); `synced` once each has listed completely."""
 
     def __init__(self, kube: KubeClient, settings: KubernetesSettings, cluster_id: str,
-                 on_change: Callable[[], None], stop: threading.Event) -> None:
+                 on_change: Callable[[], None], stop: threading.Event, *,
+                 watch_nodes: bool = False) -> None:
         self._settings = settings
         self._cluster_id = cluster_id
         self.services = Reflector(kube, SERVICES, service_from_raw, on_change,
                                   watch_timeout=settings.watch_timeout, stop=stop)
         self.slices = Reflector(kube, ENDPOINT_SLICES, slice_from_raw, on_change,
                                 watch_timeout=settings.watch_timeout, stop=stop)
+        self.nodes = Reflector(kube, NODES, node_from_raw, on_change,
+                               watch_timeout=settings.watch_timeout, stop=stop) if watch_nodes else None
+        self._reflectors = [r for r in (self.services, self.slices, self.nodes) if r is not None]
 
     def start(self) -> None:
-        self.services.start()
-        self.slices.start()
+        for reflector in self._reflectors:
+            reflector.start()
 
     @property
     def synced(self) -> bool:
-        return self.services.synced.is_set() and self.slices.synced.is_set()
+        return all(r.synced.is_set() for r in self._reflectors)
 
     def snapshot(self) -> Snapshot:
         services = self.services.items
@@ -68,4 +74,5 @@ class KubeSource:
             if namespace_allowed(svc.key.namespace, allow, deny)
             and svc.label(MANAGED_BY_LABEL) != MANAGED_BY_VALUE
         ]
-        return Snapshot.of(joined, self.synced)
+        nodes = {node.name: node for node in self.nodes.items.values()} if self.nodes else {}
+        return Snapshot.of(joined, self.synced, nodes)

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from bridge.catalog.merge import merge
 from bridge.catalog.model import Catalog, Snapshot
-from bridge.catalog.plan import Plan, Registration, SyncOptions, desired, diff
+from bridge.catalog.plan import Plan, Registration, diff
+from bridge.catalog.to_consul import SyncOptions, desired
 from bridge.errors import BridgeError
 from bridge.reconcile.trigger import Trigger
 from bridge.retry import Backoff
@@ -30,6 +33,9 @@ PASSES = Counter("bridge_reconcile_passes_total", "Reconcile passes", ["reason"]
 PLANNED = Counter("bridge_reconcile_planned_total", "Planned Consul changes", ["op"])
 SERVICES = Gauge("bridge_catalog_services", "Services in the merged catalog")
 INSTANCES = Gauge("bridge_catalog_instances", "Instances in the merged catalog")
+SKIPPED = Counter("bridge_sync_skipped_total", "Services or endpoints not registered, with a logged reason")
+LAG = Histogram("bridge_sync_lag_seconds", "From a change arriving to its Consul write",
+                buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
 
 class Source(Protocol):
@@ -39,16 +45,30 @@ class Source(Protocol):
     def snapshot(self) -> Snapshot: ...
 
 
+class ApplyResult(Protocol):
+    written: list[str]
+    failed: dict[str, str]
+
+
 class Sink(Protocol):
     def actual(self) -> dict[str, Registration]: ...
 
-    def apply(self, plan: Plan) -> object: ...
+    def apply(self, plan: Plan) -> ApplyResult: ...
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How writes are made: `upsert_only` never deletes; `dry_run` logs the plan only."""
+
+    upsert_only: bool = False
+    dry_run: bool = False
 
 
 class Reconciler:
     def __init__(self, *, kube: Source, consul: Source | None, sink: Sink | None,
                  publish: Callable[[Catalog], None], options: SyncOptions, trigger: Trigger,
-                 stop: threading.Event, resync_period: float, local_wins: bool = False) -> None:
+                 stop: threading.Event, resync_period: float, local_wins: bool = False,
+                 mode: Mode | None = None) -> None:
         self._kube = kube
         self._consul = consul
         self._sink = sink
@@ -62,7 +82,10 @@ class Reconciler:
         self._published: Catalog | None = None
         self._actual: dict[str, Registration] | None = None
         self.last_plan: Plan | None = None
+        self.in_sync = False  # the last pass left Consul as desired (nothing failed or pending)
         self._backoff = Backoff(base=0.5, cap=60.0)
+        self._mode = mode or Mode()
+        self._skips_logged: set[str] = set()
         self.thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
 
     def start(self) -> None:
@@ -70,17 +93,19 @@ class Reconciler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            poked = self._trigger.wait(self._resync)
+            first_poke = self._trigger.wait(self._resync)
             if self._stop.is_set():
                 return
             try:
-                self.step(resync=not poked)
+                self.step(resync=first_poke is None, since=first_poke)
             except Exception:
                 # One bad pass must not end reconciling; the next poke or resync retries.
                 log.exception("reconcile pass failed")
                 self._actual = None
+                self._retry_later()
 
-    def step(self, *, resync: bool = False) -> None:
+    def step(self, *, resync: bool = False, since: float | None = None) -> None:
+        """One pass. `since` is when the first change it handles arrived (for the lag)."""
         PASSES.labels("resync" if resync else "change").inc()
         kube = self._kube.snapshot()
         consul = self._consul.snapshot() if self._consul else Snapshot(synced=True)
@@ -93,34 +118,53 @@ class Reconciler:
             SERVICES.set(len(catalog.services))
             INSTANCES.set(sum(len(s.instances) for s in catalog.services.values()))
             self._publish(catalog)
+        # Nothing is written, and so nothing deleted, before both sources listed completely.
         if self._sink is not None and kube.synced and consul.synced:
-            self._sync_consul(kube, reread=resync)
+            self._sync_consul(kube, reread=resync, since=since)
 
-    def _sync_consul(self, kube: Snapshot, *, reread: bool) -> None:
+    def _report_skips(self) -> None:
+        reasons = set(self._options.skipped)
+        for reason in sorted(reasons - self._skips_logged):
+            SKIPPED.inc()
+            log.warning("not registered: %s", reason)
+        self._skips_logged = reasons
+
+    def _sync_consul(self, kube: Snapshot, *, reread: bool, since: float | None) -> None:
         assert self._sink is not None
         self._options.skipped.clear()
         wanted = desired(kube, self._options)
-        for reason in self._options.skipped:
-            log.warning("not registered: %s", reason)
+        self._report_skips()
+        self.in_sync = False
         if reread or self._actual is None:
             try:
                 self._actual = self._sink.actual()
             except BridgeError as exc:
                 log.warning("reading our Consul registrations failed: %s", exc)
                 self._actual = None
+                self._retry_later()
                 return
         plan = diff(wanted, self._actual)
+        if self._mode.upsert_only and plan.delete:
+            log.info("upsert-only: keeping %d registrations Kubernetes no longer has", len(plan.delete))
+            plan = Plan(plan.create, plan.update, ())
         self.last_plan = plan
+        self.in_sync = plan.empty
         if plan.empty:
+            self._backoff.reset()
             return
         PLANNED.labels("create").inc(len(plan.create))
         PLANNED.labels("update").inc(len(plan.update))
         PLANNED.labels("delete").inc(len(plan.delete))
+        if self._mode.dry_run:
+            for verb, regs in (("register", (*plan.create, *plan.update)), ("deregister", plan.delete)):
+                for reg in regs:
+                    log.info("dry-run: would %s %s (%s %s:%d)", verb, reg.service_id, reg.name,
+                             reg.address, reg.port)
+            return
         log.info("consul: %d to create, %d to update, %d to delete", len(plan.create),
                  len(plan.update), len(plan.delete))
         result = self._sink.apply(plan)
-        written = set(getattr(result, "written", ()))
-        failed = getattr(result, "failed", {})
+        written = set(result.written)
         actual = dict(self._actual)
         for reg in (*plan.create, *plan.update):
             if reg.service_id in written:
@@ -128,13 +172,26 @@ class Reconciler:
         for reg in plan.delete:
             if reg.service_id in written:
                 actual.pop(reg.service_id, None)
+        if written and since is not None:
+            LAG.observe(max(0.0, time.monotonic() - since))
         # After a failure our record may be wrong: reread before the next plan.
-        self._actual = None if failed else actual
-        if failed:
-            delay = self._backoff.next_delay()
-            log.warning("%d registrations failed; retrying in %.1fs", len(failed), delay)
-            timer = threading.Timer(delay, self._trigger.poke)
-            timer.daemon = True
-            timer.start()
+        self._actual = None if result.failed else actual
+        if result.failed:
+            log.warning("%d registrations failed", len(result.failed))
+            self._retry_later()
         else:
+            self.in_sync = True
             self._backoff.reset()
+
+    @property
+    def converged(self) -> bool:
+        """Consul is as desired and no change is waiting to be handled."""
+        return self.in_sync and not self._trigger.pending
+
+    def _retry_later(self) -> None:
+        """Another pass after a backoff delay: the desired state is kept, not dropped."""
+        delay = self._backoff.next_delay()
+        log.info("retrying the sync in %.1fs", delay)
+        timer = threading.Timer(delay, self._trigger.poke)
+        timer.daemon = True
+        timer.start()

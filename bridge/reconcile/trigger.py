@@ -31,8 +31,14 @@ class Trigger:
             self.pokes += 1
             self._cond.notify_all()
 
-    def wait(self, timeout: float) -> bool:
-        """True when poked (after coalescing), False when `timeout` passed without a poke."""
+    @property
+    def pending(self) -> bool:
+        """A poke arrived that no `wait()` has returned for yet."""
+        return self._first is not None
+
+    def wait(self, timeout: float) -> float | None:
+        """When poked: the clock time of the first poke handled (after coalescing).
+        None when `timeout` passed without a poke."""
         deadline = self._clock() + timeout
         with self._cond:
             while True:
@@ -40,10 +46,10 @@ class Trigger:
                 if self._first is not None:
                     due = min(self._last + self.quiet, self._first + self.max_delay)
                     if now >= due:
-                        self._first = None
-                        return True
+                        first, self._first = self._first, None
+                        return first
                     self._cond.wait(due - now)
                     continue
                 if now >= deadline:
-                    return False
+                    return None
                 self._cond.wait(deadline - now)

@@ -7,6 +7,10 @@ hooks or ACL tokens always use the fake and live in the *_faults / *_acl files.
 
 Every name a test creates gets a random suffix so that runs against a shared real agent
 do not collide, and what a test registers is removed afterwards.
+
+A test module binds the fixtures it uses to their names, e.g. `consul = conftest_consul.consul`
+(importing a fixture by name instead would make every test argument of that name a
+redefinition of the import, which ruff reports as F811).
 """
 
 from __future__ import annotations
@@ -18,15 +22,20 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import consul
+import consul as pyconsul
+import pytest
 
 from bridge.testing.consul import ConsulServer
 
 ENV_ADDR = "BRIDGE_TEST_CONSUL_ADDR"
 T = TypeVar("T")
+# How long a query must stay unanswered before we call it "blocked" (a bound, not a sleep).
+STILL_BLOCKED = 0.3
 
 
 @dataclass
@@ -62,8 +71,8 @@ class ConsulTarget:
     fake: ConsulServer | None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
-    def client(self, **kwargs: Any) -> consul.Consul:
-        return consul.Consul(host=self.host, port=self.port, **kwargs)
+    def client(self, **kwargs: Any) -> pyconsul.Consul:
+        return pyconsul.Consul(host=self.host, port=self.port, **kwargs)
 
     def http(
         self,
@@ -125,8 +134,7 @@ def consul_under_test() -> Iterator[ConsulTarget]:
             target.run_cleanups()
         return
     with fake_consul() as server:
-        host, port = server.address
-        yield ConsulTarget(host, port, fake=server)
+        yield fake_target(server)
 
 
 @contextlib.contextmanager
@@ -155,3 +163,42 @@ def eventually(probe: Callable[[], T | None], *, timeout: float = 5.0, interval:
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
         time.sleep(interval)
+
+
+def assert_pending(future: Future[Any]) -> None:
+    """The query behind `future` is still unanswered after STILL_BLOCKED seconds."""
+    with pytest.raises(FutureTimeout):
+        future.result(timeout=STILL_BLOCKED)
+
+
+# -- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def consul() -> Iterator[ConsulTarget]:
+    """The Consul under test (see consul_under_test)."""
+    with consul_under_test() as target:
+        yield target
+
+
+def fake_server(**kwargs: Any) -> Any:
+    """A `server` fixture: a started fake built with `kwargs` (see fake_consul)."""
+
+    @pytest.fixture
+    def server() -> Iterator[ConsulServer]:
+        with fake_consul(**kwargs) as fake:
+            yield fake
+
+    return server
+
+
+@pytest.fixture
+def target(server: ConsulServer) -> ConsulTarget:
+    """A client-side view of the `server` fixture."""
+    return fake_target(server)
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        yield executor

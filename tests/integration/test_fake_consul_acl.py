@@ -7,26 +7,18 @@ the client sent a token.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import consul as pyconsul
 import pytest
 
 from bridge.testing.consul import ConsulServer
-from tests.integration.conftest_consul import ConsulTarget, fake_consul, fake_target
+from tests.integration import conftest_consul
+from tests.integration.conftest_consul import ConsulTarget
 
 MASTER = "root-token"
 
 
-@pytest.fixture
-def server() -> Iterator[ConsulServer]:
-    with fake_consul(acl_master_token=MASTER) as fake:
-        yield fake
-
-
-@pytest.fixture
-def target(server: ConsulServer) -> ConsulTarget:
-    return fake_target(server)
+server = conftest_consul.fake_server(acl_master_token=MASTER)
+target = conftest_consul.target
 
 
 def seed(target: ConsulTarget, *names: str) -> None:

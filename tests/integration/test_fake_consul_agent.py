@@ -6,18 +6,12 @@ visibility is polled because a real agent syncs its local state asynchronously.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import consul as pyconsul
-import pytest
 
-from tests.integration.conftest_consul import ConsulTarget, consul_under_test, eventually
+from tests.integration import conftest_consul
+from tests.integration.conftest_consul import ConsulTarget, eventually
 
-
-@pytest.fixture
-def consul() -> Iterator[ConsulTarget]:
-    with consul_under_test() as target:
-        yield target
+consul = conftest_consul.consul
 
 
 def test_register_with_py_consul_shows_in_agent_and_catalog(consul: ConsulTarget) -> None:

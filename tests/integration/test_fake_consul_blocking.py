@@ -7,29 +7,17 @@ short (1-2s) and assertions allow for Consul's up-to-wait/16 jitter on a real ag
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest_consul import ConsulTarget, RawResponse, consul_under_test
+from tests.integration import conftest_consul
+from tests.integration.conftest_consul import ConsulTarget, RawResponse, assert_pending
 
-# How long a query must stay unanswered before we call it "blocked" (a bound, not a sleep).
-STILL_BLOCKED = 0.3
-
-
-@pytest.fixture
-def consul() -> Iterator[ConsulTarget]:
-    with consul_under_test() as target:
-        yield target
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4) as executor:
-        yield executor
+consul = conftest_consul.consul
+pool = conftest_consul.pool
 
 
 def timed(fn: Callable[[], Any]) -> Callable[[], tuple[float, Any]]:
@@ -39,11 +27,6 @@ def timed(fn: Callable[[], Any]) -> Callable[[], tuple[float, Any]]:
         return time.monotonic() - started, result
 
     return run
-
-
-def assert_pending(future: Future[Any]) -> None:
-    with pytest.raises(FutureTimeout):
-        future.result(timeout=STILL_BLOCKED)
 
 
 def register(consul: ConsulTarget, name: str, port: int = 80) -> None:

@@ -5,18 +5,14 @@ Runs against the in-process fake, or a real agent via BRIDGE_TEST_CONSUL_ADDR.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
 
-from tests.integration.conftest_consul import ConsulTarget, consul_under_test
+from tests.integration import conftest_consul
+from tests.integration.conftest_consul import ConsulTarget
 
-
-@pytest.fixture
-def consul() -> Iterator[ConsulTarget]:
-    with consul_under_test() as target:
-        yield target
+consul = conftest_consul.consul
 
 
 def external_node(consul: ConsulTarget, *, service: dict | None = None, **extra: object) -> dict:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import consul as pyconsul
 import pytest
@@ -20,24 +19,12 @@ import requests
 from consul.exceptions import ClientError
 
 from bridge.testing.consul import ConsulServer
-from tests.integration.conftest_consul import ConsulTarget, eventually, fake_consul, fake_target
+from tests.integration import conftest_consul
+from tests.integration.conftest_consul import ConsulTarget, assert_pending, eventually, fake_consul, fake_target
 
-
-@pytest.fixture
-def server() -> Iterator[ConsulServer]:
-    with fake_consul() as fake:
-        yield fake
-
-
-@pytest.fixture
-def target(server: ConsulServer) -> ConsulTarget:
-    return fake_target(server)
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(max_workers=4) as executor:
-        yield executor
+server = conftest_consul.fake_server()
+target = conftest_consul.target
+pool = conftest_consul.pool
 
 
 def connect_refused(address: tuple[str, int]) -> bool:
@@ -48,6 +35,14 @@ def connect_refused(address: tuple[str, int]) -> bool:
     except OSError:
         return False  # e.g. accepted then reset while the listener was closing
     return False
+
+
+def held_blocking_query(target: ConsulTarget, pool: ThreadPoolExecutor, wait: str = "30s") -> Future[Any]:
+    """A /v1/catalog/services blocking query, asserted to be still waiting for a change."""
+    index = target.http("GET", "/v1/catalog/services").index
+    query = pool.submit(lambda: target.client().catalog.services(index=index, wait=wait))
+    assert_pending(query)
+    return query
 
 
 def test_start_reports_a_real_port_and_url(server: ConsulServer) -> None:
@@ -77,10 +72,7 @@ def test_timed_outage_recovers_by_itself(server: ConsulServer, target: ConsulTar
 def test_outage_cuts_a_held_blocking_query(
     server: ConsulServer, target: ConsulTarget, pool: ThreadPoolExecutor
 ) -> None:
-    index = target.http("GET", "/v1/catalog/services").index
-    query = pool.submit(lambda: target.client().catalog.services(index=index, wait="30s"))
-    with pytest.raises(FutureTimeout):
-        query.result(timeout=0.3)
+    query = held_blocking_query(target, pool)
     server.faults.outage()
     with pytest.raises(requests.exceptions.ConnectionError):
         query.result(timeout=5)
@@ -126,10 +118,7 @@ def test_slow_responses(server: ConsulServer, target: ConsulTarget) -> None:
 def test_drop_cuts_blocking_queries_without_a_response(
     server: ConsulServer, target: ConsulTarget, pool: ThreadPoolExecutor
 ) -> None:
-    index = target.http("GET", "/v1/catalog/services").index
-    query = pool.submit(lambda: target.client().catalog.services(index=index, wait="30s"))
-    with pytest.raises(FutureTimeout):
-        query.result(timeout=0.3)
+    query = held_blocking_query(target, pool)
     server.faults.drop_blocking_queries()
     with pytest.raises(requests.exceptions.ConnectionError):
         query.result(timeout=5)
@@ -279,10 +268,7 @@ def test_load_rejects_invalid_items_before_writing(server: ConsulServer, target:
 def test_stop_ends_held_blocking_queries_promptly(pool: ThreadPoolExecutor) -> None:
     server = ConsulServer(jitter=False).start()
     target = fake_target(server)
-    index = target.http("GET", "/v1/catalog/services").index
-    query = pool.submit(lambda: target.client().catalog.services(index=index, wait="5m"))
-    with pytest.raises(FutureTimeout):
-        query.result(timeout=0.3)
+    query = held_blocking_query(target, pool, wait="5m")
     started = time.monotonic()
     server.stop()
     assert time.monotonic() - started < 2.5

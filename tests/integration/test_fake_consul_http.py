@@ -6,17 +6,11 @@ Runs against the in-process fake, or a real agent via BRIDGE_TEST_CONSUL_ADDR.
 from __future__ import annotations
 
 import http.client
-from collections.abc import Iterator
 
-import pytest
+from tests.integration import conftest_consul
+from tests.integration.conftest_consul import ConsulTarget
 
-from tests.integration.conftest_consul import ConsulTarget, consul_under_test
-
-
-@pytest.fixture
-def consul() -> Iterator[ConsulTarget]:
-    with consul_under_test() as target:
-        yield target
+consul = conftest_consul.consul
 
 
 def test_unknown_v1_path_is_404_with_consul_text(consul: ConsulTarget) -> None:

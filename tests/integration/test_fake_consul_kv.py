@@ -6,18 +6,14 @@ Runs against the in-process fake, or a real agent via BRIDGE_TEST_CONSUL_ADDR.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 
 import consul as pyconsul
 import pytest
 
-from tests.integration.conftest_consul import ConsulTarget, consul_under_test, eventually
+from tests.integration import conftest_consul
+from tests.integration.conftest_consul import ConsulTarget, eventually
 
-
-@pytest.fixture
-def consul() -> Iterator[ConsulTarget]:
-    with consul_under_test() as target:
-        yield target
+consul = conftest_consul.consul
 
 
 @pytest.fixture

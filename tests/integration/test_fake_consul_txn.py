@@ -6,17 +6,11 @@ Runs against the in-process fake, or a real agent via BRIDGE_TEST_CONSUL_ADDR.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 
-import pytest
+from tests.integration import conftest_consul
+from tests.integration.conftest_consul import ConsulTarget
 
-from tests.integration.conftest_consul import ConsulTarget, consul_under_test
-
-
-@pytest.fixture
-def consul() -> Iterator[ConsulTarget]:
-    with consul_under_test() as target:
-        yield target
+consul = conftest_consul.consul
 
 
 def node_set(name: str, address: str = "10.2.0.1") -> dict:

@@ -6,32 +6,16 @@ import urllib.request
 from datetime import datetime
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.leaderelection.leaderelectionrecord import LeaderElectionRecord
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
-from bridge.testing.kube import KubeAPIServer
+from tests.integration import kube_fixtures
 
-
-@pytest.fixture
-def kube():
-    server = KubeAPIServer(seed=11)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def api(kube, tmp_path):
-    api_client = config.new_client_from_config(str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
-    yield api_client
-    api_client.close()
-
-
-@pytest.fixture
-def core(api):
-    return client.CoreV1Api(api)
+kube = kube_fixtures.server(seed=11)
+api = kube_fixtures.api
+core = kube_fixtures.core
 
 
 def status_of(exc: ApiException) -> dict:

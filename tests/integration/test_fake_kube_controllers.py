@@ -5,19 +5,14 @@ import ipaddress
 import pytest
 from kubernetes import client, config
 
-from bridge.testing.kube import KubeAPIServer, StatusError
+from bridge.testing.kube import StatusError
 from bridge.testing.kube.store import MERGE_PATCH
+from tests.integration import kube_fixtures
 
 SERVICE_NAME = "kubernetes.io/service-name"
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 
-
-@pytest.fixture
-def kube():
-    server = KubeAPIServer(seed=3)
-    server.start()
-    yield server
-    server.stop()
+kube = kube_fixtures.server(seed=3)
 
 
 def service(name="web", *, selector=None, ports=None, **spec):

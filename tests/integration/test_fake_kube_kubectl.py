@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from bridge.testing.kube import KubeAPIServer
+from tests.integration import kube_fixtures
 
 MANIFEST = """\
 apiVersion: v1
@@ -61,12 +61,7 @@ spec:
 """
 
 
-@pytest.fixture
-def kube():
-    server = KubeAPIServer(seed=9)
-    server.start()
-    yield server
-    server.stop()
+kube = kube_fixtures.server(seed=9)
 
 
 @pytest.fixture

@@ -7,38 +7,16 @@ import threading
 import time
 
 import pytest
-from kubernetes import client, config, watch
+from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
 from bridge.testing.kube import KubeAPIServer
+from tests.integration import kube_fixtures
+from tests.integration.kube_fixtures import wait_until
 
-
-@pytest.fixture
-def kube():
-    server = KubeAPIServer(seed=5)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def api(kube, tmp_path):
-    api_client = config.new_client_from_config(str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
-    yield api_client
-    api_client.close()
-
-
-@pytest.fixture
-def core(api):
-    return client.CoreV1Api(api)
-
-
-def wait_until(predicate, timeout=5.0, message="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.01)
+kube = kube_fixtures.server(seed=5)
+api = kube_fixtures.api
+core = kube_fixtures.core
 
 
 class Collector:

@@ -20,17 +20,14 @@ from bridge.catalog.model import (
     ServiceType,
     Snapshot,
 )
-from bridge.catalog.plan import (
+from bridge.catalog.plan import OWNER_META, Plan, Registration, diff
+from bridge.catalog.to_consul import (
     META_ANNOTATION_PREFIX,
-    OWNER_META,
     PORT_ANNOTATION,
     SYNC_ANNOTATION,
     TAGS_ANNOTATION,
-    Plan,
-    Registration,
     SyncOptions,
     desired,
-    diff,
     parse_bool,
     parse_tags,
     registrations_for,
@@ -265,10 +262,10 @@ def test_externalname_service_is_skipped():
     assert registrations_for(svc, opts()) == []
 
 
-@pytest.mark.parametrize("stype", [ServiceType.CLUSTER_IP, ServiceType.NODE_PORT,
-                                   ServiceType.LOAD_BALANCER, ServiceType.HEADLESS])
-def test_other_types_register_their_endpoints(stype):
-    regs = registrations_for(service(stype=stype), opts())
+@pytest.mark.parametrize(("stype", "extra"), [(ServiceType.CLUSTER_IP, {}), (ServiceType.HEADLESS, {}),
+                                             (ServiceType.LOAD_BALANCER, {"lb_endpoints": True})])
+def test_endpoint_types_register_their_endpoints(stype, extra):
+    regs = registrations_for(service(stype=stype), opts(**extra))
     assert [r.address for r in regs] == ["10.0.0.1", "10.0.0.2"]
 
 

@@ -18,16 +18,8 @@ from bridge.catalog.model import (
     ServiceType,
     Snapshot,
 )
-from bridge.catalog.plan import (
-    CHECK_NAME,
-    CHECK_TYPE,
-    OWNER_META,
-    Plan,
-    Registration,
-    SyncOptions,
-    desired,
-    diff,
-)
+from bridge.catalog.plan import CHECK_NAME, CHECK_TYPE, OWNER_META, Plan, Registration, diff
+from bridge.catalog.to_consul import SyncOptions, desired
 from bridge.consul.objects import (
     NODE_ADDRESS,
     BadEntry,
@@ -257,7 +249,8 @@ def test_plan_operations_group_service_and_check_and_delete_alone():
         service_op, check_op = group[0]["Service"], group[1]["Check"]
         assert service_op == {"Verb": "set", "Node": NODE, "Service": {
             "ID": r.service_id, "Service": "web", "Address": r.address, "Port": 8080,
-            "Tags": ["k8s", "blue"], "Meta": {"external-k8s-ns": "shop", OWNER_META: CLUSTER}}}
+            "Tags": ["k8s", "blue"], "Meta": {"external-k8s-ns": "shop", OWNER_META: CLUSTER},
+            "Weights": {"Passing": 1, "Warning": 1}}}
         assert check_op["Verb"] == "set"
         check = check_op["Check"]
         assert check["Node"] == NODE

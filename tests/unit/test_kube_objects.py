@@ -13,6 +13,7 @@ from bridge.kube.objects import (
     Slice,
     SliceEndpoint,
     join,
+    node_from_raw,
     object_key,
     service_from_raw,
     slice_from_raw,
@@ -89,7 +90,29 @@ def test_node_port_service():
                   {"name": "dns", "port": 53, "protocol": "UDP"}]}))
     assert svc.type is ServiceType.NODE_PORT
     assert svc.cluster_ips == ("10.96.0.12",)
-    assert svc.ports == (Port("http", 80, "TCP"), Port("dns", 53, "UDP"))
+    assert svc.ports == (Port("http", 80, "TCP", 30080), Port("dns", 53, "UDP"))
+
+
+def test_external_ips_and_load_balancer_ingress():
+    raw = raw_service({"type": "LoadBalancer", "clusterIPs": ["10.96.0.13"],
+                       "externalIPs": ["3.3.3.3"], "ports": [{"port": 80, "nodePort": 30001}]})
+    raw["status"] = {"loadBalancer": {"ingress": [{"ip": "5.5.5.5"}, {"hostname": "lb.example.com"},
+                                                  {"ip": "5.5.5.5"}]}}
+    svc = service_from_raw(raw)
+    assert svc.external_ips == ("3.3.3.3",)
+    assert svc.load_balancer_ingress == ("5.5.5.5", "lb.example.com"), "IPs, else hostnames, de-duplicated"
+    raw["spec"]["externalIPs"] = ["not-an-ip"]
+    with pytest.raises(BadObject, match="externalIPs"):
+        service_from_raw(raw)
+
+
+def test_node_addresses_and_zone():
+    node = node_from_raw({"metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z1"}},
+                          "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"},
+                                                   {"type": "Hostname", "address": "n1"},
+                                                   {"type": "ExternalIP", "address": "1.2.3.4"}]}})
+    assert (node.name, node.internal_ips, node.external_ips, node.zone) == (
+        "n1", ("10.0.0.5",), ("1.2.3.4",), "z1")
 
 
 def test_load_balancer_service():

@@ -69,7 +69,7 @@ class Sim:
 def test_timeout_without_a_poke_returns_false():
     sim = Sim()
     trigger = sim.make(quiet=1.0, max_delay=5.0)
-    assert trigger.wait(30.0) is False
+    assert trigger.wait(30.0) is None
     assert sim.now == pytest.approx(30.0), "wait(timeout) should return at the timeout"
     assert trigger.pokes == 0
 
@@ -78,7 +78,7 @@ def test_a_poke_before_wait_returns_after_the_quiet_period():
     sim = Sim()
     trigger = sim.make(quiet=1.0, max_delay=5.0)
     trigger.poke()
-    assert trigger.wait(30.0) is True
+    assert trigger.wait(30.0) is not None
     assert sim.now == pytest.approx(1.0)
 
 
@@ -86,10 +86,11 @@ def test_pokes_in_a_burst_are_coalesced_into_one_wake_up():
     sim = Sim()
     trigger = sim.make(quiet=1.0, max_delay=10.0)
     sim.schedule_pokes(0.5, 0.9, 1.7, 2.2)
-    assert trigger.wait(30.0) is True
+    first = trigger.wait(30.0)
+    assert first == pytest.approx(0.5), "wait() returns when the first change of the burst arrived"
     assert sim.now == pytest.approx(3.2), f"quiet period counts from the last poke, at {sim.now}"
     assert trigger.pokes == 4
-    assert trigger.wait(30.0) is False, "the burst was handled by one wake-up"
+    assert trigger.wait(30.0) is None, "the burst was handled by one wake-up"
     assert sim.now == pytest.approx(33.2)
 
 
@@ -97,9 +98,9 @@ def test_max_delay_bounds_a_continuous_stream_of_pokes():
     sim = Sim()
     trigger = sim.make(quiet=1.0, max_delay=3.0)
     sim.schedule_pokes(*(0.25 + 0.5 * i for i in range(100)))  # never quiet for 1s
-    assert trigger.wait(1000.0) is True
+    assert trigger.wait(1000.0) is not None
     assert sim.now == pytest.approx(3.25), f"due at first poke + max_delay, woke at {sim.now}"
-    assert trigger.wait(1000.0) is True
+    assert trigger.wait(1000.0) is not None
     # the next unhandled poke after 3.25 is at 3.75
     assert sim.now == pytest.approx(6.75), f"second wake-up at {sim.now}"
 
@@ -108,7 +109,7 @@ def test_a_poke_arriving_within_the_timeout_wins_over_the_timeout():
     sim = Sim()
     trigger = sim.make(quiet=2.0, max_delay=5.0)
     sim.schedule_pokes(0.9)
-    assert trigger.wait(1.0) is True
+    assert trigger.wait(1.0) is not None
     assert sim.now == pytest.approx(2.9)
 
 
@@ -116,9 +117,9 @@ def test_a_poke_after_the_timeout_is_kept_for_the_next_wait():
     sim = Sim()
     trigger = sim.make(quiet=1.0, max_delay=5.0)
     sim.schedule_pokes(7.0)
-    assert trigger.wait(5.0) is False
+    assert trigger.wait(5.0) is None
     assert sim.now == pytest.approx(5.0)
-    assert trigger.wait(5.0) is True
+    assert trigger.wait(5.0) is not None
     assert sim.now == pytest.approx(8.0)
 
 
@@ -126,7 +127,7 @@ def test_max_delay_below_quiet_is_raised_to_quiet():
     sim = Sim()
     trigger = sim.make(quiet=2.0, max_delay=0.5)
     trigger.poke()
-    assert trigger.wait(30.0) is True
+    assert trigger.wait(30.0) is not None
     assert sim.now == pytest.approx(2.0)
 
 
@@ -134,7 +135,7 @@ def test_zero_quiet_wakes_on_the_poke():
     sim = Sim()
     trigger = sim.make(quiet=0.0, max_delay=0.0)
     sim.schedule_pokes(4.0)
-    assert trigger.wait(30.0) is True
+    assert trigger.wait(30.0) is not None
     assert sim.now == pytest.approx(4.0)
 
 
@@ -151,6 +152,6 @@ def test_real_threads_poke_wakes_a_waiter():
     thread.start()
     thread.join()
     assert poked.is_set()
-    assert trigger.wait(5.0) is True
-    assert trigger.wait(0.001) is False
+    assert trigger.wait(5.0) is not None
+    assert trigger.wait(0.001) is None
     assert trigger.pokes == 1

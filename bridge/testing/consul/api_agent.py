@@ -20,7 +20,7 @@ from bridge.testing.consul.catalog import (
     weights_error,
 )
 from bridge.testing.consul.context import Api
-from bridge.testing.consul.decode import CHECK_UPDATE, SERVICE_DEFINITION, DecodeError, decode_body
+from bridge.testing.consul.decode import CHECK_UPDATE, SERVICE_DEFINITION, decode_request
 from bridge.testing.consul.errors import HTTPError, bad_request
 from bridge.testing.consul.protocol import Request, Response, empty_response, json_response
 from bridge.testing.consul.query import request_token
@@ -90,10 +90,7 @@ def _agent_checks(api: Api, service: Record, check_types: list[Record]) -> list[
 
 @route("/v1/agent/service/register", "PUT")
 def agent_service_register(api: Api, req: Request) -> Response:
-    try:
-        body = decode_body(req.body, SERVICE_DEFINITION)
-    except DecodeError as exc:
-        raise bad_request(f"Request decode failed: {exc}") from None
+    body = decode_request(req.body, SERVICE_DEFINITION)
     if not body.get("Name"):
         raise bad_request("Missing service name")
     if is_any_address(body.get("Address", "")):
@@ -246,10 +243,7 @@ def agent_check_fail(api: Api, req: Request) -> Response:
 
 @route("/v1/agent/check/update/", "PUT")
 def agent_check_update(api: Api, req: Request) -> Response:
-    try:
-        body = decode_body(req.body, CHECK_UPDATE)
-    except DecodeError as exc:
-        raise bad_request(f"Request decode failed: {exc}") from None
+    body = decode_request(req.body, CHECK_UPDATE)
     status = body.get("Status", "")
     if status not in _VALID_STATUSES:
         raise bad_request(f"Invalid check status: '{status}'")

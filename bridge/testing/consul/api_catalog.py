@@ -9,11 +9,9 @@ index rules from catalog.py.
 
 from __future__ import annotations
 
-from typing import Any
-
 from bridge.testing.consul import render
 from bridge.testing.consul.acl import Authorizer
-from bridge.testing.consul.bexpr import NODE_FIELDS, NODE_SERVICE_FIELDS, SERVICE_NODE_FIELDS, compile_filter
+from bridge.testing.consul.bexpr import NODE_FIELDS, NODE_SERVICE_FIELDS, SERVICE_NODE_FIELDS, Predicate, compile_filter
 from bridge.testing.consul.catalog import (
     NODE_EXTINCTION,
     changes_node,
@@ -29,14 +27,17 @@ from bridge.testing.consul.catalog import (
     validate_node_id,
 )
 from bridge.testing.consul.context import Api
-from bridge.testing.consul.decode import DEREGISTER_REQUEST, REGISTER_REQUEST, DecodeError, decode_body
-from bridge.testing.consul.errors import ApplyError, HTTPError, bad_request, server_error
+from bridge.testing.consul.decode import DEREGISTER_REQUEST, REGISTER_REQUEST, decode_request
+from bridge.testing.consul.errors import ApplyError, HTTPError, server_error
 from bridge.testing.consul.protocol import Request, Response, json_response
 from bridge.testing.consul.query import (
     QueryResult,
     node_meta_filters,
     parse_options,
+    path_suffix,
+    readable_instances,
     request_token,
+    require_datacenter,
     resolve,
     respond,
     run_query,
@@ -46,13 +47,6 @@ from bridge.testing.consul.router import Route, route
 from bridge.testing.consul.state import Record, Tables
 
 CONSUL_SERVICE = "consul"
-
-
-def _decode(raw: bytes, schema: Any) -> Record:
-    try:
-        return decode_body(raw, schema)
-    except DecodeError as exc:
-        raise bad_request(f"Request decode failed: {exc}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -144,10 +138,9 @@ def vet_register(tables: Tables, authz: Authorizer, req: Record) -> None:
 
 @route("/v1/catalog/register", "PUT")
 def catalog_register(api: Api, req: Request) -> Response:
-    body = _decode(req.body, REGISTER_REQUEST)
+    body = decode_request(req.body, REGISTER_REQUEST)
     token, _ = request_token(req)
-    if (body.get("Datacenter") or api.config.datacenter) != api.config.datacenter:
-        raise server_error("No path to datacenter")
+    require_datacenter(api, body.get("Datacenter"))
     authz = api.acl.resolve(token)
     registration = prepare_registration(api, body, authz)
     with api.store.lock:
@@ -184,10 +177,9 @@ def vet_deregister(tables: Tables, authz: Authorizer, body: Record) -> None:
 
 @route("/v1/catalog/deregister", "PUT")
 def catalog_deregister(api: Api, req: Request) -> Response:
-    body = _decode(req.body, DEREGISTER_REQUEST)
+    body = decode_request(req.body, DEREGISTER_REQUEST)
     token, _ = request_token(req)
-    if (body.get("Datacenter") or api.config.datacenter) != api.config.datacenter:
-        raise server_error("No path to datacenter")
+    require_datacenter(api, body.get("Datacenter"))
     if not body.get("Node"):
         raise server_error("Must provide node")
     authz = api.acl.resolve(token)
@@ -269,9 +261,7 @@ def catalog_service(api: Api, req: Request) -> Response:
     opts = parse_options(req, api)
     meta = node_meta_filters(req)
     tags = req.query.get("tag") if req.has("tag") else None
-    name = req.path.removeprefix("/v1/catalog/service/")
-    if not name:
-        raise bad_request("Missing service name")
+    name = path_suffix(req, "/v1/catalog/service/", "Missing service name")
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, SERVICE_NODE_FIELDS)
 
@@ -283,21 +273,9 @@ def catalog_service(api: Api, req: Request) -> Response:
         else:
             exists = bool(instances)
         index = index_for_service(tables, name, exists, checks=False)
-        out = []
-        filtered = False
-        for service in instances:
-            node = tables.nodes[service["Node"].lower()]
-            if meta and not satisfies_meta(node["Meta"], meta):
-                continue
-            if not (
-                authz.allowed("node", node["Node"], "read") and authz.allowed("service", service["ServiceName"], "read")
-            ):
-                filtered = True
-                continue
-            rendered = render.catalog_service(service, node)
-            if predicate is None or predicate(rendered):
-                out.append(rendered)
-        return QueryResult(index, out, filtered)
+        visible, filtered = readable_instances(tables, instances, meta, authz)
+        rendered = [render.catalog_service(service, node) for service, node in visible]
+        return QueryResult(index, [r for r in rendered if predicate is None or predicate(r)], filtered)
 
     return respond(api, req, opts, authz, run_query(api, req, opts, evaluate))
 
@@ -310,12 +288,26 @@ def _node_index(tables: Tables, name: str, node: Record | None) -> int:
     return tables.index.get(NODE_EXTINCTION, 0)
 
 
+def _node_services(
+    tables: Tables, authz: Authorizer, node: Record, predicate: Predicate | None
+) -> tuple[list[Record], bool]:
+    """The node's services the token may read, rendered and filtered; and whether ACLs hid any."""
+    out = []
+    filtered = False
+    for service in services_on_node(tables, node["Node"]):
+        if not authz.allowed("service", service["ServiceName"], "read"):
+            filtered = True
+            continue
+        rendered = render.node_service(service)
+        if predicate is None or predicate(rendered):
+            out.append(rendered)
+    return out, filtered
+
+
 @route("/v1/catalog/node/", "GET")
 def catalog_node(api: Api, req: Request) -> Response:
     opts = parse_options(req, api)
-    name = req.path.removeprefix("/v1/catalog/node/")
-    if not name:
-        raise bad_request("Missing node name")
+    name = path_suffix(req, "/v1/catalog/node/", "Missing node name")
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, NODE_SERVICE_FIELDS)
 
@@ -326,16 +318,8 @@ def catalog_node(api: Api, req: Request) -> Response:
             return QueryResult(index, None)
         if not authz.allowed("node", node["Node"], "read"):
             return QueryResult(index, None, True)
-        services: dict[str, Record] = {}
-        filtered = False
-        for service in services_on_node(tables, node["Node"]):
-            if not authz.allowed("service", service["ServiceName"], "read"):
-                filtered = True
-                continue
-            rendered = render.node_service(service)
-            if predicate is None or predicate(rendered):
-                services[service["ServiceID"]] = rendered
-        ordered = {sid: services[sid] for sid in sorted(services)}
+        services, filtered = _node_services(tables, authz, node, predicate)
+        ordered = {s["ID"]: s for s in sorted(services, key=lambda s: s["ID"])}
         return QueryResult(index, {"Node": render.node(node), "Services": ordered}, filtered)
 
     return respond(api, req, opts, authz, run_query(api, req, opts, evaluate))
@@ -344,9 +328,7 @@ def catalog_node(api: Api, req: Request) -> Response:
 @route("/v1/catalog/node-services/", "GET")
 def catalog_node_services(api: Api, req: Request) -> Response:
     opts = parse_options(req, api)
-    name = req.path.removeprefix("/v1/catalog/node-services/")
-    if not name:
-        raise bad_request("Missing node name")
+    name = path_suffix(req, "/v1/catalog/node-services/", "Missing node name")
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, NODE_SERVICE_FIELDS)
 
@@ -357,16 +339,8 @@ def catalog_node_services(api: Api, req: Request) -> Response:
             return QueryResult(index, {"Node": None, "Services": None})
         if not authz.allowed("node", node["Node"], "read"):
             return QueryResult(index, {"Node": None, "Services": None}, True)
-        services: list[Record] | None = None
-        filtered = False
-        for service in services_on_node(tables, node["Node"]):
-            if not authz.allowed("service", service["ServiceName"], "read"):
-                filtered = True
-                continue
-            rendered = render.node_service(service)
-            if predicate is None or predicate(rendered):
-                services = (services or []) + [rendered]
-        return QueryResult(index, {"Node": render.node(node), "Services": services}, filtered)
+        services, filtered = _node_services(tables, authz, node, predicate)
+        return QueryResult(index, {"Node": render.node(node), "Services": services or None}, filtered)
 
     return respond(api, req, opts, authz, run_query(api, req, opts, evaluate))
 

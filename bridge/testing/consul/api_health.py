@@ -25,6 +25,8 @@ from bridge.testing.consul.query import (
     QueryResult,
     node_meta_filters,
     parse_options,
+    path_suffix,
+    readable_instances,
     resolve,
     respond,
     run_query,
@@ -53,9 +55,7 @@ def health_service(api: Api, req: Request) -> Response:
     opts = parse_options(req, api)
     meta = node_meta_filters(req)
     tags = req.query.get("tag") if req.has("tag") else None
-    name = req.path.removeprefix("/v1/health/service/")
-    if not name:
-        raise bad_request("Missing service name")
+    name = path_suffix(req, "/v1/health/service/", "Missing service name")
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, SERVICE_ENTRY_FIELDS)
 
@@ -72,17 +72,9 @@ def health_service(api: Api, req: Request) -> Response:
             instances = [s for s in instances if tag_filter_passes(s, tags)]
             index = index_for_service(tables, name, exists, checks=True)
         entries = []
-        filtered = False
         grouped = checks_by_node(tables, {s["Node"].lower() for s in instances})
-        for service in instances:
-            node = tables.nodes[service["Node"].lower()]
-            if meta and not satisfies_meta(node["Meta"], meta):
-                continue
-            if not (
-                authz.allowed("node", node["Node"], "read") and authz.allowed("service", service["ServiceName"], "read")
-            ):
-                filtered = True
-                continue
+        visible, filtered = readable_instances(tables, instances, meta, authz)
+        for service, node in visible:
             checks = checks_of_instance(grouped.get(node["Node"].lower(), []), service["ServiceID"])
             entry = render.service_entry(node, service, checks)
             if predicate is None or predicate(entry):
@@ -106,10 +98,8 @@ def _check_listing(api: Api, req: Request, select: str) -> Response:
     prefix = {"service": "/v1/health/checks/", "node": "/v1/health/node/", "state": "/v1/health/state/"}[select]
     opts = parse_options(req, api)
     meta = node_meta_filters(req) if select != "node" else {}
-    value = req.path.removeprefix(prefix)
-    if not value:
-        missing = {"service": "Missing service name", "node": "Missing node name", "state": "Missing check state"}
-        raise bad_request(missing[select])
+    missing = {"service": "Missing service name", "node": "Missing node name", "state": "Missing check state"}
+    value = path_suffix(req, prefix, missing[select])
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, HEALTH_CHECK_FIELDS)
 

@@ -12,10 +12,19 @@ import uuid
 
 from bridge.testing.consul import render
 from bridge.testing.consul.context import Api
-from bridge.testing.consul.decode import SESSION, DecodeError, decode_body
+from bridge.testing.consul.decode import SESSION, decode_request
 from bridge.testing.consul.errors import ApplyError, HTTPError, bad_request, server_error
 from bridge.testing.consul.protocol import Request, Response, json_response
-from bridge.testing.consul.query import QueryResult, parse_options, request_token, resolve, respond, run_query
+from bridge.testing.consul.query import (
+    QueryResult,
+    parse_options,
+    path_suffix,
+    request_token,
+    require_datacenter,
+    resolve,
+    respond,
+    run_query,
+)
 from bridge.testing.consul.router import Route, route
 from bridge.testing.consul.sessions import SERF_CHECK_ID, delete_session, session_check_ids
 from bridge.testing.consul.state import Record, Tables
@@ -97,16 +106,10 @@ def _check_session_checks(tables: Tables, session: Record) -> None:
 
 @route("/v1/session/create", "PUT")
 def session_create(api: Api, req: Request) -> Response:
-    body: Record = {}
-    if req.body:
-        try:
-            body = decode_body(req.body, SESSION)
-        except DecodeError as exc:
-            raise bad_request(f"Request decode failed: {exc}") from None
+    body: Record = decode_request(req.body, SESSION) if req.body else {}
     session = _session_from_body(api, body)
     token, _ = request_token(req)
-    if (req.get("dc") or api.config.datacenter) != api.config.datacenter:
-        raise server_error("No path to datacenter")
+    require_datacenter(api, req.get("dc"))
     if not session["Node"]:
         raise server_error("Must provide Node")
     authz = api.acl.resolve(token)
@@ -136,10 +139,8 @@ def expire_session(api: Api, session_id: str) -> None:
 
 @route("/v1/session/destroy/", "PUT")
 def session_destroy(api: Api, req: Request) -> Response:
-    session_id = req.path.removeprefix("/v1/session/destroy/")
+    session_id = path_suffix(req, "/v1/session/destroy/", "Missing session")
     token, _ = request_token(req)
-    if not session_id:
-        raise bad_request("Missing session")
     authz = api.acl.resolve(token)
     with api.store.lock:
         existing = api.store.tables.sessions.get(session_id.lower())
@@ -154,9 +155,7 @@ def session_destroy(api: Api, req: Request) -> Response:
 @route("/v1/session/renew/", "PUT")
 def session_renew(api: Api, req: Request) -> Response:
     opts = parse_options(req, api)
-    session_id = req.path.removeprefix("/v1/session/renew/")
-    if not session_id:
-        raise bad_request("Missing session")
+    session_id = path_suffix(req, "/v1/session/renew/", "Missing session")
     authz = resolve(api, opts)
     with api.store.lock:
         session = api.store.tables.sessions.get(session_id.lower())
@@ -172,12 +171,8 @@ def session_renew(api: Api, req: Request) -> Response:
 
 def _session_listing(api: Api, req: Request, select: str) -> Response:
     opts = parse_options(req, api)
-    prefix = {"info": "/v1/session/info/", "node": "/v1/session/node/", "list": "/v1/session/list"}[select]
-    value = req.path.removeprefix(prefix)
-    if select == "info" and not value:
-        raise bad_request("Missing session")
-    if select == "node" and not value:
-        raise bad_request("Missing node name")
+    missing = {"info": "Missing session", "node": "Missing node name"}
+    value = path_suffix(req, f"/v1/session/{select}/", missing[select]) if select in missing else ""
     authz = resolve(api, opts)
 
     def evaluate(tables: Tables) -> QueryResult:

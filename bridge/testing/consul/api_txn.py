@@ -24,10 +24,10 @@ from bridge.testing.consul.context import Api
 from bridge.testing.consul.decode import TXN_OP, DecodeError, decode_list, parse_json
 from bridge.testing.consul.errors import ApplyError, HTTPError, bad_request
 from bridge.testing.consul.protocol import Request, Response, json_response
-from bridge.testing.consul.query import check_datacenter, parse_options, request_token, set_leader_meta
+from bridge.testing.consul.query import parse_options, request_token, require_datacenter, resolve, set_leader_meta
 from bridge.testing.consul.router import Route, route
 from bridge.testing.consul.sessions import kv_cas, kv_delete, kv_delete_cas, kv_delete_tree, kv_lock, kv_set, kv_unlock
-from bridge.testing.consul.state import Record, Tables, WriteTxn
+from bridge.testing.consul.state import Record, Tables, WriteTxn, cas_allows, index_matches
 from bridge.testing.consul.wire import go_quote
 
 KV_MAX_VALUE_SIZE = 512 * 1024
@@ -328,17 +328,14 @@ def _node_op(api: Api, txn: WriteTxn, op: Op) -> list[Result]:
     if verb == "set":
         api.catalog.ensure_node(txn, node)
     elif verb == "cas":
-        existing = tables.nodes.get(name.lower())
-        cas = data["ModifyIndex"]
-        if (cas == 0 and existing is not None) or (cas != 0 and (existing is None or existing["ModifyIndex"] != cas)):
+        if not cas_allows(tables.nodes.get(name.lower()), data["ModifyIndex"]):
             raise ApplyError(f"failed to set node {go_quote(name)}, index is stale")
         api.catalog.ensure_node(txn, node)
     elif verb == "delete":
         api.catalog.delete_node(txn, name)
         return []
     else:
-        existing = tables.nodes.get(name.lower())
-        if existing is None or existing["ModifyIndex"] != data["ModifyIndex"]:
+        if not index_matches(tables.nodes.get(name.lower()), data["ModifyIndex"]):
             raise ApplyError(f"failed to delete node {go_quote(name)}, index is stale")
         api.catalog.delete_node(txn, name)
         return []
@@ -356,20 +353,14 @@ def _service_op(api: Api, txn: WriteTxn, op: Op) -> list[Result]:
             raise ApplyError(f"service {quoted_id} on node {quoted_node} doesn't exist")
         return [("Service", render.node_service(found, tags_never_null=False))]
     if verb in ("set", "cas"):
-        if verb == "cas":
-            existing = tables.services.get(key)
-            cas = data["ModifyIndex"]
-            if (cas == 0 and existing is not None) or (
-                cas != 0 and (existing is None or existing["ModifyIndex"] != cas)
-            ):
-                raise ApplyError(f"failed to set service {quoted_id} on node {quoted_node}, index is stale")
+        if verb == "cas" and not cas_allows(tables.services.get(key), data["ModifyIndex"]):
+            raise ApplyError(f"failed to set service {quoted_id} on node {quoted_node}, index is stale")
         api.catalog.ensure_service(txn, node, service_from_node_service(data))
         return [("Service", render.node_service(tables.services[key], tags_never_null=False))]
     if verb == "delete":
         api.catalog.delete_service(txn, node, data["ID"])
         return []
-    existing = tables.services.get(key)
-    if existing is None or existing["ModifyIndex"] != data["ModifyIndex"]:
+    if not index_matches(tables.services.get(key), data["ModifyIndex"]):
         raise ApplyError(f"failed to delete service {quoted_id} on node {quoted_node}, index is stale")
     api.catalog.delete_service(txn, node, data["ID"])
     return []
@@ -386,20 +377,14 @@ def _check_op(api: Api, txn: WriteTxn, op: Op) -> list[Result]:
             raise ApplyError(f"check {quoted_id} on node {quoted_node} doesn't exist")
         return [("Check", render.health_check(found, tags_never_null=False))]
     if verb in ("set", "cas"):
-        if verb == "cas":
-            existing = tables.checks.get(key)
-            cas = data["ModifyIndex"]
-            if (cas == 0 and existing is not None) or (
-                cas != 0 and (existing is None or existing["ModifyIndex"] != cas)
-            ):
-                raise ApplyError(f"failed to set check {quoted_id} on node {quoted_node}, index is stale")
+        if verb == "cas" and not cas_allows(tables.checks.get(key), data["ModifyIndex"]):
+            raise ApplyError(f"failed to set check {quoted_id} on node {quoted_node}, index is stale")
         api.catalog.ensure_check(txn, check)
         return [("Check", render.health_check(tables.checks[key], tags_never_null=False))]
     if verb == "delete":
         api.catalog.delete_check(txn, data["Node"], data["CheckID"])
         return []
-    existing = tables.checks.get(key)
-    if existing is None or existing["ModifyIndex"] != data["ModifyIndex"]:
+    if not index_matches(tables.checks.get(key), data["ModifyIndex"]):
         raise ApplyError(f"failed to delete check {quoted_id} on node {quoted_node}, index is stale")
     api.catalog.delete_check(txn, data["Node"], data["CheckID"])
     return []
@@ -435,8 +420,7 @@ def txn_endpoint(api: Api, req: Request) -> Response:
     if not any(op.is_write for op in ops):
         return _read_only(api, req, ops)
     token, _ = request_token(req)
-    if (req.get("dc") or api.config.datacenter) != api.config.datacenter:
-        raise HTTPError(500, "No path to datacenter")
+    require_datacenter(api, req.get("dc"))
     authz = api.acl.resolve(token)
     with api.store.lock:
         errors = _precheck(api, api.store.tables, authz, ops)
@@ -456,8 +440,7 @@ def txn_endpoint(api: Api, req: Request) -> Response:
 def _read_only(api: Api, req: Request, ops: list[Op]) -> Response:
     """Txn.Read: same pre-checks, no raft; the body embeds QueryMeta's fields."""
     opts = parse_options(req, api)
-    check_datacenter(api, opts)
-    authz = api.acl.resolve(opts.token)
+    authz = resolve(api, opts)
     meta: dict[str, Any] = {
         "Index": 0,
         "LastContact": api.faults.last_contact_ms * 1_000_000,

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.testing.consul.errors import bad_request
 from bridge.testing.consul.wire import GoParseError, parse_duration
 
 
@@ -142,6 +143,14 @@ def _go_char(char: str) -> str:
 def decode_body(raw: bytes, schema: Schema) -> dict[str, Any]:
     """Decode a request body into `schema`, raising DecodeError with Go's message."""
     return decode_value(parse_json(raw), schema)
+
+
+def decode_request(raw: bytes, schema: Schema) -> dict[str, Any]:
+    """`decodeBody` in Consul's HTTP handlers: a body that does not decode is a 400."""
+    try:
+        return decode_body(raw, schema)
+    except DecodeError as exc:
+        raise bad_request(f"Request decode failed: {exc}") from None
 
 
 def decode_value(value: Any, schema: Schema) -> dict[str, Any]:

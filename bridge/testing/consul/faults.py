@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from bridge.testing.consul.state import Store
+from bridge.testing.timers import DelayedCall
 
 HIDDEN = "<hidden>"
 
@@ -128,7 +129,7 @@ class Faults:
         self.drop_generation = 0
         self.drop_blocking_after: float | None = None
         self._outage_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
-        self._outage_timer: threading.Timer | None = None
+        self._reopen = DelayedCall()
         self.in_outage = False
 
     # -- error responses --------------------------------------------------------
@@ -219,37 +220,26 @@ class Faults:
         """Stop listening (connections refused, open ones closed); reopen after `duration`."""
         if self._outage_hooks is None:
             raise RuntimeError("server not started")
+        self._reopen.cancel()
         with self._lock:
-            if self._outage_timer is not None:
-                self._outage_timer.cancel()
-                self._outage_timer = None
             self.in_outage = True
         self._outage_hooks[0]()
         if duration is not None:
-            timer = threading.Timer(duration, self.recover)
-            timer.daemon = True
-            with self._lock:
-                self._outage_timer = timer
-            timer.start()
+            self._reopen.schedule(duration, self.recover)
 
     def recover(self) -> None:
         """Listen again on the same host and port."""
         if self._outage_hooks is None:
             raise RuntimeError("server not started")
+        self._reopen.cancel()
         with self._lock:
-            if self._outage_timer is not None:
-                self._outage_timer.cancel()
-                self._outage_timer = None
             if not self.in_outage:
                 return
             self.in_outage = False
         self._outage_hooks[1]()
 
     def cancel_timers(self) -> None:
-        with self._lock:
-            if self._outage_timer is not None:
-                self._outage_timer.cancel()
-                self._outage_timer = None
+        self._reopen.cancel()
 
     # -- index moves --------------------------------------------------------------------
 

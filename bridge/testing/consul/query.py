@@ -20,7 +20,7 @@ from bridge.testing.consul.acl import Authorizer
 from bridge.testing.consul.context import Api
 from bridge.testing.consul.errors import Abort, bad_request, server_error
 from bridge.testing.consul.protocol import Request, Response, json_response
-from bridge.testing.consul.state import Tables
+from bridge.testing.consul.state import Record, Tables
 from bridge.testing.consul.wire import SECOND, GoParseError, go_quote, parse_duration, parse_uint
 
 
@@ -94,14 +94,14 @@ def parse_options(req: Request, api: Api) -> QueryOptions:
     return QueryOptions(datacenter, token, source, req.get("filter"), consistency, min_index, wait_ns)
 
 
-def check_datacenter(api: Api, opts: QueryOptions) -> None:
-    """Another datacenter would be forwarded over the WAN; the fake knows no other."""
-    if opts.datacenter != api.config.datacenter:
+def require_datacenter(api: Api, datacenter: str | None) -> None:
+    """Another datacenter ("" means ours) would be forwarded over the WAN; the fake knows no other."""
+    if (datacenter or api.config.datacenter) != api.config.datacenter:
         raise server_error("No path to datacenter")
 
 
 def resolve(api: Api, opts: QueryOptions) -> Authorizer:
-    check_datacenter(api, opts)
+    require_datacenter(api, opts.datacenter)
     return api.acl.resolve(opts.token)
 
 
@@ -175,6 +175,14 @@ def respond(api: Api, req: Request, opts: QueryOptions, authz: Authorizer, resul
     return response
 
 
+def path_suffix(req: Request, prefix: str, missing: str) -> str:
+    """What follows an endpoint's prefix (`/v1/catalog/node/<name>`); 400 `missing` if nothing does."""
+    value = req.path.removeprefix(prefix)
+    if not value:
+        raise bad_request(missing)
+    return value
+
+
 def node_meta_filters(req: Request) -> dict[str, str]:
     """`parseMetaFilter`: repeatable ?node-meta=key:value (a missing colon means value "")."""
     filters: dict[str, str] = {}
@@ -187,3 +195,23 @@ def node_meta_filters(req: Request) -> dict[str, str]:
 def satisfies_meta(meta: dict[str, str] | None, filters: dict[str, str]) -> bool:
     meta = meta or {}
     return all(key in meta and meta[key] == value for key, value in filters.items())
+
+
+def readable_instances(
+    tables: Tables, instances: list[Record], meta: dict[str, str], authz: Authorizer
+) -> tuple[list[tuple[Record, Record]], bool]:
+    """Service instances on nodes that pass ?node-meta and whose node and service the token
+    may read, each with its node; and whether ACLs hid any."""
+    visible = []
+    filtered = False
+    for service in instances:
+        node = tables.nodes[service["Node"].lower()]
+        if meta and not satisfies_meta(node["Meta"], meta):
+            continue
+        if not (
+            authz.allowed("node", node["Node"], "read") and authz.allowed("service", service["ServiceName"], "read")
+        ):
+            filtered = True
+            continue
+        visible.append((service, node))
+    return visible, filtered

@@ -8,7 +8,7 @@ invalidation; the catalog calls into here, never the reverse.
 from __future__ import annotations
 
 from bridge.testing.consul.errors import ApplyError
-from bridge.testing.consul.state import Record, Tables, WriteTxn
+from bridge.testing.consul.state import Record, Tables, WriteTxn, cas_allows, index_matches
 from bridge.testing.consul.wire import SECOND
 
 MAX_LOCK_DELAY_NS = 60 * SECOND
@@ -68,10 +68,7 @@ def _same_kv(a: Record, b: Record) -> bool:
 
 def kv_cas(txn: WriteTxn, entry: Record, cas_index: int) -> bool:
     """`kvsSetCASTxn`: index 0 means create-only; otherwise ModifyIndex must match."""
-    existing = txn.tables.kvs.get(entry["Key"])
-    if cas_index == 0 and existing is not None:
-        return False
-    if cas_index != 0 and (existing is None or existing["ModifyIndex"] != cas_index):
+    if not cas_allows(txn.tables.kvs.get(entry["Key"]), cas_index):
         return False
     kv_set(txn, entry, update_session=False)
     return True
@@ -80,7 +77,7 @@ def kv_cas(txn: WriteTxn, entry: Record, cas_index: int) -> bool:
 def kv_delete_cas(txn: WriteTxn, key: str, cas_index: int) -> bool:
     """`kvsDeleteCASTxn`: a missing key counts as success, a stale index does not."""
     existing = txn.tables.kvs.get(key)
-    if existing is None or existing["ModifyIndex"] != cas_index:
+    if not index_matches(existing, cas_index):
         return existing is None
     return kv_delete(txn, key)
 

@@ -28,6 +28,16 @@ NodeKey = str
 PairKey = tuple[str, str]
 
 
+def index_matches(existing: Record | None, index: int) -> bool:
+    """Whether the record exists and was last modified at `index` (the delete-cas test)."""
+    return existing is not None and existing["ModifyIndex"] == index
+
+
+def cas_allows(existing: Record | None, cas: int) -> bool:
+    """A check-and-set write's precondition: index 0 means create-only, else ModifyIndex must match."""
+    return existing is None if cas == 0 else index_matches(existing, cas)
+
+
 @dataclass
 class Tables:
     """Everything that a snapshot restore would replace."""

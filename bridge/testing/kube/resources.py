@@ -100,6 +100,16 @@ PODS = ResourceType(
     status_subresource=True,
     has_generation=True,
 )
+NODES = ResourceType(
+    plural="nodes",
+    singular="node",
+    kind="Node",
+    group="",
+    version="v1",
+    namespaced=False,
+    short_names=("no",),
+    status_subresource=True,
+)
 ENDPOINT_SLICES = ResourceType(
     plural="endpointslices",
     singular="endpointslice",
@@ -121,7 +131,7 @@ LEASES = ResourceType(
     allow_create_on_update=True,
 )
 
-ALL: tuple[ResourceType, ...] = (NAMESPACES, SERVICES, ENDPOINTS, PODS, ENDPOINT_SLICES, LEASES)
+ALL: tuple[ResourceType, ...] = (NAMESPACES, SERVICES, ENDPOINTS, PODS, NODES, ENDPOINT_SLICES, LEASES)
 
 _BY_PATH = {(rt.group, rt.version, rt.plural): rt for rt in ALL}
 _BY_KIND = {(rt.api_version, rt.kind): rt for rt in ALL}

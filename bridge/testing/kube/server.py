@@ -26,6 +26,7 @@ from bridge.testing.kube.faults import Faults, RequestRecord
 from bridge.testing.kube.handler import Backend, KubeRequestHandler, StreamTracker
 from bridge.testing.kube.jsonvalue import load_yaml_all
 from bridge.testing.kube.store import Store
+from bridge.testing.timers import DelayedCall
 
 JSON = dict[str, Any]
 
@@ -138,7 +139,7 @@ class KubeAPIServer:
         self._httpd: _HTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
         self._retired: list[_HTTPServer] = []
-        self._outage_timer: threading.Timer | None = None
+        self._reopen = DelayedCall()
         self._started = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -191,8 +192,7 @@ class KubeAPIServer:
         deadline = time.monotonic() + timeout
         with self._lock:
             self._stopping.set()
-            if self._outage_timer is not None:
-                self._outage_timer.cancel()
+            self._reopen.cancel()
             httpd, self._httpd = self._httpd, None
             retired, self._retired = self._retired, []
         if httpd is not None:
@@ -335,28 +335,20 @@ class KubeAPIServer:
         With `seconds`, listening resumes on the same port after that long; otherwise call
         `end_outage()`.
         """
+        self._reopen.cancel()
         with self._lock:
-            if self._outage_timer is not None:
-                self._outage_timer.cancel()
-                self._outage_timer = None
             httpd, self._httpd = self._httpd, None
             if httpd is not None:
                 self._retired.append(httpd)
         if httpd is not None:
             self._close(httpd, abrupt=True, deadline=time.monotonic())
         if seconds is not None:
-            timer = threading.Timer(seconds, self.end_outage)
-            timer.daemon = True
-            with self._lock:
-                self._outage_timer = timer
-            timer.start()
+            self._reopen.schedule(seconds, self.end_outage)
 
     def end_outage(self) -> None:
         """Listen again on the same port (no-op if not in an outage or stopped)."""
+        self._reopen.cancel()
         with self._lock:
-            if self._outage_timer is not None and self._outage_timer is not threading.current_thread():
-                self._outage_timer.cancel()
-            self._outage_timer = None
             if self._httpd is None and self._started and not self._stopping.is_set():
                 self._listen()
 

@@ -646,7 +646,7 @@ class Store:
             body = clone(obj)
             body["metadata"].pop("resourceVersion", None)
             result, _ = self.put(rt, ns, name, body)
-            if rt.plural in ("pods", "services") and "status" in obj:
+            if rt.plural in strategy.KEEPS_STATUS and "status" in obj:
                 status_body = {"metadata": {"name": name}, "status": clone(obj["status"])}
                 result, _ = self.put(rt, ns, name, status_body, subresource="status")
             return result

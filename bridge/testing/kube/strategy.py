@@ -149,6 +149,10 @@ def _metadata_errors(rt: ResourceType, obj: JSON) -> list[FieldError]:
 # --- create / update ----------------------------------------------------------------------
 
 
+# With no kubelet or cloud controller here, a status given on create stands in for theirs.
+KEEPS_STATUS = ("pods", "services", "nodes")
+
+
 def prepare_create(rt: ResourceType, body: JSON, *, keep_status: bool) -> JSON:
     """The object as it will be stored, before naming, allocation and validation."""
     obj = clone(body)
@@ -160,7 +164,7 @@ def prepare_create(rt: ResourceType, body: JSON, *, keep_status: bool) -> JSON:
     obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
     for key in (*_SERVER_OWNED_META, "resourceVersion"):
         meta.pop(key, None)
-    if rt.status_subresource and not (keep_status and rt.plural in ("pods", "services")):
+    if rt.status_subresource and not (keep_status and rt.plural in KEEPS_STATUS):
         obj.pop("status", None)
     apply_defaults(rt, obj)
     if rt.has_generation:
@@ -660,7 +664,20 @@ def _validate_lease(obj: JSON, old: JSON | None) -> list[FieldError]:
     return []
 
 
+def _validate_node(obj: JSON, old: JSON | None) -> list[FieldError]:
+    found: list[FieldError] = []
+    addresses = (obj.get("status") or {}).get("addresses") or []
+    for i, address in enumerate(addresses):
+        if not isinstance(address, dict) or not address.get("type"):
+            found.append(FieldError("Required", f"status.addresses[{i}].type"))
+        elif address.get("type") in ("InternalIP", "ExternalIP") and not _is_ip(address.get("address")):
+            found.append(FieldError("Invalid", f"status.addresses[{i}].address", address.get("address"),
+                                    "must be a valid IP address"))
+    return found
+
+
 _VALIDATORS = {
+    "nodes": _validate_node,
     "services": _validate_service,
     "pods": _validate_pod,
     "endpointslices": _validate_endpoint_slice,

@@ -151,6 +151,12 @@ def _pod_cells(obj: JSON) -> list[Any]:
     ]
 
 
+def _node_cells(obj: JSON) -> list[Any]:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions if isinstance(c, dict))
+    return [obj["metadata"]["name"], "Ready" if ready else "NotReady", _age(obj)]
+
+
 def _namespace_cells(obj: JSON) -> list[Any]:
     return [obj["metadata"]["name"], (obj.get("status") or {}).get("phase", ""), _age(obj)]
 
@@ -176,6 +182,10 @@ _LAYOUTS: dict[str, tuple[list[JSON], Callable[[JSON], list[Any]]]] = {
     "namespaces": (
         [_column("Name", fmt="name"), _column("Status", "The status of the namespace"), _column("Age")],
         _namespace_cells,
+    ),
+    "nodes": (
+        [_column("Name", fmt="name"), _column("Status", "The status of the node"), _column("Age")],
+        _node_cells,
     ),
     "services": (
         [

@@ -1,0 +1,290 @@
+"""Which Consul registrations a Kubernetes snapshot asks for: consul-k8s's rules, per type.
+
+PURE. Users must be able to move from consul-k8s catalog sync without relabelling, so the
+annotations, names, IDs, tags, meta and per-type address choices follow it:
+
+- `spec.externalIPs` on any type: one instance per external IP, with the Service port;
+- LoadBalancer: one per ingress IP (or hostname), or the endpoints with `lb_endpoints`;
+- NodePort: one per endpoint, at its node's address (ExternalOnly, InternalOnly,
+  ExternalFirst) with the nodePort;
+- ClusterIP and headless: one per endpoint address with the endpoint (target) port and a
+  readiness check; with `register_cluster_ip`, the ClusterIP itself instead;
+- ExternalName: nothing, or with `external_name` the external name as the address.
+
+Where this module departs from consul-k8s it says so; each departure is a bug of theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bridge.catalog.model import Instance, Node, Port, Service, ServiceType, Snapshot, frozen_map
+from bridge.catalog.naming import SERVICE_NAME_ANNOTATION, consul_service_id, consul_service_name
+from bridge.catalog.plan import EXTERNAL_SOURCE, OWNER_META, Registration
+
+SYNC_ANNOTATION = "consul.hashicorp.com/service-sync"
+PORT_ANNOTATION = "consul.hashicorp.com/service-port"
+TAGS_ANNOTATION = "consul.hashicorp.com/service-tags"
+WEIGHT_ANNOTATION = "consul.hashicorp.com/service-weight"
+META_ANNOTATION_PREFIX = "consul.hashicorp.com/service-meta-"
+
+NODE_PORT_SYNC_TYPES = ("ExternalOnly", "InternalOnly", "ExternalFirst")
+
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """The settings `desired()` depends on, gathered so the function stays pure."""
+
+    cluster_id: str
+    tag: str = "k8s"
+    prefix: str = ""
+    add_namespace_suffix: bool = False
+    default_sync: bool = True
+    cluster_ip_services: bool = True
+    register_cluster_ip: bool = False
+    node_port_sync_type: str = "ExternalOnly"
+    lb_endpoints: bool = False
+    external_name: bool = False
+    not_ready: str = "critical"  # critical: register with a failing check; skip: leave out
+    skipped: list[str] = field(default_factory=list, compare=False)
+
+
+def parse_bool(value: str | None) -> bool | None:
+    """Go's strconv.ParseBool, which consul-k8s uses for its annotations; None if invalid."""
+    if value is None:
+        return None
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    return None
+
+
+def parse_tags(value: str) -> list[str]:
+    """consul-k8s's service-tags: comma separated, `\\,` escapes a comma, blanks dropped."""
+    tags: list[str] = []
+    current = ""
+    i = 0
+    while i < len(value):
+        if value[i] == "\\" and i + 1 < len(value) and value[i + 1] == ",":
+            current += ","
+            i += 2
+            continue
+        if value[i] == ",":
+            tags.append(current.strip())
+            current = ""
+        else:
+            current += value[i]
+        i += 1
+    tags.append(current.strip())
+    return [t for t in tags if t]
+
+
+def parse_weight(value: str | None) -> int | None:
+    """consul-k8s's service-weight: an integer greater than 1, else rejected (None)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    weight = int(text)
+    return weight if weight > 1 else None
+
+
+def sync_enabled(service: Service, default_sync: bool) -> bool:
+    explicit = parse_bool(service.annotation(SYNC_ANNOTATION))
+    return default_sync if explicit is None else explicit
+
+
+def _numbered_port(service: Service) -> int | None:
+    wanted = (service.annotation(PORT_ANNOTATION) or "").strip()
+    if wanted.isascii() and wanted.isdigit() and 0 < int(wanted) < 65536:
+        return int(wanted)
+    return None
+
+
+def _wanted_port_name(service: Service) -> str | None:
+    """The port name the registration uses: the annotated one, else the first Service port."""
+    wanted = (service.annotation(PORT_ANNOTATION) or "").strip()
+    if wanted and not (wanted.isascii() and wanted.isdigit()):
+        return wanted
+    return service.ports[0].name if service.ports else None
+
+
+def _pick(ports: tuple[Port, ...], name: str | None) -> Port | None:
+    for port in ports:
+        if port.name == name:
+            return port
+    return ports[0] if ports else None
+
+
+def _service_port(service: Service) -> int:
+    """The Service-level port (external IPs, load balancers, the ClusterIP)."""
+    number = _numbered_port(service)
+    if number is not None:
+        return number
+    port = _pick(service.ports, _wanted_port_name(service))
+    return port.port if port else 0
+
+
+def _endpoint_port(service: Service, instance: Instance) -> int | None:
+    number = _numbered_port(service)
+    if number is not None:
+        return number
+    port = _pick(instance.ports, _wanted_port_name(service))
+    return port.port if port else None
+
+
+def _node_port(service: Service) -> int | None:
+    number = _numbered_port(service)
+    if number is not None:
+        return number
+    name = _wanted_port_name(service)
+    chosen = [p for p in service.ports if p.name == name and p.node_port] or \
+        [p for p in service.ports if p.node_port]
+    return chosen[0].node_port if chosen else None
+
+
+def _node_address(node: Node | None, sync_type: str) -> str | None:
+    if node is None:
+        return None
+    if sync_type == "InternalOnly":
+        return node.internal_ips[0] if node.internal_ips else None
+    if node.external_ips:
+        return node.external_ips[0]
+    if sync_type == "ExternalFirst" and node.internal_ips:
+        return node.internal_ips[0]
+    return None
+
+
+def _service_meta(service: Service, cluster_id: str) -> dict[str, str]:
+    meta = {
+        "external-source": EXTERNAL_SOURCE,
+        "external-k8s-ns": service.key.namespace,
+        "external-k8s-name": service.key.name,
+        OWNER_META: cluster_id,
+    }
+    for port in service.ports:
+        # An unnamed port (only possible when it is the only one) gives "port-", as in consul-k8s.
+        meta[f"port-{port.name}"] = str(port.port)
+    for key, value in service.annotations:
+        if key.startswith(META_ANNOTATION_PREFIX) and len(key) > len(META_ANNOTATION_PREFIX):
+            meta[key[len(META_ANNOTATION_PREFIX):]] = value
+    return meta
+
+
+def _endpoint_meta(instance: Instance, node: Node | None = None) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    if instance.target:
+        meta["external-k8s-ref-kind"] = "Pod"
+        meta["external-k8s-ref-name"] = instance.target
+    if instance.node_name:
+        meta["external-k8s-node-name"] = instance.node_name
+    zone = instance.zone or (node.zone if node else "")
+    if zone:
+        meta["external-k8s-topology-zone"] = zone
+    if instance.hostname:
+        meta["external-k8s-hostname"] = instance.hostname
+    return meta
+
+
+def _consul_name(service: Service, options: SyncOptions) -> str | None:
+    """The Consul service name, or None (with the reason recorded) when the annotation is bad.
+    As consul-k8s: trimmed, 1 to 255 characters."""
+    raw = service.annotation(SERVICE_NAME_ANNOTATION)
+    if raw is not None:
+        name = raw.strip()
+        if not 1 <= len(name) <= 255:
+            options.skipped.append(f"{service.key}: annotation {SERVICE_NAME_ANNOTATION} must be "
+                                   f"1-255 characters, got {raw!r}")
+            return None
+    return consul_service_name(service, options.prefix, options.add_namespace_suffix)
+
+
+def registrations_for(service: Service, options: SyncOptions,
+                      nodes: dict[str, Node] | None = None) -> list[Registration]:
+    """The instances one Service contributes (none if it is not synced)."""
+    if not sync_enabled(service, options.default_sync):
+        return []
+    if service.type in (ServiceType.CLUSTER_IP, ServiceType.HEADLESS) \
+            and not options.cluster_ip_services:
+        return []
+    if service.type is ServiceType.EXTERNAL_NAME and not options.external_name:
+        return []
+    name = _consul_name(service, options)
+    if name is None:
+        return []
+    tags = (options.tag, *parse_tags(service.annotation(TAGS_ANNOTATION) or ""))
+    base = _service_meta(service, options.cluster_id)
+    weight_text = service.annotation(WEIGHT_ANNOTATION)
+    weight = parse_weight(weight_text)
+    if weight_text is not None and weight is None:
+        options.skipped.append(f"{service.key}: annotation {WEIGHT_ANNOTATION} must be an integer "
+                               f"greater than 1, got {weight_text!r}; weight not applied")
+    out: list[Registration] = []
+
+    def add(address: str, port: int, meta: dict[str, str], *, id_address: str | None = None,
+            check: str = "", weighted: bool = False) -> None:
+        merged = {**base, **meta, OWNER_META: options.cluster_id}
+        out.append(Registration(
+            service_id=consul_service_id(name, id_address or address), name=name, address=address,
+            port=port, tags=tags, meta=frozen_map(merged), check_status=check,
+            weight=weight if weighted and weight else 1))
+
+    if service.external_ips:
+        for ip in service.external_ips:
+            add(ip, _service_port(service), {}, weighted=True)
+        return out
+    if service.type is ServiceType.EXTERNAL_NAME:
+        add(service.external_name, _service_port(service), {})
+        return out
+    if service.type is ServiceType.LOAD_BALANCER and not options.lb_endpoints:
+        for address in service.load_balancer_ingress:
+            add(address, _service_port(service), {}, weighted=True)
+        return out
+    if service.type is ServiceType.CLUSTER_IP and options.register_cluster_ip:
+        for ip in service.cluster_ips:
+            add(ip, _service_port(service), {})
+        return out
+    if service.type is ServiceType.NODE_PORT:
+        node_port = _node_port(service)
+        if node_port is None:
+            options.skipped.append(f"{service.key}: no nodePort allocated yet")
+            return out
+        for instance in service.instances:
+            node = (nodes or {}).get(instance.node_name)
+            address = _node_address(node, options.node_port_sync_type)
+            if address is None:
+                if instance.node_name:
+                    options.skipped.append(f"{service.key} {instance.address}: node "
+                                           f"{instance.node_name!r} has no "
+                                           f"{options.node_port_sync_type} address")
+                continue
+            add(address, node_port, _endpoint_meta(instance, node), id_address=instance.address)
+        return out
+    for instance in service.instances:
+        if not instance.ready and options.not_ready == "skip":
+            continue
+        port = _endpoint_port(service, instance)
+        if port is None:
+            options.skipped.append(f"{service.key} {instance.address}: no port")
+            continue
+        add(instance.address, port, _endpoint_meta(instance),
+            check="passing" if instance.ready else "critical")
+    return out
+
+
+def desired(snapshot: Snapshot, options: SyncOptions) -> dict[str, Registration]:
+    """Every registration this cluster should have, by service ID."""
+    nodes = dict(snapshot.nodes)
+    wanted: dict[str, Registration] = {}
+    for key in sorted(snapshot.services):
+        for registration in registrations_for(snapshot.services[key], options, nodes):
+            if registration.service_id in wanted:
+                options.skipped.append(f"{key}: duplicate service ID {registration.service_id}")
+                continue
+            wanted[registration.service_id] = registration
+    return wanted
