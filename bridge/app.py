@@ -50,7 +50,8 @@ class App:
         self.kube_client = KubeClient(settings.kubernetes)
         sync = settings.sync
         self.kube = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
-                               self.trigger.poke, self.stop_event, watch_nodes=sync.to_consul)
+                               self.trigger.poke, self.stop_event, watch_nodes=sync.to_consul,
+                               watch_ingresses=sync.to_consul and sync.ingress)
         self.consul_client = ConsulClient(settings.consul)
         self.consul: ConsulSource | None = None
         if settings.sync.from_consul:
@@ -71,6 +72,7 @@ class App:
             cluster_ip_services=sync.cluster_ip_services, register_cluster_ip=sync.register_cluster_ip,
             node_port_sync_type=sync.node_port_sync_type, lb_endpoints=sync.lb_endpoints,
             external_name=sync.external_name, not_ready=sync.not_ready,
+            ingress=sync.ingress, ingress_lb_ips=sync.ingress_lb_ips,
         )
         self.reconciler = Reconciler(
             kube=self.kube, consul=self.consul, sink=self.sink, publish=self._publish,

@@ -159,6 +159,10 @@ class SyncSettings:
     not_ready: str = _setting("critical", "not-ready endpoints: critical registers them with a failing "
                                           "check (as consul-k8s), skip leaves them out",
                               check=_one_of("critical", "skip"))
+    ingress: bool = _setting(False, "register Services behind an Ingress at the Ingress host, port 80 "
+                                    "or 443 (consul-k8s: -enable-ingress)")
+    ingress_lb_ips: bool = _setting(False, "with ingress: use the Ingress load balancer IP instead of "
+                                           "the host (consul-k8s: -loadBalancer-ips)")
     upsert_only: bool = _setting(False, "never deregister anything from Consul")
     dry_run: bool = _setting(False, "log the Consul writes that would be made, make none")
     consul_namespace: str = _setting("consul", "namespace that Consul services without a "

@@ -49,6 +49,8 @@ class SyncOptions:
     lb_endpoints: bool = False
     external_name: bool = False
     not_ready: str = "critical"  # critical: register with a failing check; skip: leave out
+    ingress: bool = False
+    ingress_lb_ips: bool = False
     skipped: list[str] = field(default_factory=list, compare=False)
 
 

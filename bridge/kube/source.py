@@ -41,7 +41,7 @@ class KubeSource:
 
     def __init__(self, kube: KubeClient, settings: KubernetesSettings, cluster_id: str,
                  on_change: Callable[[], None], stop: threading.Event, *,
-                 watch_nodes: bool = False) -> None:
+                 watch_nodes: bool = False, watch_ingresses: bool = False) -> None:
         self._settings = settings
         self._cluster_id = cluster_id
         self.services = Reflector(kube, SERVICES, service_from_raw, on_change,
