@@ -33,6 +33,7 @@ from bridge.consul.source import ConsulSource
 from bridge.dns.server import DnsServer
 from bridge.http import HealthServer
 from bridge.kube.client import KubeClient
+from bridge.kube.sink import KubeSink
 from bridge.kube.source import KubeSource
 from bridge.reconcile.loop import Mode, Reconciler
 from bridge.reconcile.trigger import Trigger
@@ -59,7 +60,7 @@ class App:
                 self.consul_client, our_node=settings.node_name,
                 cluster_id=settings.cluster_id,
                 default_namespace=settings.sync.consul_namespace,
-                on_change=self.trigger.poke, stop=self.stop_event)
+                on_change=self.trigger.poke, stop=self.stop_event, admit_warning=sync.admit_warning)
         self.sink: ConsulSink | None = None
         if settings.sync.to_consul:
             self.sink = ConsulSink(self.consul_client, node=settings.node_name,
@@ -77,8 +78,9 @@ class App:
         self.reconciler = Reconciler(
             kube=self.kube, consul=self.consul, sink=self.sink, publish=self._publish,
             options=options, trigger=self.trigger, stop=self.stop_event,
-            resync_period=sync.resync_period,
-            mode=Mode(upsert_only=sync.upsert_only, dry_run=sync.dry_run))
+            resync_period=sync.resync_period, local_wins=sync.local_wins,
+            mode=Mode(upsert_only=sync.upsert_only, dry_run=sync.dry_run),
+            kube_sink=KubeSink(self.kube_client) if sync.to_k8s else None)
         host, port = parse_hostport(settings.http.listen)
         self.http = HealthServer(host, port, self.waiting_for)
         self._dns_bound = False

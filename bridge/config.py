@@ -165,6 +165,12 @@ class SyncSettings:
                                            "the host (consul-k8s: -loadBalancer-ips)")
     upsert_only: bool = _setting(False, "never deregister anything from Consul")
     dry_run: bool = _setting(False, "log the Consul writes that would be made, make none")
+    to_k8s: bool = _setting(False, "materialise Consul services in Kubernetes as headless Services "
+                                   "with EndpointSlices, so any cluster DNS resolves them")
+    admit_warning: bool = _setting(False, "Consul instances whose checks warn still count as healthy "
+                                          "(default: passing only)")
+    local_wins: bool = _setting(False, "a local Service with endpoints hides Consul instances of the "
+                                       "same namespace and name (default: both are answered)")
     consul_namespace: str = _setting("consul", "namespace that Consul services without a "
                                                "Kubernetes origin appear in", check=_dns_label)
     quiet_period: float = _setting(0.1, "seconds without change before a burst is applied",

@@ -102,6 +102,7 @@ class Service:
     publish_not_ready: bool = False
     external_ips: tuple[str, ...] = ()
     load_balancer_ingress: tuple[str, ...] = ()  # IPs, or hostnames where there is no IP
+    selector: tuple[tuple[str, str], ...] = ()
 
     @property
     def headless(self) -> bool:
@@ -130,6 +131,26 @@ class Node:
     zone: str = ""
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class IngressRoute:
+    """One Ingress path that sends traffic to a Service, reduced to what the sync reads:
+    the rule's host (may be ""), the path, whether a TLS entry lists that host, and the
+    Ingress's load balancer IPs (status order; entries with only a hostname left out).
+    `ingress` is the Ingress's name; the Service is in the Ingress's namespace."""
+
+    namespace: str
+    ingress: str
+    service: str
+    host: str = ""
+    path: str = ""
+    tls: bool = False
+    lb_ips: tuple[str, ...] = ()
+
+    @property
+    def service_key(self) -> ServiceKey:
+        return ServiceKey(self.namespace, self.service)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What one source saw at one moment. `synced` is False until it has listed completely."""
@@ -137,12 +158,15 @@ class Snapshot:
     services: Mapping[ServiceKey, Service] = field(default_factory=lambda: MappingProxyType({}))
     synced: bool = False
     nodes: Mapping[str, Node] = field(default_factory=lambda: MappingProxyType({}))
+    # Ingress paths in (namespace, Ingress name, rule, path) order; empty unless watched.
+    ingresses: tuple[IngressRoute, ...] = ()
 
     @staticmethod
     def of(services: Iterable[Service], synced: bool,
-           nodes: Mapping[str, Node] | None = None) -> Snapshot:
+           nodes: Mapping[str, Node] | None = None,
+           ingresses: Iterable[IngressRoute] = ()) -> Snapshot:
         return Snapshot(MappingProxyType({s.key: s for s in services}), synced,
-                        MappingProxyType(dict(nodes or {})))
+                        MappingProxyType(dict(nodes or {})), tuple(ingresses))
 
 
 @dataclass(frozen=True, slots=True)

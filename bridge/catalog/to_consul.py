@@ -9,16 +9,32 @@ annotations, names, IDs, tags, meta and per-type address choices follow it:
   ExternalFirst) with the nodePort;
 - ClusterIP and headless: one per endpoint address with the endpoint (target) port and a
   readiness check; with `register_cluster_ip`, the ClusterIP itself instead;
-- ExternalName: nothing, or with `external_name` the external name as the address.
+- ExternalName: nothing, or with `external_name` the external name as the address;
+- with `ingress`, a Service registered by its endpoints (ClusterIP, headless, LoadBalancer
+  with `lb_endpoints`) that is the backend of an Ingress path "/" gets one instance instead:
+  at the rule's host (with `ingress_lb_ips`, the Ingress's load balancer IP), port 443 when
+  a TLS entry of that Ingress lists the host, else 80. Other paths are ignored; a rule with
+  no host (or no LB IP) leaves the Service on its endpoints.
 
 Where this module departs from consul-k8s it says so; each departure is a bug of theirs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from bridge.catalog.model import Instance, Node, Port, Service, ServiceType, Snapshot, frozen_map
+from bridge.catalog.model import (
+    IngressRoute,
+    Instance,
+    Node,
+    Port,
+    Service,
+    ServiceKey,
+    ServiceType,
+    Snapshot,
+    frozen_map,
+)
 from bridge.catalog.naming import SERVICE_NAME_ANNOTATION, consul_service_id, consul_service_name
 from bridge.catalog.plan import EXTERNAL_SOURCE, OWNER_META, Registration
 
@@ -193,6 +209,30 @@ def _endpoint_meta(instance: Instance, node: Node | None = None) -> dict[str, st
     return meta
 
 
+def ingress_address(routes: Iterable[IngressRoute], lb_ips: bool = False) -> tuple[str, int] | None:
+    """Where an Ingress publishes a Service, as consul-k8s's `-enable-ingress` reads it: a
+    path "/" to the Service, at the rule's host (or the Ingress's LB IP with `lb_ips`), on
+    443 when a TLS entry lists the rule's host, else 80; None if no route gives an address.
+
+    consul-k8s keeps a map that each Ingress event overwrites, so the last rule seen wins,
+    and a later rule without a host (or LB IP) takes an earlier one's place and sends the
+    Service back to its endpoints. Departures, all bugs of that map: `routes` are taken in
+    (namespace, Ingress, rule, path) order and the last one *with* an address wins, so the
+    answer does not depend on event order; a deleted or edited Ingress stops counting at
+    once (consul-k8s keeps a stale host until the Service itself next changes); with
+    `lb_ips` the first LB entry that has an IP is used (consul-k8s skips the rule when the
+    first entry is a hostname, and panics when the Ingress has no LB status yet); when one
+    rule sends "/" to two Services both get the host (consul-k8s only the last)."""
+    chosen: tuple[str, int] | None = None
+    for route in routes:
+        if route.path != "/":
+            continue
+        address = (route.lb_ips[0] if route.lb_ips else "") if lb_ips else route.host
+        if address:
+            chosen = (address, 443 if route.tls else 80)
+    return chosen
+
+
 def _consul_name(service: Service, options: SyncOptions) -> str | None:
     """The Consul service name, or None (with the reason recorded) when the annotation is bad.
     As consul-k8s: trimmed, 1 to 255 characters."""
@@ -207,8 +247,10 @@ def _consul_name(service: Service, options: SyncOptions) -> str | None:
 
 
 def registrations_for(service: Service, options: SyncOptions,
-                      nodes: dict[str, Node] | None = None) -> list[Registration]:
-    """The instances one Service contributes (none if it is not synced)."""
+                      nodes: dict[str, Node] | None = None,
+                      routes: Iterable[IngressRoute] = ()) -> list[Registration]:
+    """The instances one Service contributes (none if it is not synced). `routes` are the
+    Ingress routes of the snapshot (those to other Services are ignored)."""
     if not sync_enabled(service, options.default_sync):
         return []
     if service.type in (ServiceType.CLUSTER_IP, ServiceType.HEADLESS) \
@@ -267,6 +309,20 @@ def registrations_for(service: Service, options: SyncOptions,
                 continue
             add(address, node_port, _endpoint_meta(instance, node), id_address=instance.address)
         return out
+    published = ingress_address((r for r in routes if r.service_key == service.key),
+                                options.ingress_lb_ips) if options.ingress else None
+    if published is not None:
+        # consul-k8s replaces every endpoint's address with the Ingress's and de-duplicates,
+        # so one instance remains, with the first endpoint's meta and readiness, and only
+        # while the Service has endpoints. Departure: the check passes while any endpoint
+        # is ready (theirs follows whichever endpoint its map iteration met first).
+        candidates = [i for i in service.instances if i.ready or options.not_ready != "skip"]
+        if candidates:
+            ready = [i for i in candidates if i.ready]
+            address, port = published
+            add(address, port, _endpoint_meta((ready or candidates)[0]),
+                check="passing" if ready else "critical")
+        return out
     for instance in service.instances:
         if not instance.ready and options.not_ready == "skip":
             continue
@@ -282,9 +338,14 @@ def registrations_for(service: Service, options: SyncOptions,
 def desired(snapshot: Snapshot, options: SyncOptions) -> dict[str, Registration]:
     """Every registration this cluster should have, by service ID."""
     nodes = dict(snapshot.nodes)
+    routes: dict[ServiceKey, list[IngressRoute]] = {}
+    if options.ingress:
+        for route in snapshot.ingresses:
+            routes.setdefault(route.service_key, []).append(route)
     wanted: dict[str, Registration] = {}
     for key in sorted(snapshot.services):
-        for registration in registrations_for(snapshot.services[key], options, nodes):
+        for registration in registrations_for(snapshot.services[key], options, nodes,
+                                              routes.get(key, ())):
             if registration.service_id in wanted:
                 options.skipped.append(f"{key}: duplicate service ID {registration.service_id}")
                 continue

@@ -69,7 +69,9 @@ class BlockingLoop(Generic[T]):
         self._on_error = on_error
         self.index = 0
         self._bucket = TokenBucket()
-        self._backoff = Backoff()
+        # Capped low: after an outage, changes made meanwhile must show within seconds of
+        # recovery, and a refused connection costs the server nothing.
+        self._backoff = Backoff(base=0.05, cap=1.0)
 
     def run(self) -> None:
         while not self._stop.is_set():

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from bridge.catalog.model import Instance, Service, ServiceKey, ServiceType, Snapshot
-from bridge.catalog.naming import dns_labels
+from bridge.catalog.naming import dns_label, dns_labels
 from bridge.consul.blocking import BlockingLoop
 from bridge.consul.client import ConsulClient
 from bridge.consul.objects import BadEntry, instance_from_health, is_ours
@@ -30,6 +30,8 @@ COLLISIONS = Counter("bridge_consul_name_collisions_total",
                      "Consul service names that sanitised to a label already taken")
 NAMESPACE_META = "external-k8s-ns"
 NAME_META = "external-k8s-name"
+# Set by whoever registers a service in Consul, to choose its namespace under cluster.local.
+NAMESPACE_OVERRIDE_META = "k8s-namespace"
 
 
 class _Watcher:
@@ -156,7 +158,8 @@ class ConsulSource:
         for name, instances in entries.items():
             for instance in instances:
                 meta = dict(instance.meta)
-                namespace = meta.get(NAMESPACE_META) or self._namespace
+                override = meta.get(NAMESPACE_OVERRIDE_META)
+                namespace = meta.get(NAMESPACE_META) or (dns_label(override) if override else self._namespace)
                 label = meta.get(NAME_META) if NAMESPACE_META in meta and meta.get(NAME_META) \
                     else labels[name]
                 grouped[ServiceKey(namespace, label)].append(instance)

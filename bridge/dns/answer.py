@@ -21,7 +21,20 @@ numbers in comments refer to it. Deliberate departures from CoreDNS:
 - Reverse names of addresses the catalog does not know are `NOT_OURS` (like CoreDNS's
   `fallthrough in-addr.arpa ip6.arpa` in both default Corefiles): the server forwards or
   refuses them.
-- Pod records (`<a-b-c-d>.<ns>.pod.<zone>`) are not served (CoreDNS `pods disabled`).
+- Pod records (`<a-b-c-d>.<ns>.pod.<zone>`): `pods="disabled"` (the default) answers
+  NXDOMAIN for every name below `pod.<zone>` (CoreDNS `pods disabled`, 49); `pods="insecure"`
+  answers the address written in the name for any namespace that exists (CoreDNS
+  `pods insecure`, kube-dns), dashed IPv6 too, and NODATA for `<ns>.pod.<zone>` (50);
+  `pods="verified"` answers only addresses of pods the catalog knows in that namespace
+  (51). The catalog knows the pods behind Service endpoints, ready or not, not every pod
+  as CoreDNS's pod watch does. Those names cannot be listed in advance:
+  `Answerer.names` says which are computed.
+- With `ignore_empty_service` a ClusterIP service with no ready endpoint does not exist
+  (CoreDNS `ignore empty_service`, 7), PTR of its cluster IP included.
+
+A namespace exists when the catalog holds a service in it (the catalog holds only the
+namespaces the settings expose, 35): a namespace with no service at all is NXDOMAIN, as a
+namespace that does not exist is.
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bridge.catalog.model import Catalog, Instance, Port, Service, ServiceType
+from bridge.catalog.model import Catalog, Instance, OriginKind, Port, Service, ServiceType
 from bridge.dns.query import IPAddress, Kind, Name, Query, lower, parse, reverse_name, zone_labels
 
 if TYPE_CHECKING:
@@ -44,6 +57,7 @@ DNS_VERSION_TTL = 28800
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 7200, 1800, 86400
 MAX_SOA_TTL = 300
 MAX_CNAME_CHAIN = 10
+PODS_DISABLED, PODS_INSECURE, PODS_VERIFIED = "disabled", "insecure", "verified"
 
 
 class QType(enum.IntEnum):
@@ -149,7 +163,11 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """One answer. `chase` is an out-of-zone CNAME target left for an upstream resolver."""
+    """One answer. `chase` is an out-of-zone CNAME target left for an upstream resolver.
+
+    `shuffle` asks the encoder to serve the answer records in a random order per query and,
+    with `answer_limit` > 0, only that many of them picked at random (Consul, 61 and 66).
+    """
 
     rcode: Rcode
     answer: tuple[Record, ...] = ()
@@ -157,6 +175,8 @@ class Response:
     additional: tuple[Record, ...] = ()
     authoritative: bool = True
     chase: Name | None = None
+    shuffle: bool = False
+    answer_limit: int = 0
 
 
 class NotOurs:
@@ -253,6 +273,13 @@ def _address(value: str) -> IPAddress | None:
     return parsed
 
 
+def pod_address(label: str) -> IPAddress | None:
+    """The address a pod label spells (CoreDNS findPods): `10-1-2-3`, or IPv6 `fd00--1`."""
+    if label.count("-") == 3 and "--" not in label:
+        return _address(label.replace("-", "."))
+    return _address(label.replace("-", ":"))
+
+
 def _data(address: IPAddress) -> Address:
     return A(str(address)) if address.version == 4 else AAAA(str(address))
 
@@ -321,19 +348,40 @@ class Answerer:
     """Answers questions about one catalog. Immutable once built; share it freely."""
 
     def __init__(self, catalog: Catalog, zone: str, ttl: int, *,
-                 ns_addresses: Sequence[str] = ()) -> None:
+                 ns_addresses: Sequence[str] = (), pods: str = PODS_DISABLED,
+                 ignore_empty_service: bool = False) -> None:
+        if pods not in (PODS_DISABLED, PODS_INSECURE, PODS_VERIFIED):
+            raise ValueError(f"pods must be {PODS_DISABLED}, {PODS_INSECURE} or "
+                             f"{PODS_VERIFIED}, not {pods!r}")
         self.zone: Name = zone_labels(zone)
         self.ttl = ttl
         self.ready = catalog.ready
         self.serial = catalog.generation & 0xFFFFFFFF
+        self.pods = pods
         self.ns_addresses: tuple[Address, ...] = tuple(
             _data(ip) for ip in map(_address, ns_addresses) if ip)
         self._namespaces = frozenset(lower(ns) for ns in catalog.namespaces)
         self._services: dict[tuple[str, str], _Svc] = {}
         for key in sorted(catalog.services):
             svc = _index(catalog.services[key])
+            if ignore_empty_service and svc.shape is _Shape.CLUSTER and not svc.endpoints:
+                continue  # 7: as if it did not exist
             self._services[(svc.namespace, svc.name)] = svc
         self._ptr = self._reverse_index()
+        self._pods: dict[str, frozenset[str]] = {}
+        if pods == PODS_VERIFIED:
+            known: dict[str, set[str]] = {}
+            for key, service in catalog.services.items():
+                for instance in service.instances:
+                    address = _address(instance.address)
+                    if address is not None and instance.origin.kind is OriginKind.KUBERNETES:
+                        known.setdefault(lower(key.namespace), set()).add(str(address))
+            self._pods = {ns: frozenset(found) for ns, found in known.items()}
+
+    @property
+    def dynamic_pods(self) -> bool:
+        """True when `<a-b-c-d>.<ns>.pod.<zone>` names exist without being listed (50, 51)."""
+        return self.pods != PODS_DISABLED
 
     def _reverse_index(self) -> dict[str, tuple[Name, ...]]:
         # A cluster IP names its service (the first one, in key order, as CoreDNS);
@@ -360,6 +408,8 @@ class Answerer:
         Contract relied on by the table: for a name inside the zone that is *not* listed
         here, the responses depend only on the qtype and the zone as spelled (the only
         names they carry are built from the zone). Reverse names not listed are `NOT_OURS`.
+        The one exception: with `dynamic_pods`, names of the shape `<x>.<ns>.pod.<zone>`
+        are not listed (any address may be asked) and must be answered one by one.
         """
         zone = self.zone
         yield zone
@@ -367,6 +417,8 @@ class Answerer:
             yield rest + zone
         for namespace in sorted(self._namespaces):
             yield (namespace, "svc", *zone)
+            if self.dynamic_pods:
+                yield (namespace, "pod", *zone)
         for svc in self._services.values():
             if not svc.exists:
                 continue
@@ -472,7 +524,15 @@ class Answerer:
             return self._addresses(q.name, self.ns_addresses)  # 44
         if kind is Kind.SVC_ROOT or kind is Kind.POD_ROOT or kind is Kind.DNS_ROOT:
             return {}  # 36
-        return None  # INVALID, POD: 37, 38, 48, 49
+        if kind is Kind.POD and self.pods != PODS_DISABLED and q.namespace in self._namespaces:
+            if not q.service:
+                return {}  # 50: <ns>.pod.<zone> exists
+            address = pod_address(q.service)
+            if address is None or (self.pods == PODS_VERIFIED and str(address) not in
+                                   self._pods.get(q.namespace, ())):
+                return None  # 50, 51
+            return self._addresses(q.name, [_data(address)])  # 50, 51
+        return None  # INVALID, POD: 37, 38, 48, 49, 50, 51
 
     def _addresses(self, name: Name, addresses: Sequence[Address]) -> _Found:
         ttl = self.ttl
@@ -565,5 +625,5 @@ class Answerer:
 def answer(catalog: Catalog, qname: str | Sequence[str | bytes], qtype: int,
            settings: DnsSettings, *, ns_addresses: Sequence[str] = ()) -> Response | NotOurs:
     """One-off convenience: index `catalog` and answer one question. Servers keep an Answerer."""
-    return Answerer(catalog, settings.zone, settings.ttl,
-                    ns_addresses=ns_addresses).answer(qname, qtype)
+    return Answerer(catalog, settings.zone, settings.ttl, ns_addresses=ns_addresses,
+                    pods=settings.pods).answer(qname, qtype)

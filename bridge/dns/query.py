@@ -10,7 +10,7 @@ Grammar, read from the right of `<zone>` (kubernetes/dns specification, CoreDNS 
     dns-version.<zone>                       DNS_VERSION
     dns.<zone>, ns.dns.<zone>                DNS_ROOT, NS_HOST (the name our NS record uses)
     svc.<zone>, pod.<zone>                   SVC_ROOT, POD_ROOT
-    <anything>.pod.<zone>                    POD (pod records are not served: NXDOMAIN)
+    <ns>.pod.<zone>, <a-b-c-d>.<ns>.pod.<zone>   POD (`service` holds the dashed address)
     <ns>.svc.<zone>                          NAMESPACE
     <svc>.<ns>.svc.<zone>                    SERVICE
     <endpoint>.<svc>.<ns>.svc.<zone>         ENDPOINT
@@ -155,7 +155,13 @@ def _in_zone(asked: Name, zone: Name, rest: Name) -> Query:
             return Query(Kind.NS_HOST, asked, zone)
         return Query(Kind.INVALID, asked, zone)
     if top == "pod":
-        return Query(Kind.POD_ROOT if n == 1 else Kind.POD, asked, zone)
+        if n == 1:
+            return Query(Kind.POD_ROOT, asked, zone)
+        if n == 2:
+            return Query(Kind.POD, asked, zone, namespace=rest[0])
+        if n == 3:
+            return Query(Kind.POD, asked, zone, namespace=rest[1], service=rest[0])
+        return Query(Kind.INVALID, asked, zone)
     if top != "svc":
         return Query(Kind.INVALID, asked, zone)
     if n == 1:

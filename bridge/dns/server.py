@@ -1,4 +1,13 @@
-"""The DNS transport: UDP and TCP listeners serving the current `Table`.
+"""The DNS transport: UDP and TCP listeners serving the current `Table`, and the forwarder.
+
+Settings: every field of `DnsSettings` is read here (listen, zone, ttl, pods, consul_domain,
+upstreams, resolv_conf, upstream_timeout, udp_payload, tcp_idle_timeout,
+max_tcp_connections, ns_addresses); constructor keywords override them for tests.
+
+Listeners: a wildcard listen host (`0.0.0.0`, `::`, or empty as in `:53`) serves IPv4 and
+IPv6: one `::` socket with IPV6_V6ONLY off where the system allows it, else a `::` and a
+`0.0.0.0` socket, else IPv4 alone. An explicit host binds just that address. UDP and TCP
+always share the port (port 0: a free one, the same for every socket).
 
 Threading model (who owns what):
 
@@ -15,6 +24,13 @@ Threading model (who owns what):
 - One thread owns every TCP connection: a selector loop that accepts, reads 2-byte-framed
   queries (several per connection, answered in order), writes replies as the socket
   allows, and closes connections idle longer than `tcp_idle_timeout`.
+- Questions that are not ours go to the forwarder (`upstream.py`) when there are upstreams:
+  the UDP/TCP loop hands the packet over and moves on; the forwarder thread sends the UDP
+  reply itself (`sendto` on the listening socket is thread-safe), and queues a TCP reply
+  for the TCP loop (a deque plus a byte on its wake-up socket pair), which frames it into
+  that connection's outbox. A connection waiting for a forwarded reply is neither expired
+  nor closed after a half-close until the reply is in. ExternalName targets outside our
+  zones are chased the same way (`Table.chase_query`, `Table.chase_reply`).
 - Counters are per thread (each thread writes only its own), summed when `stats` is read.
 - `stop()` clears `_serving`, wakes every loop (an empty datagram to each UDP socket, a
   byte on the TCP loop's wake-up socket pair), joins the threads and closes the sockets.
@@ -24,50 +40,70 @@ fuzz test checks it), and each loop still catches everything around it, counts i
 error and answers SERVFAIL when the header allows. Packets without a readable header, and
 responses (QR set), are dropped and counted.
 
-Questions outside our zones go to `outside` (the seam for the upstream forwarder of a
-later issue); without one they are answered REFUSED (checklist 57).
+Questions outside our zones are forwarded upstream; with no upstream they are answered
+REFUSED (checklist 57). `outside`, a synchronous handler, replaces the forwarder in tests.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import errno
 import ipaddress
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from bridge.catalog.model import Catalog
 from bridge.config import DnsSettings, parse_hostport
-from bridge.dns.answer import NotOurs, Rcode
-from bridge.dns.table import DEFAULT_UDP_PAYLOAD, Table, header_only
+from bridge.dns.answer import NOT_OURS, Rcode
+from bridge.dns.consul import DEFAULT_DATACENTER, ConsulOptions
+from bridge.dns.table import CHASE, TCP_LIMIT, Table, header_only
+from bridge.dns.upstream import (
+    MAX_IN_FLIGHT,
+    Forwarder,
+    Upstream,
+    question_end,
+    read_resolv_conf,
+    upstreams_from,
+)
 
 UDP_BUFFER = 4096  # larger queries are not legitimate; a cut datagram parses as FORMERR
 TCP_READ = 65536
 TCP_MAX_PENDING = 1 << 20  # reply bytes queued for a client that does not read: then close
 JOIN_TIMEOUT = 1.0
+MIN_UDP = 512
 
 # What a thread counts, by index into its list (a list is the cheapest counter to bump).
-_QUERIES, _ANSWERED, _DROPPED, _TRUNCATED, _ERRORS, _CONNECTIONS = range(6)
+_QUERIES, _ANSWERED, _DROPPED, _TRUNCATED, _ERRORS, _CONNECTIONS, _FORWARDED = range(7)
 _RCODE_NAMES = {Rcode.NOERROR: "noerror", Rcode.FORMERR: "formerr",
                 Rcode.SERVFAIL: "servfail", Rcode.NXDOMAIN: "nxdomain",
                 Rcode.NOTIMP: "notimp", Rcode.REFUSED: "refused"}
 
 # Called with (query packet, over TCP) for a question that is not ours: the reply, or None.
 Outside = Callable[[bytes, bool], bytes | None]
+T = TypeVar("T")
 
 
 class _Counters:
     __slots__ = ("n", "rcodes")
 
     def __init__(self) -> None:
-        self.n = [0] * 6
+        self.n = [0] * 7
         self.rcodes = [0] * 16
+
+    def sent(self, reply: bytes) -> None:
+        self.n[_ANSWERED] += 1
+        self.rcodes[reply[3] & 0xF] += 1
+        if reply[2] & 0x02:
+            self.n[_TRUNCATED] += 1
 
 
 class _Connection:
-    __slots__ = ("closing", "inbox", "last", "outbox", "sock")
+    __slots__ = ("closing", "events", "inbox", "last", "outbox", "pending", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -75,32 +111,66 @@ class _Connection:
         self.outbox = bytearray()
         self.last = time.monotonic()
         self.closing = False  # the client half-closed: finish writing, then close
+        self.pending = 0  # forwarded queries whose reply has not come back yet
+        self.events = selectors.EVENT_READ  # what the selector watches; 0 = unregistered
+
+
+def _pick(override: T | None, setting: T) -> T:
+    return setting if override is None else override
 
 
 class DnsServer:
-    """Serves the cluster zone over UDP and TCP on one host and port."""
+    """Serves the cluster zone (and the Consul domain) over UDP and TCP on one port."""
 
-    def __init__(self, settings: DnsSettings, *, udp_payload: int = DEFAULT_UDP_PAYLOAD,
-                 tcp_idle_timeout: float = 10.0, max_tcp_connections: int = 512,
-                 ns_addresses: Sequence[str] | None = None,
-                 outside: Outside | None = None) -> None:
+    def __init__(self, settings: DnsSettings, *, udp_payload: int | None = None,
+                 tcp_idle_timeout: float | None = None, max_tcp_connections: int | None = None,
+                 ns_addresses: Sequence[str] | None = None, outside: Outside | None = None,
+                 upstreams: Sequence[str] | None = None, upstream_timeout: float | None = None,
+                 pods: str | None = None, ignore_empty_service: bool | None = None,
+                 consul_ttl: int | None = None, consul_datacenter: str | None = None,
+                 consul_a_record_limit: int | None = None,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self.settings = settings
         self.host, self.port = parse_hostport(settings.listen)
-        self.udp_payload = udp_payload
-        self.tcp_idle_timeout = tcp_idle_timeout
-        self.max_tcp_connections = max_tcp_connections
+        self.udp_payload = _pick(udp_payload, settings.udp_payload)
+        self.tcp_idle_timeout = _pick(tcp_idle_timeout, settings.tcp_idle_timeout)
+        self.max_tcp_connections = _pick(max_tcp_connections, settings.max_tcp_connections)
+        self.upstream_timeout = _pick(upstream_timeout, settings.upstream_timeout)
+        self.pods = _pick(pods, settings.pods)
+        # Settings the configuration does not have yet are read if they appear there.
+        self.ignore_empty_service = _pick(ignore_empty_service,
+                                          bool(_setting(settings, "ignore_empty_service", False)))
+        self.consul: ConsulOptions | None = None
+        if settings.consul_domain:
+            self.consul = ConsulOptions(
+                settings.consul_domain,
+                ttl=_pick(consul_ttl, int(_setting(settings, "consul_ttl", 0))),
+                datacenter=_pick(consul_datacenter,
+                                 str(_setting(settings, "consul_datacenter", DEFAULT_DATACENTER))),
+                a_record_limit=_pick(consul_a_record_limit,
+                                     int(_setting(settings, "consul_a_record_limit", 0))))
         if ns_addresses is None:
             # The apex NS glue and ns.dns.<zone> (43, 44) need an address clients can use:
-            # the listen address if it is one, else none until configured.
-            ns_addresses = () if _wildcard(self.host) else (self.host,)
+            # the configured ones, else the listen address if it is one, else none.
+            ns_addresses = settings.ns_addresses or (() if _wildcard(self.host) else (self.host,))
         self.ns_addresses = tuple(ns_addresses)
         self._outside = outside
+        self.upstreams: tuple[Upstream, ...] = ()
+        if outside is None:
+            configured = tuple(settings.upstreams if upstreams is None else upstreams)
+            text = None if configured else read_resolv_conf(settings.resolv_conf)
+            self.upstreams = upstreams_from(configured, text, self.host, self.port)
+        self.max_in_flight = max_in_flight
+        self._forwarder: Forwarder | None = None
         self._table = self._build(Catalog())  # not ready: SERVFAIL until the first publish
         self._serving = False
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._counters: list[_Counters] = []
+        self._relay = _Counters()  # written by the forwarder thread only
+        self._tcp_replies: collections.deque[tuple[_Connection, bytes | None]] = \
+            collections.deque()
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
 
@@ -108,7 +178,9 @@ class DnsServer:
 
     def _build(self, catalog: Catalog) -> Table:
         return Table(catalog, self.settings.zone, self.settings.ttl,
-                     ns_addresses=self.ns_addresses, udp_payload=self.udp_payload)
+                     ns_addresses=self.ns_addresses, udp_payload=self.udp_payload,
+                     pods=self.pods, ignore_empty_service=self.ignore_empty_service,
+                     consul=self.consul, forwarding=bool(self.upstreams))
 
     def publish(self, catalog: Catalog) -> Table:
         """Build the table for `catalog` in the caller's thread, then swap it in atomically."""
@@ -126,10 +198,15 @@ class DnsServer:
         """Bind UDP and TCP on the same port (port 0: a free one) and start serving."""
         if self._serving:
             raise RuntimeError("already started")
-        udp, tcp = self._bind()
-        self._udp, self._tcp = [udp], [tcp]
+        self._udp, self._tcp = self._bind()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        if self.upstreams and self._outside is None:
+            self._forwarder = Forwarder(self.upstreams, timeout=self.upstream_timeout,
+                                        max_in_flight=self.max_in_flight)
+            self._forwarder.start()
+            self._counters.append(self._relay)
         self._serving = True
         for sock in self._udp:
             counters = _Counters()
@@ -146,26 +223,54 @@ class DnsServer:
         thread.start()
         self._threads.append(thread)
 
-    def _bind(self) -> tuple[socket.socket, socket.socket]:
-        info = socket.getaddrinfo(self.host or None, self.port, type=socket.SOCK_DGRAM,
-                                  flags=socket.AI_PASSIVE)
-        family, _, _, _, address = info[0]
-        # With port 0 the kernel picks the UDP port; TCP must get the same number, which
-        # another process may hold: then try again with a new pick.
+    def _plans(self) -> list[list[tuple[int, str, str]]]:
+        """Ways to bind, best first: lists of (family, host, IPv6 mode) to bind together."""
+        if not _wildcard(self.host) and self.host:
+            info = socket.getaddrinfo(self.host, None, type=socket.SOCK_DGRAM,
+                                      flags=socket.AI_PASSIVE)
+            family, _, _, _, address = info[0]
+            return [[(family, address[0], "")]]
+        plans: list[list[tuple[int, str, str]]] = []
+        if socket.has_ipv6:
+            plans.append([(socket.AF_INET6, "::", "dual")])
+            plans.append([(socket.AF_INET, "0.0.0.0", ""), (socket.AF_INET6, "::", "v6only")])
+        plans.append([(socket.AF_INET, "0.0.0.0", "")])
+        return plans
+
+    def _bind(self) -> tuple[list[socket.socket], list[socket.socket]]:
+        plans = self._plans()
+        for number, plan in enumerate(plans):
+            try:
+                return self._bind_plan(plan)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE or number == len(plans) - 1:
+                    raise
+        raise OSError("nothing to bind")  # pragma: no cover
+
+    def _bind_plan(self, plan: list[tuple[int, str, str]]
+                   ) -> tuple[list[socket.socket], list[socket.socket]]:
+        # With port 0 the kernel picks the port of the first socket; the others must get the
+        # same number, which another process may hold: then try again with a new pick.
         attempts = 20 if self.port == 0 else 1
         for attempt in range(attempts):
-            udp = _socket(family, socket.SOCK_DGRAM, address)
-            bound = udp.getsockname()
+            port = self.port
+            udp: list[socket.socket] = []
+            tcp: list[socket.socket] = []
             try:
-                tcp = _socket(family, socket.SOCK_STREAM, (address[0], bound[1], *address[2:]))
-            except OSError:
-                udp.close()
-                if attempt == attempts - 1:
+                for family, host, mode in plan:
+                    udp.append(_socket(family, socket.SOCK_DGRAM, host, port, mode))
+                    port = udp[-1].getsockname()[1]
+                    tcp.append(_socket(family, socket.SOCK_STREAM, host, port, mode))
+            except OSError as exc:
+                for sock in udp + tcp:
+                    sock.close()
+                if attempt == attempts - 1 or exc.errno != errno.EADDRINUSE:
                     raise
                 continue
-            tcp.listen(128)
-            tcp.setblocking(False)
-            self.port = bound[1]
+            for sock in tcp:
+                sock.listen(128)
+                sock.setblocking(False)
+            self.port = port
             return udp, tcp
         raise OSError("no port free for both UDP and TCP")  # pragma: no cover
 
@@ -184,11 +289,12 @@ class DnsServer:
         if not self._serving:
             return
         self._serving = False
+        if self._forwarder is not None:
+            self._forwarder.stop()
+            self._forwarder = None
         for sock in self._udp:
             _wake_udp(sock)
-        if self._wake_w is not None:
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"x")
+        self._wake_tcp()
         deadline = time.monotonic() + JOIN_TIMEOUT
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -208,33 +314,97 @@ class DnsServer:
     @property
     def stats(self) -> dict[str, int]:
         """Counters summed over the serving threads (a consistent-enough snapshot)."""
-        totals = [0] * 6
+        totals = [0] * 7
         rcodes = [0] * 16
         for counters in list(self._counters):
             totals = [a + b for a, b in zip(totals, counters.n, strict=True)]
             rcodes = [a + b for a, b in zip(rcodes, counters.rcodes, strict=True)]
         out = {"queries": totals[_QUERIES], "answered": totals[_ANSWERED],
                "dropped": totals[_DROPPED], "truncated": totals[_TRUNCATED],
-               "errors": totals[_ERRORS], "tcp_connections": totals[_CONNECTIONS]}
+               "errors": totals[_ERRORS], "tcp_connections": totals[_CONNECTIONS],
+               "forwarded": totals[_FORWARDED]}
         for code, name in _RCODE_NAMES.items():
             out[name] = rcodes[code]
         return out
 
     # --- handling one packet -------------------------------------------------------------
 
-    def _handle(self, packet: bytes, tcp: bool, counters: _Counters) -> bytes | None:
-        """Table reply, else the outside handler's, else REFUSED; never raises."""
+    def _handle(self, packet: bytes, tcp: bool, counters: _Counters, client: Any,
+                peer: Any) -> bytes | None:
+        """The reply to send now, or None (dropped, or answered later by the forwarder).
+
+        `client` and `peer` say where a later reply goes: (UDP socket, address), or
+        (TCP connection, None). Never raises.
+        """
         table = self._table
         try:
             reply = table.respond(packet, tcp)
-            if isinstance(reply, NotOurs):
-                reply = self._outside(packet, tcp) if self._outside else table.refuse(packet, tcp)
+            if type(reply) is bytes:
+                return reply
+            if reply is NOT_OURS:
+                if self._outside is not None:
+                    reply = self._outside(packet, tcp)
+                elif self._forwarder is not None:
+                    return self._forward(table, packet, tcp, counters, client, peer, None)
+                else:
+                    reply = table.refuse(packet, tcp)
+            elif reply is CHASE:
+                query = table.chase_query(packet) if self._forwarder is not None else None
+                if query is None:
+                    reply = table.respond_slow(packet, tcp)  # the CNAME chain alone
+                else:
+                    return self._forward(table, packet, tcp, counters, client, peer, query)
         except Exception:
             counters.n[_ERRORS] += 1
             reply = header_only(packet, Rcode.SERVFAIL)
-        if reply is None:
+        if type(reply) is not bytes:
             counters.n[_DROPPED] += 1
+            return None
         return reply
+
+    def _forward(self, table: Table, packet: bytes, tcp: bool, counters: _Counters,
+                 client: Any, peer: Any, chase: bytes | None) -> bytes | None:
+        """Hand `packet` (or, for an ExternalName, `chase`) to the forwarder (57, 27, 28)."""
+        forwarder = self._forwarder
+        assert forwarder is not None
+
+        def done(upstream: bytes | None) -> None:  # on the forwarder thread
+            if chase is not None:
+                reply = table.chase_reply(packet, tcp, upstream)
+            elif upstream is None:
+                reply = table.servfail(packet, tcp)
+            else:
+                reply = upstream  # untouched apart from the ID (the forwarder restored it)
+            self._deliver(reply, tcp, client, peer)
+
+        fit = TCP_LIMIT if tcp or chase is not None else _client_udp_limit(packet)
+        if not forwarder.submit(chase if chase is not None else packet, done, fit=fit):
+            return table.servfail(packet, tcp)  # too many in flight
+        counters.n[_FORWARDED] += 1
+        if tcp:
+            client.pending += 1
+        return None
+
+    def _deliver(self, reply: bytes | None, tcp: bool, client: Any, peer: Any) -> None:
+        """A forwarded reply, on the forwarder thread: send it (UDP) or queue it (TCP)."""
+        if tcp:
+            self._tcp_replies.append((client, reply))
+            self._wake_tcp()
+            return
+        if reply is None:
+            self._relay.n[_DROPPED] += 1
+            return
+        try:
+            client.sendto(reply, peer)
+        except OSError:
+            self._relay.n[_DROPPED] += 1
+            return
+        self._relay.sent(reply)
+
+    def _wake_tcp(self) -> None:
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):  # a full pair: the loop is awake anyway
+                self._wake_w.send(b"x")
 
     # --- UDP ------------------------------------------------------------------------------
 
@@ -252,7 +422,7 @@ class DnsServer:
             if not packet:
                 continue  # stop()'s wake-up, or an empty datagram: nothing to answer
             n[_QUERIES] += 1
-            reply = handle(packet, False, counters)
+            reply = handle(packet, False, counters, sock, peer)
             if reply is None:
                 continue
             try:
@@ -287,7 +457,7 @@ class DnsServer:
                     try:
                         if sock is self._wake_r:
                             with contextlib.suppress(OSError):
-                                sock.recv(64)
+                                sock.recv(4096)
                         elif key.data is None:
                             self._accept(sock, selector, connections, counters)
                         else:
@@ -296,11 +466,32 @@ class DnsServer:
                         counters.n[_ERRORS] += 1
                         if key.data is not None:
                             self._close(key.data, selector, connections)
+                self._relayed(selector, connections, counters)
                 self._expire(selector, connections)
         finally:
             for connection in list(connections.values()):
                 self._close(connection, selector, connections)
             selector.close()
+
+    def _relayed(self, selector: selectors.BaseSelector,
+                 connections: dict[socket.socket, _Connection], counters: _Counters) -> None:
+        """Put the forwarder's replies into their connections' outboxes."""
+        while self._tcp_replies:
+            connection, reply = self._tcp_replies.popleft()
+            connection.pending -= 1
+            if connection.sock not in connections:
+                continue  # closed meanwhile
+            if reply is None:
+                counters.n[_DROPPED] += 1
+            else:
+                connection.outbox += len(reply).to_bytes(2, "big") + reply
+                connection.last = time.monotonic()
+                counters.sent(reply)
+            try:
+                self._flush(connection, selector, connections)
+            except Exception:
+                counters.n[_ERRORS] += 1
+                self._close(connection, selector, connections)
 
     def _accept(self, listener: socket.socket, selector: selectors.BaseSelector,
                 connections: dict[socket.socket, _Connection], counters: _Counters) -> None:
@@ -349,7 +540,7 @@ class DnsServer:
             packet = bytes(inbox[2:2 + size])
             del inbox[:2 + size]
             n[_QUERIES] += 1
-            reply = self._handle(packet, True, counters)
+            reply = self._handle(packet, True, counters, connection, None)
             if reply is None:
                 continue
             connection.outbox += len(reply).to_bytes(2, "big") + reply
@@ -372,38 +563,69 @@ class DnsServer:
             if len(connection.outbox) > TCP_MAX_PENDING:
                 self._close(connection, selector, connections)
                 return
-        if connection.closing and not connection.outbox:
+        if connection.closing and not connection.outbox and not connection.pending:
             self._close(connection, selector, connections)
             return
         want = (0 if connection.closing else selectors.EVENT_READ) | \
             (selectors.EVENT_WRITE if connection.outbox else 0)
-        if selector.get_key(connection.sock).events != want:
+        if want == connection.events:
+            return
+        if not want:
+            selector.unregister(connection.sock)  # half-closed, waiting for the forwarder
+        elif not connection.events:
+            selector.register(connection.sock, want, connection)
+        else:
             selector.modify(connection.sock, want, connection)
+        connection.events = want
 
     def _expire(self, selector: selectors.BaseSelector,
                 connections: dict[socket.socket, _Connection]) -> None:
         cutoff = time.monotonic() - self.tcp_idle_timeout
-        for connection in [c for c in connections.values() if c.last < cutoff]:
+        for connection in [c for c in connections.values()
+                           if c.last < cutoff and not c.pending]:
             self._close(connection, selector, connections)
 
     @staticmethod
     def _close(connection: _Connection, selector: selectors.BaseSelector,
                connections: dict[socket.socket, _Connection]) -> None:
         connections.pop(connection.sock, None)
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            selector.unregister(connection.sock)
+        if connection.events:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                selector.unregister(connection.sock)
+            connection.events = 0
         with contextlib.suppress(OSError):
             connection.sock.close()
 
 
+_MISSING = object()
+
+
+def _setting(settings: DnsSettings, name: str, default: object) -> Any:
+    """A DnsSettings field that may not exist yet (then `default`)."""
+    value = getattr(settings, name, _MISSING)
+    return default if value is _MISSING else value
+
+
+def _client_udp_limit(packet: bytes) -> int:
+    """The largest UDP reply the client takes: its EDNS payload size, at least 512."""
+    end = question_end(packet)
+    if not end or packet[10:12] != b"\x00\x01" or packet[end:end + 3] != b"\x00\x00\x29" \
+            or len(packet) < end + 5:
+        return MIN_UDP
+    return max(MIN_UDP, int.from_bytes(packet[end + 3:end + 5], "big"))
+
+
 def _wildcard(host: str) -> bool:
+    if not host:
+        return True
     try:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False  # a host name: not a wildcard
 
 
-def _socket(family: int, kind: int, address: tuple) -> socket.socket:
+def _socket(family: int, kind: int, host: str, port: int, mode: str) -> socket.socket:
+    """A bound socket. `mode`: "dual" (IPv6 and mapped IPv4), "v6only", or "" (as is)."""
     sock = socket.socket(family, kind)
     try:
         if kind == socket.SOCK_STREAM:
@@ -412,10 +634,9 @@ def _socket(family: int, kind: int, address: tuple) -> socket.socket:
             with contextlib.suppress(OSError):
                 # Room for bursts while the reader thread waits for the GIL.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        if family == socket.AF_INET6 and ipaddress.ip_address(address[0]).is_unspecified:
-            # `::` also serves IPv4 (mapped addresses), like `0.0.0.0` plus `::`.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(address)
+        if family == socket.AF_INET6 and mode:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if mode == "dual" else 1)
+        sock.bind((host, port))
     except BaseException:
         sock.close()
         raise
@@ -429,7 +650,13 @@ def _wake_udp(sock: socket.socket) -> None:
     except OSError:
         return
     family = sock.family
-    if ipaddress.ip_address(host).is_unspecified:
-        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as waker:
-        waker.sendto(b"", (host, port))
+    targets = [host]
+    if ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified:
+        targets = ["::1", "::ffff:127.0.0.1"] if family == socket.AF_INET6 else ["127.0.0.1"]
+    with socket.socket(family, socket.SOCK_DGRAM) as waker:
+        for target in targets:
+            try:
+                waker.sendto(b"", (target, port))
+                return
+            except OSError:
+                continue

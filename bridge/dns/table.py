@@ -35,10 +35,26 @@ Anything the fast path does not recognise (several questions, opcode other than 
 class other than IN, EDNS version > 0, a compressed question, malformed bytes) goes to
 `respond_slow`, which parses with dnslib and encodes `answer.py`'s response with dnslib.
 Tests compare the two paths for every name of a sample catalog.
+
+Three kinds of answer are not one stored byte string, and none of them is on the fast path
+(a fast-path miss is one failed dict look-up, then `_miss`):
+
+- Consul answers in random order (`Response.shuffle`, `consul.py`): stored as one chunk of
+  bytes per record, encoded so that no record points into another (only into the
+  question), and shuffled, cut to `answer_limit` and joined per query (`Shuffled`).
+- Pod records (`pods="insecure"`): any address may be asked, so `<x>.<ns>.pod.<zone>` is
+  answered on its first question and kept in a bounded cache.
+- An ExternalName whose target is outside our zones, when the server forwards
+  (`forwarding=True`): `respond` returns `CHASE` and the server asks the upstream for the
+  target, then `chase_reply` joins the CNAME and the upstream's records (checklist 27, 28).
+
+With several zones (the cluster zone, the Consul domain), the most specific zone that
+contains the name answers it.
 """
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 from bisect import bisect_right
@@ -53,6 +69,7 @@ from bridge.dns.answer import (
     CNAME,
     NOT_OURS,
     NS,
+    PODS_DISABLED,
     PTR,
     REFUSED,
     SOA,
@@ -67,6 +84,7 @@ from bridge.dns.answer import (
     Record,
     Response,
 )
+from bridge.dns.consul import ConsulAnswerer, ConsulOptions
 from bridge.dns.query import Name, parse, upper
 
 # Keys stored for every existing name besides the qtypes its answers name, so that these
@@ -82,8 +100,28 @@ _QUERY_COUNTS = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT=1, ANCOUNT=0, NSCOUNT=0
 _NO_AR = b"\x00\x00"
 _ONE_AR = b"\x00\x01"
 _IN = b"\x00\x01"
-_QR, _AA, _TC, _RD, _CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0010
+_QR, _AA, _TC, _RD, _RA, _CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0010
 _HEAD = struct.Struct(">HHHHH")  # flags, QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT
+_POD_LABEL = b"\x03pod"
+MAX_COMPUTED = 4096  # pod names answered on demand and kept: the cache is emptied when full
+SERVFAIL = Response(Rcode.SERVFAIL, authoritative=False)
+
+
+class Chase:
+    """`respond`'s answer for an ExternalName to chase through the upstream (27, 28)."""
+
+    _instance: Chase | None = None
+
+    def __new__(cls) -> Chase:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "CHASE"
+
+
+CHASE = Chase()
 
 
 class Entry(NamedTuple):
@@ -105,6 +143,21 @@ class Entry(NamedTuple):
     flags: int
 
 
+class Shuffled(NamedTuple):
+    """A response served in random order: one chunk per record, shuffled per query.
+
+    Each chunk is `(bytes, spots)`; its names point only into the question, never into
+    another chunk, so chunks can be put in any order. `spots` are (chunk offset, question
+    offset, length) as in `Entry`. `limit` > 0 keeps that many answer records at most.
+    """
+
+    answers: tuple[tuple[bytes, tuple[tuple[int, int, int], ...]], ...]
+    rest: tuple[tuple[bytes, tuple[tuple[int, int, int], ...]], ...]  # authority, additional
+    authority: int  # how many of `rest` are authority records
+    limit: int
+    flags: int
+
+
 def wire(name: Name) -> bytes:
     """A name in uncompressed wire form. Raises ValueError for an unencodable name."""
     out = bytearray()
@@ -123,7 +176,8 @@ def wire(name: Name) -> bytes:
 class _Writer:
     """Encodes records after a given question, compressing only on exact-case matches."""
 
-    def __init__(self, question: Name, question_wire: bytes) -> None:
+    def __init__(self, question: Name, question_wire: bytes, *, register: bool = True) -> None:
+        self.register = register  # False: names written are never pointed at later
         self.base = 12 + len(question_wire) + 4
         self.buf = bytearray()
         self.offsets: dict[Name, int] = {}
@@ -149,7 +203,7 @@ class _Writer:
                 length = len(wire(suffix))
                 self.spots.append((len(self.buf), self.question[suffix], length))
             here = self.base + len(self.buf)
-            if here < 0x4000:
+            if here < 0x4000 and self.register:
                 self.offsets.setdefault(suffix, here)
             data = label.encode("latin-1")
             if not 0 < len(data) <= 63:
@@ -188,10 +242,17 @@ class _Writer:
         self.buf[at:at + 2] = (len(self.buf) - at - 2).to_bytes(2, "big")
 
 
-def encode(question: Name, response: Response, question_wire: bytes | None = None) -> Entry:
+def _flags(response: Response, ra: bool) -> int:
+    return _QR | (_AA if response.authoritative else 0) | (_RA if ra else 0) | \
+        (int(response.rcode) & 0xF)
+
+
+def encode(question: Name, response: Response, question_wire: bytes | None = None, *,
+           ra: bool = False) -> Entry:
     """`response` as an Entry to be sent after any question of `question`'s length.
 
-    `question` is the spelling the response was computed for (upper case in tables).
+    `question` is the spelling the response was computed for (upper case in tables); `ra`
+    sets RA (recursion available: the server forwards what is not ours).
     """
     if question_wire is None:
         question_wire = wire(question)
@@ -206,7 +267,7 @@ def encode(question: Name, response: Response, question_wire: bytes | None = Non
     lowered = question_wire.lower()
     for at, qoffset, length in writer.spots:
         body[at:at + length] = lowered[qoffset - 12:qoffset - 12 + length]
-    flags = _QR | (_AA if response.authoritative else 0) | (int(response.rcode) & 0xF)
+    flags = _flags(response, ra)
     counts = (len(response.answer), len(response.authority), len(response.additional))
     heads = []
     heads_opt = []
@@ -216,6 +277,37 @@ def encode(question: Name, response: Response, question_wire: bytes | None = Non
         heads_opt.append(_HEAD.pack(bits, 1, counts[0], counts[1], counts[2] + 1))
     return Entry(tuple(heads), tuple(heads_opt), bytes(body), 12 + len(body),
                  tuple(writer.spots), tuple(ends), counts, flags)
+
+
+def encode_shuffled(question: Name, response: Response, question_wire: bytes, *,
+                    ra: bool = False) -> Shuffled:
+    """`response` as position-independent record chunks (see `Shuffled`)."""
+    writer = _Writer(question, question_wire, register=False)
+    lowered = question_wire.lower()
+    chunks: list[tuple[bytes, tuple[tuple[int, int, int], ...]]] = []
+    for section in (response.answer, response.authority, response.additional):
+        for record in section:
+            start, known = len(writer.buf), len(writer.spots)
+            writer.record(record)
+            data = bytearray(writer.buf[start:])
+            spots = tuple((at - start, qoffset, length)
+                          for at, qoffset, length in writer.spots[known:])
+            for at, qoffset, length in spots:
+                data[at:at + length] = lowered[qoffset - 12:qoffset - 12 + length]
+            chunks.append((bytes(data), spots))
+    answers = len(response.answer)
+    return Shuffled(tuple(chunks[:answers]), tuple(chunks[answers:]), len(response.authority),
+                    response.answer_limit, _flags(response, ra))
+
+
+def shuffled(response: Response) -> Response:
+    """The answer records of `response` in random order, cut to its `answer_limit`."""
+    if not response.shuffle:
+        return response
+    answer = response.answer
+    keep = response.answer_limit if 0 < response.answer_limit < len(answer) else len(answer)
+    return Response(response.rcode, tuple(random.sample(answer, keep)), response.authority,
+                    response.additional, response.authoritative, response.chase)
 
 
 def _filler(length: int) -> Name:
@@ -248,54 +340,135 @@ def header_only(packet: bytes, rcode: Rcode) -> bytes | None:
     return packet[:2] + _HEAD.pack(flags, 0, 0, 0, 0)
 
 
+class _Zone(NamedTuple):
+    """One zone the table answers: its answerer, and its name in the forms the table needs."""
+
+    answerer: Answerer | ConsulAnswerer
+    labels: Name  # lower case
+    wire: bytes  # lower case
+    upper: Name
+    pods: bool  # `<x>.<ns>.pod.<zone>` names are answered one by one (pods insecure)
+
+
+def _labels_of(name_wire: bytes) -> Name:
+    """The labels of an uncompressed wire name known to be well formed."""
+    out: list[str] = []
+    at = 0
+    while name_wire[at]:
+        size = name_wire[at]
+        out.append(name_wire[at + 1:at + 1 + size].decode("latin-1"))
+        at += size + 1
+    return tuple(out)
+
+
 class Table:
-    """The precomputed answers for one catalog plus the packet handler serving them."""
+    """The precomputed answers for one catalog plus the packet handler serving them.
+
+    `pods`, `ignore_empty_service`: see `answer.Answerer`. `consul`: also serve the Consul
+    domain (`consul.py`). `forwarding`: the server forwards names that are not ours, so
+    replies say RA and ExternalName targets outside our zones are chased (`CHASE`).
+    """
 
     def __init__(self, catalog: Catalog, zone: str, ttl: int, *,
                  ns_addresses: Sequence[str] = (),
-                 udp_payload: int = DEFAULT_UDP_PAYLOAD) -> None:
-        self.answerer = Answerer(catalog, zone, ttl, ns_addresses=ns_addresses)
+                 udp_payload: int = DEFAULT_UDP_PAYLOAD,
+                 pods: str = PODS_DISABLED,
+                 ignore_empty_service: bool = False,
+                 consul: ConsulOptions | None = None,
+                 forwarding: bool = False) -> None:
+        self.answerer = Answerer(catalog, zone, ttl, ns_addresses=ns_addresses, pods=pods,
+                                 ignore_empty_service=ignore_empty_service)
+        self.consul: ConsulAnswerer | None = None
+        if consul is not None and consul.domain:
+            self.consul = ConsulAnswerer(catalog, consul, ns_addresses=ns_addresses)
+            if self.consul.zone == self.answerer.zone:
+                raise ValueError("the Consul domain must differ from the cluster zone")
         self.generation = catalog.generation
+        self.forwarding = forwarding
         self.udp_payload = max(MIN_UDP_PAYLOAD, udp_payload)
         self._opt = (_opt_record(self.udp_payload, False), _opt_record(self.udp_payload, True))
-        self.zone_wire = wire(self.answerer.zone)
-        self._zone_upper: Name = tuple(upper(label) for label in self.answerer.zone)
+        zones = [self._zone(self.answerer, self.answerer.dynamic_pods)]
+        if self.consul is not None:
+            zones.append(self._zone(self.consul, False))
+        self._zones = tuple(sorted(zones, key=lambda z: -len(z.labels)))  # most specific first
         self.entries: dict[bytes, Entry] = {}  # lower-case wire name + qtype + class
         self.defaults: dict[bytes, Entry] = {}  # lower-case wire name: any other qtype
+        self.shuffled: dict[bytes, Shuffled] = {}  # like `entries`: answers in random order
+        self.chases: set[bytes] = set()  # like `entries`: ExternalName targets to chase
         self.skipped: list[str] = []  # names that could not be encoded (reported, not fatal)
         self._shared: dict[tuple[int, Response], Entry] = {}
-        # Absent names, by the byte offset of the zone in the name: at most 254 of them.
-        self._negatives: dict[int, tuple[dict[int, Entry], Entry]] = {}
-        self._refused = encode((), REFUSED)
-        for name in self.answerer.names():
-            self._add(name)
+        # Absent names, by zone and by the byte offset of the zone in the name: at most 254
+        # shapes per zone.
+        self._negatives: dict[tuple[int, int], tuple[dict[int, Entry | Shuffled], Entry]] = {}
+        self._computed: dict[bytes, tuple[dict[int, Entry | Shuffled], Entry]] = {}
+        self._refused = encode((), REFUSED, ra=forwarding)
+        self._servfail = encode((), SERVFAIL, ra=forwarding)
+        for index in reversed(range(len(self._zones))):  # the more specific zone wins a name
+            for name in self._zones[index].answerer.names():
+                self._add(index, name)
 
-    def _add(self, name: Name) -> None:
+    @staticmethod
+    def _zone(answerer: Answerer | ConsulAnswerer, pods: bool) -> _Zone:
+        return _Zone(answerer, answerer.zone, wire(answerer.zone),
+                     tuple(upper(label) for label in answerer.zone), pods)
+
+    def _answers(self, zone: _Zone, spelled: Name) -> tuple[Answers | NotOurs, Name]:
+        """The answers for a name of `zone`, and the zone as the name spells it."""
+        answerer = zone.answerer
+        if isinstance(answerer, Answerer):
+            query = parse(spelled, answerer.zone)
+            return answerer.answers_query(query), query.zone
+        return answerer.answers(spelled), spelled[len(spelled) - len(zone.labels):]
+
+    def answer(self, qname: str | Sequence[str | bytes], qtype: int) -> Response | NotOurs:
+        """`answer.py`'s response for a question, from the zone that holds the name."""
+        for zone in self._zones:
+            response = zone.answerer.answer(qname, qtype)
+            if not isinstance(response, NotOurs):
+                return response
+        return NOT_OURS
+
+    def _add(self, index: int, name: Name) -> None:
         spelled = tuple(upper(label) for label in name)
         try:
             key = wire(name)
-            query = parse(spelled, self.answerer.zone)
-            answers = self.answerer.answers_query(query)
+            answers, zone = self._answers(self._zones[index], spelled)
             if isinstance(answers, NotOurs):
                 raise ValueError("listed name is not ours")
-            default, by_type = self._encode_answers(spelled, key, query.zone, answers)
+            default, by_type = self._encode_answers(spelled, key, zone, answers)
         except (ValueError, struct.error) as exc:
             self.skipped.append(f"{'.'.join(name)}: {exc}")
             return
         for qtype in (*PRECOMPUTED_QTYPES, *by_type):
-            self.entries[key + qtype.to_bytes(2, "big") + _IN] = by_type.get(qtype, default)
+            full = key + qtype.to_bytes(2, "big") + _IN
+            encoded = by_type.get(qtype, default)
+            self.entries.pop(full, None)
+            self.shuffled.pop(full, None)
+            self.chases.discard(full)
+            if isinstance(encoded, Shuffled):
+                self.shuffled[full] = encoded
+            elif self.forwarding and answers.get(qtype).chase is not None:
+                self.chases.add(full)
+            else:
+                self.entries[full] = encoded
         self.defaults[key] = default
 
     def _encode_answers(self, spelled: Name, key: bytes, zone: Name, answers: Answers
-                        ) -> tuple[Entry, dict[int, Entry]]:
+                        ) -> tuple[Entry, dict[int, Entry | Shuffled]]:
         prefix = len(key) - len(wire(zone))
         # Keyed by identity: the responses stay alive in `answers` for the whole loop.
-        done: dict[int, Entry] = {}
+        done: dict[int, Entry | Shuffled] = {}
         for response in (answers.default, *answers.by_type.values()):
             if id(response) not in done:
-                done[id(response)] = self._encode_for(spelled, key, prefix, zone, response)
-        return done[id(answers.default)], {
-            qtype: done[id(response)] for qtype, response in answers.by_type.items()}
+                if response.shuffle:
+                    done[id(response)] = encode_shuffled(spelled, response, key,
+                                                         ra=self.forwarding)
+                else:
+                    done[id(response)] = self._encode_for(spelled, key, prefix, zone, response)
+        default = done[id(answers.default)]
+        if isinstance(default, Shuffled):
+            default = self._encode_for(spelled, key, prefix, zone, shuffled(answers.default))
+        return default, {qtype: done[id(response)] for qtype, response in answers.by_type.items()}
 
     def _encode_for(self, spelled: Name, key: bytes, prefix: int, zone: Name,
                     response: Response) -> Entry:
@@ -309,16 +482,18 @@ class Table:
         negative = (not response.answer and not response.additional
                     and len(response.authority) == 1 and response.authority[0].name == zone)
         if not negative:
-            return encode(spelled, response, key)
+            return encode(spelled, response, key, ra=self.forwarding)
         entry = self._shared.get((prefix, response))
         if entry is None:
-            entry = self._shared[(prefix, response)] = encode(spelled, response, key)
+            entry = self._shared[(prefix, response)] = encode(spelled, response, key,
+                                                              ra=self.forwarding)
         return entry
 
     # --- serving ------------------------------------------------------------------------
 
-    def respond(self, packet: bytes, tcp: bool = False) -> bytes | NotOurs | None:
-        """The reply to one query packet; NOT_OURS for names we do not serve; None to drop.
+    def respond(self, packet: bytes, tcp: bool = False) -> bytes | NotOurs | Chase | None:
+        """The reply to one query packet; NOT_OURS for names we do not serve; CHASE for an
+        ExternalName whose target the upstream must resolve; None to drop.
 
         Never raises for any input (checked by a fuzz test); the server still guards it.
         """
@@ -388,35 +563,72 @@ class Table:
             return end, offsets, edns[0], TCP_LIMIT if tcp else edns[1]
         return None
 
-    def _miss(self, packet: bytes, tcp: bool) -> bytes | NotOurs | None:
+    def _miss(self, packet: bytes, tcp: bool) -> bytes | NotOurs | Chase | None:
         scanned = self._scan(packet, tcp)
         if scanned is None:
             return self.respond_slow(packet, tcp)
         end, offsets, opt, limit = scanned
         lname = packet[12:end].lower()
-        entry = self.entries.get(lname + packet[end:end + 4]) or self.defaults.get(lname)
+        key = lname + packet[end:end + 4]
+        entry: Entry | Shuffled | None = self.entries.get(key)
         if entry is None:
-            zone_at = end - len(self.zone_wire)
-            if zone_at not in offsets or packet[zone_at:end].lower() != self.zone_wire:
-                return NOT_OURS
-            by_type, default = self._negative(zone_at - 12)
-            entry = by_type.get((packet[end] << 8) | packet[end + 1], default)
+            entry = self.shuffled.get(key)
+            if entry is None:
+                if key in self.chases:
+                    return CHASE
+                entry = self.defaults.get(lname) or self._absent(packet, end, offsets, lname)
+                if entry is None:
+                    return NOT_OURS
+        if isinstance(entry, Shuffled):
+            return self._emit_shuffled(packet, end + 4, entry, opt, limit)
         return self._emit(packet, end + 4, entry, opt, limit)
 
-    def _negative(self, prefix: int) -> tuple[dict[int, Entry], Entry]:
-        """Answers for an absent name whose zone starts `prefix` bytes into the name.
+    def _absent(self, packet: bytes, end: int, offsets: list[int], lname: bytes
+                ) -> Entry | Shuffled | None:
+        """The answer for a name no table lists: a zone's negative, a pod record, or None."""
+        qtype = (packet[end] << 8) | packet[end + 1]
+        for index, zone in enumerate(self._zones):
+            zone_at = end - len(zone.wire)
+            if zone_at < 12 or packet[zone_at:end].lower() != zone.wire or \
+                    zone_at not in offsets:
+                continue
+            if zone.pods and offsets.index(zone_at) == 3 and \
+                    packet[offsets[2]:offsets[2] + 4].lower() == _POD_LABEL:
+                by_type, default = self._pod(lname)  # 50
+            else:
+                by_type, default = self._negative(index, zone_at - 12)
+            return by_type.get(qtype, default)
+        return None
 
-        `Answerer.names` promises they depend on nothing else, so a stand-in name of that
-        shape is asked once and its encoding serves every absent name of the shape.
-        """
-        found = self._negatives.get(prefix)
+    def _pod(self, lname: bytes) -> tuple[dict[int, Entry | Shuffled], Entry]:
+        """Answers for `<x>.<ns>.pod.<zone>`, computed on first use and cached (bounded)."""
+        found = self._computed.get(lname)
         if found is None:
-            question = _filler(prefix) + self._zone_upper
-            answers = self.answerer.answers(question)
+            spelled = tuple(upper(label) for label in _labels_of(lname))
+            query = parse(spelled, self.answerer.zone)
+            answers = self.answerer.answers_query(query)
             assert isinstance(answers, Answers)
-            default, by_type = self._encode_answers(question, wire(question), self.answerer.zone,
+            default, by_type = self._encode_answers(spelled, lname, query.zone, answers)
+            if len(self._computed) >= MAX_COMPUTED:
+                self._computed.clear()
+            found = self._computed[lname] = (by_type, default)
+        return found
+
+    def _negative(self, index: int, prefix: int) -> tuple[dict[int, Entry | Shuffled], Entry]:
+        """Answers for an absent name of zone `index` whose zone starts `prefix` bytes in.
+
+        The answerers promise they depend on nothing else, so a stand-in name of that shape
+        is asked once and its encoding serves every absent name of the shape.
+        """
+        found = self._negatives.get((index, prefix))
+        if found is None:
+            zone = self._zones[index]
+            question = _filler(prefix) + zone.upper
+            answers, spelled_zone = self._answers(zone, question)
+            assert isinstance(answers, Answers)
+            default, by_type = self._encode_answers(question, wire(question), spelled_zone,
                                                     answers)
-            found = self._negatives[prefix] = (by_type, default)
+            found = self._negatives[(index, prefix)] = (by_type, default)
         return found
 
     def _emit(self, packet: bytes, qend: int, entry: Entry, opt: bytes, limit: int) -> bytes:
@@ -448,14 +660,121 @@ class Table:
         return packet[:2] + _HEAD.pack(flags, 1, an, ns, ar) + packet[12:qend] + \
             body[:cut] + opt
 
+    @staticmethod
+    def _emit_shuffled(packet: bytes, qend: int, entry: Shuffled, opt: bytes, limit: int
+                       ) -> bytes:
+        """A `Shuffled` response: answers in random order (cut to its limit), then the rest."""
+        answers = entry.answers
+        count = entry.limit if 0 < entry.limit < len(answers) else len(answers)
+        chunks = [*random.sample(answers, count), *entry.rest]
+        room = limit - qend - len(opt)
+        parts: list[bytes] = []
+        for data, spots in chunks:
+            for at, qoffset, length in spots:
+                spelled = packet[qoffset:qoffset + length]
+                if spelled != data[at:at + length]:
+                    data = data[:at] + spelled + data[at + length:]
+            room -= len(data)
+            if room < 0:
+                break  # 56: whole RRs only; TC below
+            parts.append(data)
+        keep = len(parts)
+        an = min(count, keep)
+        ns = min(entry.authority, keep - an)
+        ar = keep - an - ns + (1 if opt else 0)
+        variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
+        flags = entry.flags | (_TC if keep < len(chunks) else 0) | \
+            (_RD if variant & 1 else 0) | (_CD if variant & 2 else 0)
+        return packet[:2] + _HEAD.pack(flags, 1, an, ns, ar) + packet[12:qend] + \
+            b"".join(parts) + opt
+
     def refuse(self, packet: bytes, tcp: bool = False) -> bytes | None:
         """REFUSED for a question that is not ours (57): the question and OPT echoed."""
         scanned = self._scan(packet, tcp)
         if scanned is None:
             reply = self.respond_slow(packet, tcp, refuse=True)
-            return None if isinstance(reply, NotOurs) else reply
+            return reply if isinstance(reply, bytes) else None
         end, _, opt, limit = scanned
         return self._emit(packet, end + 4, self._refused, opt, limit)
+
+    def servfail(self, packet: bytes, tcp: bool = False) -> bytes | None:
+        """SERVFAIL (an upstream failed or timed out), the question and OPT echoed."""
+        scanned = self._scan(packet, tcp)
+        if scanned is None:
+            return header_only(packet, Rcode.SERVFAIL)
+        end, _, opt, limit = scanned
+        return self._emit(packet, end + 4, self._servfail, opt, limit)
+
+    # --- chasing ExternalName targets through the upstream (27, 28) ---------------------------
+
+    def chase_query(self, packet: bytes) -> bytes | None:
+        """The query to send upstream for the target of the ExternalName `packet` asks for.
+
+        ID 0 (the forwarder sets its own), RD, the client's qtype and CD, our OPT with the
+        client's DO. None if `packet` is not such a question.
+        """
+        scanned = self._scan(packet, False)
+        if scanned is None:
+            return None
+        end, offsets, opt, _ = scanned
+        qtype = (packet[end] << 8) | packet[end + 1]
+        asked = tuple(packet[o + 1:o + 1 + packet[o]].decode("latin-1") for o in offsets)
+        response = self.answer(asked, qtype)
+        if not isinstance(response, Response) or response.chase is None:
+            return None
+        try:
+            target = wire(response.chase)
+        except ValueError:
+            return None
+        flags = _RD | (packet[3] & 0x10)
+        do = bool(opt) and bool(opt[7] & 0x80)
+        return struct.pack(">HHHHHH", 0, flags, 1, 0, 0, 1) + target + \
+            struct.pack(">HH", qtype, CLASS_IN) + _opt_record(self.udp_payload, do)
+
+    def chase_reply(self, packet: bytes, tcp: bool, upstream: bytes | None) -> bytes | None:
+        """The client's reply: our CNAME chain, then the upstream's answer for its target.
+
+        TC is copied from the upstream's reply (28); the rcode is the upstream's NOERROR or
+        NXDOMAIN (RFC 6604: the rcode of the last name), SERVFAIL for anything else or for
+        no reply at all. The reply is cut to the client's size like any other.
+        """
+        try:
+            query = dnslib.DNSRecord.parse(packet)
+            reply = dnslib.DNSRecord.parse(upstream) if upstream is not None else None
+        except Exception:  # dnslib raises assorted types for assorted garbage
+            reply = None
+            query = None
+        if query is None or len(query.questions) != 1:
+            return self.servfail(packet, tcp)
+        question = query.questions[0]
+        response = self.answer(question.qname.label, question.qtype)
+        if not isinstance(response, Response) or response.chase is None:
+            reply_bytes = self.respond_slow(packet, tcp)
+            return reply_bytes if isinstance(reply_bytes, bytes) else None
+        if reply is None or reply.header.rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
+            return self.servfail(packet, tcp)
+        opts = [rr for rr in query.ar if rr.rtype == QType.OPT]
+        opt = opts[0] if opts else None
+        header = dnslib.DNSHeader(id=query.header.id, bitmap=0, qr=1, aa=1,
+                                  ra=int(self.forwarding), rd=query.header.rd,
+                                  cd=query.header.cd, rcode=reply.header.rcode)
+        out = dnslib.DNSRecord(header, q=question)
+        sections = [[_dnslib_rr(r) for r in response.answer] + list(reply.rr),
+                    [rr for rr in reply.auth if rr.rtype != QType.OPT], []]
+        edns = None
+        if opt is not None:
+            edns = dnslib.EDNS0(udp_len=self.udp_payload, flags="do" if opt.edns_do else "")
+        packed = _pack_within(out, sections, edns, self._limit(opt, tcp))
+        if reply.header.tc:
+            packed = packed[:2] + bytes([packed[2] | 0x02]) + packed[3:]
+        return packed
+
+    def _limit(self, opt: dnslib.RR | None, tcp: bool) -> int:
+        if tcp:
+            return TCP_LIMIT
+        if opt is not None:
+            return max(MIN_UDP_PAYLOAD, min(opt.edns_len, self.udp_payload))
+        return MIN_UDP_PAYLOAD
 
     # --- the slow path --------------------------------------------------------------------
 
@@ -463,7 +782,8 @@ class Table:
                      ) -> bytes | NotOurs | None:
         """The reference path, through dnslib: every unusual packet lands here.
 
-        Same contract as `respond`; `refuse` answers REFUSED instead of asking the answerer.
+        Same contract as `respond` (it never returns CHASE: a chased name is answered with
+        its CNAME chain only); `refuse` answers REFUSED instead of asking the answerer.
         """
         if len(packet) < 12 or packet[2] & 0x80:
             return None  # no header to answer to, or a response: drop (counted by server)
@@ -474,6 +794,8 @@ class Table:
         except Exception:  # dnslib raises assorted types for assorted garbage
             return header_only(packet, Rcode.FORMERR)
         opts = [rr for rr in query.ar if rr.rtype == QType.OPT]
+        if not query.questions:
+            return header_only(packet, Rcode.SERVFAIL)  # 54, as CoreDNS
         if len(query.questions) != 1 or len(opts) > 1:
             return header_only(packet, Rcode.FORMERR)  # RFC 9619, RFC 6891 §6.1.1
         question = query.questions[0]
@@ -487,10 +809,12 @@ class Table:
         elif refuse or question.qclass != CLASS_IN:
             response = REFUSED  # 54: only class IN is served
         else:
-            response = self.answerer.answer(question.qname.label, question.qtype)
+            response = self.answer(question.qname.label, question.qtype)
             if isinstance(response, NotOurs):
                 return NOT_OURS
+            response = shuffled(response)
         reply.header.aa = int(response.authoritative)
+        reply.header.ra = int(self.forwarding)
         reply.header.rcode = int(response.rcode) & 0xF
         records = [[_dnslib_rr(r) for r in section]
                    for section in (response.answer, response.authority, response.additional)]
@@ -498,13 +822,7 @@ class Table:
         if opt is not None:
             edns = dnslib.EDNS0(udp_len=self.udp_payload, ext_rcode=int(response.rcode) >> 4,
                                 flags="do" if opt.edns_do else "")
-        if tcp:
-            limit = TCP_LIMIT
-        elif opt is not None:
-            limit = max(MIN_UDP_PAYLOAD, min(opt.edns_len, self.udp_payload))
-        else:
-            limit = MIN_UDP_PAYLOAD
-        return _pack_within(reply, records, edns, limit)
+        return _pack_within(reply, records, edns, self._limit(opt, tcp))
 
 
 def _pack_within(reply: dnslib.DNSRecord, sections: list[list[dnslib.RR]],

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from bridge.config import KubernetesSettings
-from bridge.errors import ConfigError, Expired, Rejected, Transient
+from bridge.errors import ConfigError, Conflict, Expired, Rejected, Transient
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ NODES = Resource("nodes", lambda api: client.CoreV1Api(api).list_node)
 ENDPOINT_SLICES = Resource(
     "endpointslices",
     lambda api: client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces)
+INGRESSES = Resource(
+    "ingresses", lambda api: client.NetworkingV1Api(api).list_ingress_for_all_namespaces)
 
 
 def _retry_after(exc: ApiException) -> float | None:
@@ -131,6 +133,37 @@ class KubeClient:
             raise map_error(exc, what) from exc
         finally:
             self._watches.discard(w)
+
+    def _writer(self, plural: str) -> tuple[Any, str]:
+        if plural == "services":
+            return client.CoreV1Api(self.api), "service"
+        if plural == "endpointslices":
+            return client.DiscoveryV1Api(self.api), "endpoint_slice"
+        raise ValueError(f"the bridge does not write {plural}")
+
+    def write(self, verb: str, plural: str, namespace: str, name: str,
+              body: dict[str, Any] | None = None) -> None:
+        """create, replace or delete one object. A delete of an object already gone succeeds.
+        Raises Conflict on 409 (the object changed or exists), Rejected or Transient."""
+        api, kind = self._writer(plural)
+        what = f"{verb} {plural} {namespace}/{name}"
+        try:
+            if verb == "create":
+                getattr(api, f"create_namespaced_{kind}")(namespace, body, _preload_content=False)
+            elif verb == "replace":
+                getattr(api, f"replace_namespaced_{kind}")(name, namespace, body, _preload_content=False)
+            elif verb == "delete":
+                getattr(api, f"delete_namespaced_{kind}")(name, namespace, _preload_content=False)
+            else:
+                raise ValueError(f"unknown verb {verb}")
+        except ApiException as exc:
+            if verb == "delete" and exc.status == 404:
+                return
+            if exc.status == 409:
+                raise Conflict(f"{what}: {exc.reason}") from None
+            raise map_error(exc, what) from None
+        except Exception as exc:
+            raise map_error(exc, what) from exc
 
     def close(self) -> None:
         """Ends open watch streams so their threads return promptly."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.catalog.model import (
+    IngressRoute,
     Instance,
     Node,
     Origin,
@@ -57,6 +58,7 @@ class Slice:
     address_type: str
     ports: tuple[Port, ...]
     endpoints: tuple[SliceEndpoint, ...]
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 def object_key(raw: Mapping[str, Any]) -> tuple[str, str]:
@@ -140,6 +142,7 @@ def service_from_raw(raw: Mapping[str, Any]) -> Service:
         annotations=frozen_map(_str_map(meta.get("annotations"), "metadata.annotations")),
         publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
         external_ips=tuple(_ips(spec.get("externalIPs"), "spec.externalIPs")),
+        selector=frozen_map(_str_map(spec.get("selector"), "spec.selector")),
         load_balancer_ingress=_ingress(raw.get("status")),
     )
 
@@ -205,6 +208,71 @@ def node_from_raw(raw: Mapping[str, Any]) -> Node:
     return Node(name, tuple(internal), tuple(external), labels.get(ZONE_LABEL, ""))
 
 
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadObject(f"{where} is not a list")
+    return value
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadObject(f"{where} is not an object")
+    return value
+
+
+def ingress_from_raw(raw: Mapping[str, Any]) -> tuple[IngressRoute, ...]:
+    """A networking.k8s.io/v1 Ingress as one route per rule path with a Service backend, in
+    rule and path order. Resource backends and the default backend route to no Service the
+    sync reads and are left out; a rule without `http` has no paths."""
+    namespace, name = object_key(raw)
+    spec = _object(raw.get("spec"), "spec")
+    tls_hosts: set[str] = set()
+    for i, tls in enumerate(_list(spec.get("tls"), "spec.tls")):
+        for j, host in enumerate(_list(_object(tls, f"spec.tls[{i}]").get("hosts"), f"spec.tls[{i}].hosts")):
+            if not isinstance(host, str):
+                raise BadObject(f"spec.tls[{i}].hosts[{j}] is not a string")
+            tls_hosts.add(host)
+    lb = _object(_object(raw.get("status"), "status").get("loadBalancer"), "status.loadBalancer")
+    lb_ips: list[str] = []
+    for i, entry in enumerate(_list(lb.get("ingress"), "status.loadBalancer.ingress")):
+        ip = _object(entry, f"status.loadBalancer.ingress[{i}]").get("ip")
+        if not ip:
+            continue
+        try:
+            ip = _ip(ip)
+        except ValueError:
+            raise BadObject(f"status.loadBalancer.ingress[{i}].ip is not an IP: {ip!r}") from None
+        if ip not in lb_ips:
+            lb_ips.append(ip)
+    routes: list[IngressRoute] = []
+    for i, rule in enumerate(_list(spec.get("rules"), "spec.rules")):
+        rule = _object(rule, f"spec.rules[{i}]")
+        host = rule.get("host") or ""
+        if not isinstance(host, str):
+            raise BadObject(f"spec.rules[{i}].host is not a string")
+        http = _object(rule.get("http"), f"spec.rules[{i}].http")
+        for j, path in enumerate(_list(http.get("paths"), f"spec.rules[{i}].http.paths")):
+            where = f"spec.rules[{i}].http.paths[{j}]"
+            path = _object(path, where)
+            backend = _object(path.get("backend"), f"{where}.backend")
+            if backend.get("service") is None:
+                continue
+            service = _object(backend["service"], f"{where}.backend.service")
+            service_name = service.get("name")
+            if not isinstance(service_name, str) or not service_name:
+                raise BadObject(f"{where}.backend.service.name is missing")
+            value = path.get("path") or ""
+            if not isinstance(value, str):
+                raise BadObject(f"{where}.path is not a string")
+            routes.append(IngressRoute(namespace, name, service_name, host, value,
+                                       host in tls_hosts, tuple(lb_ips)))
+    return tuple(routes)
+
+
 def _ip(value: Any) -> str:
     """A textual IP address in canonical form. Integers are refused: the API sends strings,
     and ipaddress would quietly read 167772161 as 10.0.0.1."""
@@ -259,7 +327,7 @@ def slice_from_raw(raw: Mapping[str, Any]) -> Slice:
                 zone=str(ep.get("zone") or ""),
                 target=str(target.get("name") or "") if isinstance(target, dict) else "",
             ))
-    return Slice(namespace, name, service, str(address_type), ports, tuple(endpoints))
+    return Slice(namespace, name, service, str(address_type), ports, tuple(endpoints), frozen_map(labels))
 
 
 def join(service: Service, slices: Iterable[Slice], cluster_id: str) -> Service:

@@ -1,7 +1,8 @@
 """Kubernetes as a Source: Services joined with their EndpointSlices, as a Snapshot.
 
-Two reflectors (services, endpointslices) feed this source; `snapshot()` joins their
-current caches on demand, so it always reflects one cache state of each. Namespaces the
+Two reflectors (services, endpointslices) feed this source, plus nodes and ingresses when
+the sync needs them; `snapshot()` joins their current caches on demand, so it always
+reflects one cache state of each. Namespaces the
 settings do not expose are left out here, once, for DNS and the sync alike. Objects this
 bridge materialised from Consul are left out too, so they are never pushed back.
 """
@@ -11,15 +12,16 @@ from __future__ import annotations
 import fnmatch
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from bridge.catalog.model import Snapshot
+from bridge.catalog.model import Service, Snapshot
 from bridge.config import KubernetesSettings
-from bridge.kube.client import ENDPOINT_SLICES, NODES, SERVICES, KubeClient
+from bridge.kube.client import ENDPOINT_SLICES, INGRESSES, NODES, SERVICES, KubeClient
 from bridge.kube.objects import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     Slice,
+    ingress_from_raw,
     join,
     node_from_raw,
     service_from_raw,
@@ -37,7 +39,8 @@ def namespace_allowed(namespace: str, allow: tuple[str, ...], deny: tuple[str, .
 
 class KubeSource:
     """Mirrors Services and EndpointSlices (and Nodes, when NodePort Services are synced to
-    their node addresses); `synced` once each has listed completely."""
+    their node addresses; and Ingresses, when Services behind them are registered at the
+    Ingress); `synced` once each has listed completely."""
 
     def __init__(self, kube: KubeClient, settings: KubernetesSettings, cluster_id: str,
                  on_change: Callable[[], None], stop: threading.Event, *,
@@ -50,7 +53,11 @@ class KubeSource:
                                 watch_timeout=settings.watch_timeout, stop=stop)
         self.nodes = Reflector(kube, NODES, node_from_raw, on_change,
                                watch_timeout=settings.watch_timeout, stop=stop) if watch_nodes else None
-        self._reflectors = [r for r in (self.services, self.slices, self.nodes) if r is not None]
+        self.ingresses = Reflector(kube, INGRESSES, ingress_from_raw, on_change,
+                                   watch_timeout=settings.watch_timeout,
+                                   stop=stop) if watch_ingresses else None
+        self._reflectors = [r for r in (self.services, self.slices, self.nodes, self.ingresses)
+                            if r is not None]
 
     def start(self) -> None:
         for reflector in self._reflectors:
@@ -59,6 +66,10 @@ class KubeSource:
     @property
     def synced(self) -> bool:
         return all(r.synced.is_set() for r in self._reflectors)
+
+    def objects(self) -> tuple[Mapping[tuple[str, str], Service], Mapping[tuple[str, str], Slice]]:
+        """Every Service and EndpointSlice as cached, ours included (for the Kubernetes sink)."""
+        return self.services.items, self.slices.items
 
     def snapshot(self) -> Snapshot:
         services = self.services.items
@@ -75,4 +86,9 @@ class KubeSource:
             and svc.label(MANAGED_BY_LABEL) != MANAGED_BY_VALUE
         ]
         nodes = {node.name: node for node in self.nodes.items.values()} if self.nodes else {}
-        return Snapshot.of(joined, self.synced, nodes)
+        routes = []
+        if self.ingresses:
+            cached = self.ingresses.items
+            routes = [route for key in sorted(cached) for route in cached[key]
+                      if namespace_allowed(route.namespace, allow, deny)]
+        return Snapshot.of(joined, self.synced, nodes, routes)

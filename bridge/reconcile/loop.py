@@ -24,6 +24,7 @@ from bridge.catalog.model import Catalog, Snapshot
 from bridge.catalog.plan import Plan, Registration, diff
 from bridge.catalog.to_consul import SyncOptions, desired
 from bridge.errors import BridgeError
+from bridge.kube.sink import KubeSink
 from bridge.reconcile.trigger import Trigger
 from bridge.retry import Backoff
 
@@ -68,7 +69,7 @@ class Reconciler:
     def __init__(self, *, kube: Source, consul: Source | None, sink: Sink | None,
                  publish: Callable[[Catalog], None], options: SyncOptions, trigger: Trigger,
                  stop: threading.Event, resync_period: float, local_wins: bool = False,
-                 mode: Mode | None = None) -> None:
+                 mode: Mode | None = None, kube_sink: KubeSink | None = None) -> None:
         self._kube = kube
         self._consul = consul
         self._sink = sink
@@ -83,6 +84,8 @@ class Reconciler:
         self._actual: dict[str, Registration] | None = None
         self.last_plan: Plan | None = None
         self.in_sync = False  # the last pass left Consul as desired (nothing failed or pending)
+        self._kube_sink = kube_sink
+        self.kube_in_sync = kube_sink is None
         self._backoff = Backoff(base=0.5, cap=60.0)
         self._mode = mode or Mode()
         self._skips_logged: set[str] = set()
@@ -121,6 +124,19 @@ class Reconciler:
         # Nothing is written, and so nothing deleted, before both sources listed completely.
         if self._sink is not None and kube.synced and consul.synced:
             self._sync_consul(kube, reread=resync, since=since)
+        if self._kube_sink is not None and kube.synced and consul.synced:
+            self._sync_kube(consul)
+
+    def _sync_kube(self, consul: Snapshot) -> None:
+        assert self._kube_sink is not None
+        services, slices = self._kube.objects()  # type: ignore[attr-defined]
+        if self._mode.dry_run:
+            return
+        result = self._kube_sink.sync(consul, services, slices)
+        plan = self._kube_sink.last_plan
+        self.kube_in_sync = not result.failed and (plan is None or plan.empty or bool(result.written))
+        if result.failed:
+            self._retry_later()
 
     def _report_skips(self) -> None:
         reasons = set(self._options.skipped)
@@ -186,7 +202,7 @@ class Reconciler:
     @property
     def converged(self) -> bool:
         """Consul is as desired and no change is waiting to be handled."""
-        return self.in_sync and not self._trigger.pending
+        return self.in_sync and self.kube_in_sync and not self._trigger.pending
 
     def _retry_later(self) -> None:
         """Another pass after a backoff delay: the desired state is kept, not dropped."""

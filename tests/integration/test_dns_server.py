@@ -43,6 +43,11 @@ TIMEOUT = 3.0
 DIG = shutil.which("dig") or "/usr/bin/dig"
 
 
+def local(listen: str, **kwargs) -> DnsSettings:
+    """Settings for a server that forwards nowhere (no resolv.conf): REFUSED outside."""
+    return DnsSettings(listen=listen, resolv_conf="", **kwargs)
+
+
 def pod(address: str, *ports: Port, ready: bool = True, hostname: str = "") -> Instance:
     return Instance(address, ports, K8S, ready=ready, hostname=hostname)
 
@@ -66,7 +71,7 @@ def make_catalog(*, ready: bool = True, extra: tuple[Service, ...] = ()) -> Cata
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[DnsServer]:
-    srv = DnsServer(DnsSettings(listen="127.0.0.1:0"))
+    srv = DnsServer(local("127.0.0.1:0"))
     srv.publish(make_catalog())
     srv.start()
     yield srv
@@ -90,8 +95,9 @@ def tcp(srv: DnsServer, name: str, qtype: str = "A", **kwargs) -> dns.message.Me
                          timeout=TIMEOUT)
 
 
-def dig(srv: DnsServer, *args: str) -> str:
+def dig(srv: DnsServer, *args: str, at: str | None = None) -> str:
     host, port = endpoint(srv)
+    host = at or host
     done = subprocess.run([DIG, f"@{host}", "-p", str(port), "+time=2", "+tries=1", *args],
                           capture_output=True, text=True, timeout=20, check=False)
     assert done.returncode == 0, f"dig failed: {done.stdout}{done.stderr}"
@@ -170,7 +176,7 @@ def test_ptr_over_udp_31(server):
 
 
 def test_servfail_before_the_catalog_is_ready_53():
-    with DnsServer(DnsSettings(listen="127.0.0.1:0")) as srv:
+    with DnsServer(local("127.0.0.1:0")) as srv:
         assert udp(srv, "php-apache-svc" + Z).rcode() == dns.rcode.SERVFAIL, \
             "nothing published yet"
         srv.publish(make_catalog(ready=False))
@@ -250,7 +256,7 @@ def test_dig_over_tcp(server):
 
 
 def test_idle_tcp_connections_are_closed():
-    with DnsServer(DnsSettings(listen="127.0.0.1:0"), tcp_idle_timeout=0.3) as srv:
+    with DnsServer(local("127.0.0.1:0"), tcp_idle_timeout=0.3) as srv:
         with socket.create_connection(endpoint(srv), timeout=5) as sock:
             started = time.monotonic()
             assert sock.recv(1) == b"", "the server must close an idle connection"
@@ -327,7 +333,7 @@ def test_outside_handler_is_the_forwarding_seam():
         reply.set_rcode(dns.rcode.NXDOMAIN)
         return reply.to_wire()
 
-    with DnsServer(DnsSettings(listen="127.0.0.1:0"), outside=outside) as srv:
+    with DnsServer(local("127.0.0.1:0"), outside=outside) as srv:
         srv.publish(make_catalog())
         assert udp(srv, "www.example.com.").rcode() == dns.rcode.NXDOMAIN
         assert tcp(srv, "www.example.com.").rcode() == dns.rcode.NXDOMAIN
@@ -337,7 +343,7 @@ def test_outside_handler_is_the_forwarding_seam():
 
 def test_garbage_flood_does_not_stop_the_server():
     rng = random.Random(99)
-    with DnsServer(DnsSettings(listen="127.0.0.1:0")) as srv:
+    with DnsServer(local("127.0.0.1:0")) as srv:
         srv.publish(make_catalog())
         good = dns.message.make_query("kubernetes" + Z, "A").to_wire()
         packets = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
@@ -363,7 +369,7 @@ def test_garbage_flood_does_not_stop_the_server():
 # --- lifecycle -----------------------------------------------------------------------------------
 
 def test_udp_and_tcp_share_one_port_and_stop_is_quick():
-    srv = DnsServer(DnsSettings(listen="127.0.0.1:0"))
+    srv = DnsServer(local("127.0.0.1:0"))
     srv.publish(make_catalog())
     srv.start()
     (host, port), = srv.addresses
@@ -379,7 +385,7 @@ def test_udp_and_tcp_share_one_port_and_stop_is_quick():
 
 
 def test_ipv6_listener():
-    with DnsServer(DnsSettings(listen="[::1]:0")) as srv:
+    with DnsServer(local("[::1]:0")) as srv:
         srv.publish(make_catalog())
         (host, port), = srv.addresses
         assert host == "::1"
@@ -390,7 +396,7 @@ def test_ipv6_listener():
 
 
 def test_stats_count_queries_and_rcodes():
-    with DnsServer(DnsSettings(listen="127.0.0.1:0")) as srv:
+    with DnsServer(local("127.0.0.1:0")) as srv:
         srv.publish(make_catalog())
         udp(srv, "kubernetes" + Z)
         udp(srv, "nosuch" + Z)
@@ -403,3 +409,53 @@ def test_stats_count_queries_and_rcodes():
         assert stats["queries"] == 4 and stats["answered"] == 4, stats
         assert (stats["noerror"], stats["nxdomain"], stats["truncated"]) == (2, 2, 1), stats
         assert stats["tcp_connections"] == 1
+
+
+# --- IPv4 and IPv6 listeners ----------------------------------------------------------------------
+
+def ask_at(host: str, port: int, name: str, qtype: str, tcp: bool) -> dns.message.Message:
+    send = dns.query.tcp if tcp else dns.query.udp
+    return send(dns.message.make_query(name, qtype), host, port=port, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", ":0", "[::]:0"])
+def test_wildcard_listen_serves_ipv4_and_ipv6(listen):
+    with DnsServer(local(listen)) as srv:
+        srv.publish(make_catalog())
+        port = srv.addresses[0][1]
+        assert {p for _, p in srv.addresses} == {port}, "one port for every socket"
+        for host in ("127.0.0.1", "::1"):
+            for tcp in (False, True):
+                reply = ask_at(host, port, "kubernetes" + Z, "A", tcp)
+                assert addresses(reply) == ["10.96.0.1"], (host, tcp)
+        assert "10.96.0.1" in dig(srv, "kubernetes.default.svc.cluster.local", at="127.0.0.1")
+        assert "fd00:10::5" in dig(srv, "+tcp", "v6.default.svc.cluster.local", "AAAA", at="::1")
+
+
+def test_explicit_host_binds_only_that_address():
+    with DnsServer(local("127.0.0.1:0")) as srv:
+        srv.publish(make_catalog())
+        port = srv.addresses[0][1]
+        assert srv.addresses == [("127.0.0.1", port)]
+        with pytest.raises(OSError), socket.create_connection(("::1", port), timeout=TIMEOUT):
+            pass  # nothing listens on IPv6
+
+
+def test_settings_are_read_by_the_server():
+    settings = DnsSettings(listen="127.0.0.1:0", zone="k8s.example", ttl=7, pods="insecure",
+                           consul_domain="consul", upstreams=("192.0.2.1:5300",),
+                           upstream_timeout=0.5, udp_payload=1400, tcp_idle_timeout=3.0,
+                           max_tcp_connections=9, ns_addresses=("10.0.0.53",))
+    srv = DnsServer(settings)
+    assert (srv.udp_payload, srv.tcp_idle_timeout, srv.max_tcp_connections) == (1400, 3.0, 9)
+    assert (srv.upstreams, srv.upstream_timeout, srv.pods) == ((("192.0.2.1", 5300),), 0.5,
+                                                              "insecure")
+    assert srv.ns_addresses == ("10.0.0.53",) and srv.consul is not None
+    table = srv.publish(make_catalog())
+    assert table.forwarding and table.udp_payload == 1400
+    response = table.answer("kubernetes.default.svc.k8s.example.", 1)
+    assert [r.ttl for r in response.answer] == [7]
+    assert table.answer("10-1-2-3.default.pod.k8s.example.", 1).answer
+    assert table.consul is not None and table.consul.zone == ("consul",)
+    override = DnsServer(settings, udp_payload=512, upstreams=(), pods="disabled")
+    assert (override.udp_payload, override.pods) == (512, "disabled")

@@ -76,6 +76,23 @@ def svc(name: str, ns: str, **kw: Any) -> list[dict[str, Any]]:
     return objs
 
 
+def ingress(name: str, ns: str, service: str, host: str, *, path: str = "/",
+            tls_hosts: tuple[str, ...] = (), lb_ip: str = "") -> dict[str, Any]:
+    """An Ingress with one rule, host -> path -> service:8080, as consul-k8s's addIngress."""
+    body: dict[str, Any] = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"rules": [{"host": host, "http": {"paths": [{
+            "path": path, "pathType": "Prefix",
+            "backend": {"service": {"name": service, "port": {"number": 8080}}}}]}}]},
+    }
+    if tls_hosts:
+        body["spec"]["tls"] = [{"hosts": list(tls_hosts), "secretName": f"{name}-tls"}]
+    if lb_ip:
+        body["status"] = {"loadBalancer": {"ingress": [{"ip": lb_ip}]}}
+    return body
+
+
 def sid(name: str, address: str) -> str:
     return f"{name}-{hashlib.sha1(f'{name}-{address}'.encode()).hexdigest()[:12]}"
 
@@ -250,6 +267,30 @@ def cases() -> list[Case]:
                                       for n in synced for ip in addresses[n]], names=(name,),
                       flags={"kubernetes.namespaces": allowed or ["-none-"], "kubernetes.deny_namespaces": denied,
                              "_group": case_id}))
+    # 42 addIngress: a Service behind an Ingress path "/" is registered once, at the host (or
+    # the Ingress's LB IP) on 80, or 443 when a TLS entry lists the host; the meta and check
+    # are those of the first endpoint (1.1.1.1, ready, pod foobar).
+    def behind(name: str, ns: str, **kw: Any) -> list[dict[str, Any]]:
+        return [*svc(name, ns), ingress(name, ns, name, f"{name}.host.consul", **kw)]
+
+    on = {"sync.ingress": True}
+    lb_on = {"sync.ingress": True, "sync.ingress_lb_ips": True}
+    at_ingress = {"check": "passing", "meta": {"external-k8s-ref-name": "foobar"}}
+    c.append(Case("42-ingress-host-port-80", behind("ing80", "ingress", tls_hosts=("test.other.consul",)),
+                  [reg("ing80", "ing80.host.consul", 80, **at_ingress)], flags=on))
+    c.append(Case("42-ingress-tls-host-port-443",
+                  behind("ing443", "ingress", tls_hosts=("ing443.host.consul",)),
+                  [reg("ing443", "ing443.host.consul", 443, **at_ingress)], flags=on))
+    c.append(Case("42-ingress-path-not-root", behind("ingfoo", "ingress", path="/foo"),
+                  [reg("ingfoo", ip, 8080) for ip in PODS], flags=on))
+    c.append(Case("42-ingress-lb-ip-port-80",
+                  behind("inglb80", "ingresslb", tls_hosts=("test.other.consul",), lb_ip="1.2.3.4"),
+                  [reg("inglb80", "1.2.3.4", 80, **at_ingress)], flags=lb_on))
+    c.append(Case("42-ingress-lb-ip-port-443",
+                  behind("inglb443", "ingresslb", tls_hosts=("inglb443.host.consul",), lb_ip="1.2.3.4"),
+                  [reg("inglb443", "1.2.3.4", 443, **at_ingress)], flags=lb_on))
+    c.append(Case("42-ingress-disabled", behind("ingoff", "ingressoff"),
+                  [reg("ingoff", ip, 8080) for ip in PODS]))
     c.append(Case("43-name-annotation-trimmed", svc("trim", ns, annotations=A("service-name=  trimmed  ")),
                   [reg("trimmed", ip, 8080) for ip in ("1.1.1.1", "2.2.2.2", "3.3.3.3")],
                   names=("trimmed", "trim")))

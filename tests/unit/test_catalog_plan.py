@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.catalog.model import (
+    IngressRoute,
     Instance,
     Origin,
     OriginKind,
@@ -28,6 +29,7 @@ from bridge.catalog.to_consul import (
     TAGS_ANNOTATION,
     SyncOptions,
     desired,
+    ingress_address,
     parse_bool,
     parse_tags,
     registrations_for,
@@ -429,3 +431,100 @@ def test_endpoint_meta_wins_over_annotation_meta_as_in_consul_k8s():
     metas = [dict(r.meta) for r in registrations_for(svc, opts())]
     assert [m["external-k8s-node-name"] for m in metas] == ["node-1", "node-2"], metas
     assert all(m["team"] == "payments" for m in metas)
+
+
+# --- Ingress routes (consul-k8s -enable-ingress, -loadBalancer-ips) ----------------------------
+
+
+def route(host: str = "web.example.com", path: str = "/", *, service: str = "web", tls: bool = False,
+          lb_ips: tuple[str, ...] = (), ingress: str = "front", namespace: str = "shop") -> IngressRoute:
+    return IngressRoute(namespace, ingress, service, host, path, tls, lb_ips)
+
+
+@pytest.mark.parametrize(("routes", "lb_ips", "expected"), [
+    ([route()], False, ("web.example.com", 80)),
+    ([route(tls=True)], False, ("web.example.com", 443)),
+    ([route(lb_ips=("203.0.113.7", "203.0.113.8"))], True, ("203.0.113.7", 80)),
+    ([route(tls=True, lb_ips=("203.0.113.7",))], True, ("203.0.113.7", 443)),
+    ([route(lb_ips=())], True, None),                        # no LB IP yet: endpoints
+    ([route(path="/api")], False, None),                     # only "/" counts
+    ([route(path="")], False, None),
+    ([route(host="")], False, None),                         # a rule without a host
+    ([route("a.example.com"), route("b.example.com", ingress="z")], False, ("b.example.com", 80)),
+    ([route("a.example.com"), route("")], False, ("a.example.com", 80)),
+    ([route("a.example.com"), route("b.example.com", path="/b")], False, ("a.example.com", 80)),
+])
+def test_ingress_address(routes, lb_ips, expected):
+    assert ingress_address(routes, lb_ips) == expected
+
+
+def test_ingress_registers_one_instance_at_the_host_instead_of_the_endpoints():
+    svc = service()
+    regs = registrations_for(svc, opts(ingress=True), routes=[route()])
+    assert [(r.address, r.port) for r in regs] == [("web.example.com", 80)]
+    reg = regs[0]
+    assert reg.service_id == sid("web", "web.example.com"), "the ID hashes the Ingress host"
+    assert reg.check_status == "passing"
+    meta = dict(reg.meta)
+    assert meta["external-k8s-ref-name"] == "web-0" and meta["external-k8s-node-name"] == "node-1", (
+        "meta of the first endpoint, as consul-k8s")
+    assert meta["port-http"] == "80" and meta[OWNER_META] == CLUSTER
+    tls = registrations_for(svc, opts(ingress=True), routes=[route(tls=True)])
+    assert [(r.address, r.port) for r in tls] == [("web.example.com", 443)]
+    lb = registrations_for(svc, opts(ingress=True, ingress_lb_ips=True),
+                           routes=[route(lb_ips=("203.0.113.7",))])
+    assert [(r.address, r.port) for r in lb] == [("203.0.113.7", 80)]
+
+
+@pytest.mark.parametrize(("options", "routes"), [
+    ({}, [route()]),                                               # ingress disabled
+    ({"ingress": True}, [route(path="/foo")]),                     # path is not "/"
+    ({"ingress": True}, [route(service="other")]),                 # another Service's route
+    ({"ingress": True}, [route(namespace="elsewhere")]),           # same name, other namespace
+    ({"ingress": True, "ingress_lb_ips": True}, [route()]),        # no LB IP on the Ingress
+])
+def test_ingress_that_does_not_apply_leaves_the_endpoints(options, routes):
+    regs = registrations_for(service(), opts(**options), routes=routes)
+    assert sorted((r.address, r.port) for r in regs) == [("10.0.0.1", 8080), ("10.0.0.2", 8080)]
+
+
+def test_ingress_needs_endpoints_and_follows_their_readiness():
+    assert registrations_for(service(instances=()), opts(ingress=True), routes=[route()]) == []
+    mixed = service(instances=(pod("10.0.0.1", "web-0", ready=False), pod("10.0.0.2", "web-1")))
+    reg = registrations_for(mixed, opts(ingress=True), routes=[route()])[0]
+    assert reg.check_status == "passing", "passing while any endpoint behind the Ingress is ready"
+    assert dict(reg.meta)["external-k8s-ref-name"] == "web-1", "meta of the ready endpoint"
+    down = service(instances=(pod("10.0.0.1", "web-0", ready=False),))
+    assert [r.check_status for r in registrations_for(down, opts(ingress=True), routes=[route()])] == [
+        "critical"]
+    assert registrations_for(down, opts(ingress=True, not_ready="skip"), routes=[route()]) == []
+
+
+@pytest.mark.parametrize(("stype", "extra", "via_ingress"), [
+    (ServiceType.CLUSTER_IP, {}, True),
+    (ServiceType.HEADLESS, {}, True),
+    (ServiceType.LOAD_BALANCER, {"lb_endpoints": True}, True),
+    (ServiceType.LOAD_BALANCER, {}, False),   # registered at its own LB ingress
+    (ServiceType.CLUSTER_IP, {"register_cluster_ip": True}, False),
+])
+def test_ingress_replaces_only_endpoint_registrations(stype, extra, via_ingress):
+    svc = dataclasses.replace(service(stype=stype), cluster_ips=("10.96.0.10",),
+                              load_balancer_ingress=("198.51.100.1",))
+    addresses = {r.address for r in registrations_for(svc, opts(ingress=True, **extra), routes=[route()])}
+    assert (addresses == {"web.example.com"}) is via_ingress, addresses
+
+
+def test_ingress_external_ips_still_win():
+    svc = dataclasses.replace(service(stype=ServiceType.CLUSTER_IP), external_ips=("192.0.2.1",))
+    regs = registrations_for(svc, opts(ingress=True), routes=[route()])
+    assert [(r.address, r.port) for r in regs] == [("192.0.2.1", 80)]
+
+
+def test_desired_passes_each_service_its_ingress_routes():
+    snap = Snapshot.of([service("web"), service("api", instances=(pod("10.0.1.1", "api-0"),))],
+                       synced=True, ingresses=[route("api.example.com", service="api", tls=True)])
+    wanted = desired(snap, opts(ingress=True))
+    assert sorted((r.name, r.address, r.port) for r in wanted.values()) == [
+        ("api", "api.example.com", 443), ("web", "10.0.0.1", 8080), ("web", "10.0.0.2", 8080)]
+    plain = desired(snap, opts())
+    assert ("api", "10.0.1.1", 8080) in {(r.name, r.address, r.port) for r in plain.values()}

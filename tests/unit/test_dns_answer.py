@@ -555,3 +555,50 @@ def test_invalid_catalog_data_is_skipped_not_fatal():
         "a hostname that is not a DNS label falls back to the dashed address"
     assert addresses(ask("bad-ip" + Z, answerer=answerer)) == ["10.9.9.8"], \
         "no usable cluster IP: answered from the endpoints"
+
+
+# --- pod records and ignore_empty_service ------------------------------------------------------
+
+def test_pods_insecure_answers_the_address_in_the_name_50():
+    insecure = Answerer(CATALOG, "cluster.local", 30, pods="insecure")
+    assert insecure.dynamic_pods and not ANSWERER.dynamic_pods
+    assert addresses(ask("10-240-0-1.default.pod.cluster.local.", answerer=insecure)) == [
+        "10.240.0.1"]
+    assert_nodata(ask("10-240-0-1.default.pod.cluster.local.", QType.AAAA, answerer=insecure))
+    assert addresses(ask("fd00--1.prod.pod.cluster.local.", QType.AAAA, answerer=insecure)) == [
+        "fd00::1"]
+    assert_nodata(ask("default.pod.cluster.local.", answerer=insecure), "for <ns>.pod")
+    assert_nxdomain(ask("blah.default.pod.cluster.local.", answerer=insecure), "not an IP")
+    assert_nxdomain(ask("10-240-0-1.nons.pod.cluster.local.", answerer=insecure), "no such ns")
+    assert_nxdomain(ask("nons.pod.cluster.local.", answerer=insecure))
+    assert_nxdomain(ask("010-1-2-3.default.pod.cluster.local.", answerer=insecure),
+                    "leading zeros are not an address")
+    assert ("default", "pod", "cluster", "local") in set(insecure.names())
+
+
+def test_pods_verified_answers_only_known_pods_51():
+    verified = Answerer(CATALOG, "cluster.local", 30, pods="verified")
+    assert addresses(ask("10-28-5-15.default.pod.cluster.local.", answerer=verified)) == [
+        "10.28.5.15"]
+    assert addresses(ask("10-28-9-9.default.pod.cluster.local.", answerer=verified)) == [
+        "10.28.9.9"], "a pod that is not ready still exists"
+    assert_nxdomain(ask("10-240-0-1.default.pod.cluster.local.", answerer=verified))
+    assert_nxdomain(ask("10-28-5-15.prod.pod.cluster.local.", answerer=verified),
+                    "the pod is in another namespace")
+
+
+def test_unknown_pods_mode_is_rejected():
+    with pytest.raises(ValueError, match="pods"):
+        Answerer(CATALOG, "cluster.local", 30, pods="sometimes")
+
+
+def test_ignore_empty_service_hides_clusterip_without_endpoints_7():
+    ignoring = Answerer(CATALOG, "cluster.local", 30, ignore_empty_service=True)
+    assert_nxdomain(ask("empty" + Z, answerer=ignoring))
+    assert_nxdomain(ask("_http._tcp.empty" + Z, QType.SRV, answerer=ignoring))
+    assert ignoring.answer("30.0.96.10.in-addr.arpa.", QType.PTR) is NOT_OURS
+    assert addresses(ask("kubernetes" + Z, answerer=ignoring)) == ["10.96.0.1"], \
+        "a ClusterIP service with a ready endpoint stays"
+    assert show(ask("ext" + Z, QType.CNAME, answerer=ignoring).answer) == [
+        f"ext{Z} 30 CNAME www.example.com."], "ExternalName services are unaffected"
+    assert_nodata(ask("default.svc.cluster.local.", answerer=ignoring))

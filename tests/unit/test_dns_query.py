@@ -135,3 +135,11 @@ def test_reverse_names_that_are_not_one_address(name):
 
 def test_reverse_name_of_ipv4():
     assert text(reverse_name(ipaddress.ip_address("10.28.5.15"))) == "15.5.28.10.in-addr.arpa."
+
+
+def test_pod_names_carry_namespace_and_dashed_address_50():
+    q = parse("10-240-0-1.PodNs.pod.cluster.local.", ZONE)
+    assert (q.kind, q.namespace, q.service) == (Kind.POD, "podns", "10-240-0-1")
+    q = parse("podns.pod.cluster.local.", ZONE)
+    assert (q.kind, q.namespace, q.service) == (Kind.POD, "podns", "")
+    assert kind("x.10-240-0-1.podns.pod.cluster.local.") is Kind.INVALID, "nothing below a pod"

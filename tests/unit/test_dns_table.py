@@ -18,6 +18,7 @@ import dns.message
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,8 +34,9 @@ from bridge.catalog.model import (
     ServiceType,
 )
 from bridge.dns.answer import NOT_OURS, NotOurs
+from bridge.dns.consul import ConsulOptions
 from bridge.dns.query import text
-from bridge.dns.table import Table
+from bridge.dns.table import CHASE, Table
 
 K8S = Origin(OriginKind.KUBERNETES, "east")
 HTTP, HTTPS = Port("http", 80), Port("https", 443)
@@ -298,12 +300,12 @@ def test_unparseable_question_is_formerr_with_the_id():
     assert reply.id == 777 and reply.rcode() == dns.rcode.FORMERR and not reply.question
 
 
-def test_two_questions_or_none_are_formerr():
+def test_two_questions_are_formerr_and_none_is_servfail_54():
     one = query("web" + Z)
     two = one[:5] + b"\x02" + one[6:] + one[12:]
-    assert parse(TABLE.respond(two)).rcode() == dns.rcode.FORMERR
+    assert parse(TABLE.respond(two)).rcode() == dns.rcode.FORMERR  # RFC 9619
     none = one[:5] + b"\x00" + one[6:12]
-    assert parse(TABLE.respond(none)).rcode() == dns.rcode.FORMERR
+    assert parse(TABLE.respond(none)).rcode() == dns.rcode.SERVFAIL  # 54, as CoreDNS
 
 
 def test_other_opcodes_are_notimp():
@@ -386,3 +388,191 @@ def test_mutated_queries_never_raise(seed, flips, cut, tcp):
             packet[at] = value
     check_reply(TABLE.respond(bytes(packet[:max(cut, 12)] if cut < len(packet) else packet),
                               tcp))
+
+
+# --- forwarding, chasing, Consul, pods ----------------------------------------------------------
+
+C1, C2 = Origin(OriginKind.CONSUL, "vm-1"), Origin(OriginKind.CONSUL, "vm-2")
+WITH_CONSUL = catalog(
+    *SAMPLE.services.values(),
+    Service(ServiceKey("consul", "billing"), ServiceType.HEADLESS, ports=(Port("", 8080),),
+            instances=tuple(Instance(f"192.0.2.{20 + i}", (Port("", 8080),),
+                                     Origin(OriginKind.CONSUL, f"vm-{i}"), node_name=f"vm-{i}",
+                                     tags=("v1",) if i % 2 else ("v2",))
+                            for i in range(8))),
+)
+FULL = Table(WITH_CONSUL, "cluster.local", 30, ns_addresses=["10.0.0.53"], pods="insecure",
+             consul=ConsulOptions("consul"), forwarding=True)
+
+
+def sorted_meaning(wire: bytes | NotOurs | None) -> object:
+    """`meaning` with each section as a sorted list: for answers served in random order."""
+    value = meaning(wire)
+    if not isinstance(value, tuple):
+        return value
+    parts = list(value)
+    for i in (4, 5, 6):
+        parts[i] = sorted(parts[i], key=repr)
+    return tuple(parts)
+
+
+def test_fast_path_agrees_with_slow_path_with_consul_pods_and_forwarding():
+    rng = random.Random(99)
+    names = [text(n) for n in FULL.answerer.names()] + [text(n) for n in FULL.consul.names()]
+    names += [*ABSENT, "10-1-2-3.default.pod.cluster.local.", "fd00--1.prod.pod.cluster.local.",
+              "blah.default.pod.cluster.local.", "nosuch.service.consul.", "a.b.consul.",
+              "CONSUL."]
+    compared = 0
+    for name in names:
+        for spelled in spellings(name, rng)[1:]:
+            for qtype in ("A", "AAAA", "SRV", "ANY", "SOA", "TXT", "NS"):
+                packet = query(spelled, qtype, qid=rng.randrange(65536), edns=0)
+                fast = FULL.respond(packet, tcp=True)
+                if fast is CHASE:
+                    continue  # the server asks the upstream: see the chase tests
+                slow = FULL.respond_slow(packet, tcp=True)
+                assert sorted_meaning(fast) == sorted_meaning(slow), \
+                    f"fast and slow paths disagree for {spelled} {qtype}"
+                compared += 1
+    assert compared > 1000
+
+
+def test_forwarding_tables_offer_recursion():
+    for name in ("web" + Z, "nosuch" + Z):
+        assert not parse(TABLE.respond(query(name))).flags & dns.flags.RA, name
+        assert parse(FULL.respond(query(name))).flags & dns.flags.RA, name
+    assert parse(FULL.respond(query("billing.service.consul"))).flags & dns.flags.RA
+    assert parse(FULL.refuse(query("www.example.com"))).flags & dns.flags.RA
+    assert parse(FULL.servfail(query("www.example.com"))).rcode() == dns.rcode.SERVFAIL
+
+
+def test_externalname_outside_is_chased_only_when_forwarding_27():
+    assert FULL.respond(query("ext" + Z)) is CHASE
+    assert FULL.respond(query("EXT" + Z, "AAAA", edns=0)) is CHASE
+    cname = parse(FULL.respond(query("ext" + Z, "CNAME")))
+    assert [r.to_text() for r in cname.answer] == [f"ext{Z} 30 IN CNAME www.example.com."]
+    plain = parse(TABLE.respond(query("ext" + Z)))
+    assert [r.to_text() for r in plain.answer] == [f"ext{Z} 30 IN CNAME www.example.com."], \
+        "without an upstream: the CNAME alone, for the client to follow"
+    inside = FULL.respond(query("ext-in" + Z))
+    assert isinstance(inside, bytes), "an in-zone target is answered locally"
+
+
+def upstream_reply(chase: bytes, *records: str, rcode: int = dns.rcode.NOERROR,
+                   tc: bool = False) -> bytes:
+    message = dns.message.make_response(dns.message.from_wire(chase))
+    for record in records:
+        message.answer.append(dns.rrset.from_text(*record.split(None, 4)))
+    message.set_rcode(rcode)
+    if tc:
+        message.flags |= dns.flags.TC
+    return message.to_wire()
+
+
+def test_chase_query_and_reply_27_28():
+    packet = query("Ext" + Z, "A", qid=77, edns=0, do=True, cd=True)
+    chase = FULL.chase_query(packet)
+    asked = dns.message.from_wire(chase)
+    assert asked.question[0].to_text() == "www.example.com. IN A"
+    assert asked.flags & dns.flags.RD and asked.flags & dns.flags.CD
+    assert asked.edns == 0 and asked.payload == 1232 and asked.ednsflags & dns.flags.DO
+    reply = parse(FULL.chase_reply(packet, False, upstream_reply(
+        chase, "www.example.com. 300 IN A 192.0.2.53")))
+    assert reply.id == 77 and reply.rcode() == dns.rcode.NOERROR
+    assert reply.flags & dns.flags.AA and reply.flags & dns.flags.RA
+    assert [r.to_text() for r in reply.answer] == [
+        f"Ext{Z} 30 IN CNAME www.example.com.", "www.example.com. 300 IN A 192.0.2.53"]
+    assert not reply.flags & dns.flags.TC
+    truncated = parse(FULL.chase_reply(packet, False, upstream_reply(chase, tc=True)))
+    assert truncated.flags & dns.flags.TC, "28: TC copied from the upstream"
+    missing = parse(FULL.chase_reply(packet, False, upstream_reply(chase,
+                                                                   rcode=dns.rcode.NXDOMAIN)))
+    assert missing.rcode() == dns.rcode.NXDOMAIN and len(missing.answer) == 1
+    for failed in (None, upstream_reply(chase, rcode=dns.rcode.REFUSED), b"\x00garbage"):
+        assert parse(FULL.chase_reply(packet, False, failed)).rcode() == dns.rcode.SERVFAIL
+    assert FULL.chase_query(query("web" + Z)) is None, "not an ExternalName"
+
+
+def test_chase_reply_is_cut_to_the_client_size_56():
+    packet = query("ext" + Z, "A")  # no EDNS: 512 bytes
+    chase = FULL.chase_query(packet)
+    many = [f"www.example.com. 300 IN A 198.51.100.{i}" for i in range(60)]
+    reply_wire = FULL.chase_reply(packet, False, upstream_reply(chase, *many))
+    assert len(reply_wire) <= 512 and parse(reply_wire).flags & dns.flags.TC
+    full = parse(FULL.chase_reply(packet, True, upstream_reply(chase, *many)))
+    assert len(full.answer) == 61, "the CNAME and all 60 records over TCP"
+
+
+def test_consul_answers_are_shuffled_per_query_61():
+    orders = set()
+    for _ in range(40):
+        reply = parse(FULL.respond(query("billing.service.consul")))
+        got = [r[0].to_text() for r in reply.answer]
+        assert sorted(got) == sorted(f"192.0.2.{20 + i}" for i in range(8))
+        orders.add(tuple(got))
+    assert len(orders) > 1
+
+
+def test_shuffled_srv_keeps_case_and_glue_65():
+    for _ in range(10):
+        reply = parse(FULL.respond(query("_Billing._V1.Service.CONSUL", "SRV", edns=0)))
+        targets = sorted(r[0].target.to_text() for r in reply.answer)
+        assert targets == sorted(f"c00002{20 + i:02x}.addr.dc1.CONSUL." for i in (1, 3, 5, 7))
+        assert sorted(r.name.to_text() for r in reply.additional) == targets
+    plain = parse(FULL.respond(query("_billing._v1.service.consul", "SRV")))
+    assert all(r[0].target.to_text().endswith(".dc1.consul.") for r in plain.answer)
+
+
+def test_a_record_limit_picks_at_random_66():
+    limited = Table(WITH_CONSUL, "cluster.local", 30,
+                    consul=ConsulOptions("consul", a_record_limit=3))
+    seen: set[str] = set()
+    for _ in range(40):
+        reply = parse(limited.respond(query("billing.service.consul")))
+        assert len(reply.answer) == 3
+        seen.update(r[0].to_text() for r in reply.answer)
+    assert len(seen) == 8
+    assert len(parse(limited.respond(query("billing.service.consul", "SRV"))).answer) == 8
+
+
+def test_shuffled_answers_are_truncated_whole_56():
+    big = Table(catalog(Service(
+        ServiceKey("consul", "big"), ServiceType.HEADLESS,
+        instances=tuple(Instance(f"192.0.2.{i}", (Port("", 80),), C1, node_name=f"n{i}")
+                        for i in range(1, 100))), ready=True),
+        "cluster.local", 30, consul=ConsulOptions("consul"))
+    wire_reply = big.respond(query("big.service.consul", "SRV"))
+    reply = parse(wire_reply)
+    assert len(wire_reply) <= 512 and reply.flags & dns.flags.TC
+    full = parse(big.respond(query("big.service.consul", "SRV"), tcp=True))
+    assert len(full.answer) == 99 and not full.flags & dns.flags.TC
+
+
+def test_pod_records_are_computed_once_and_bounded_50(monkeypatch):
+    monkeypatch.setattr("bridge.dns.table.MAX_COMPUTED", 16)
+    table = Table(SAMPLE, "cluster.local", 30, pods="insecure")
+    for i in range(100):
+        reply = parse(table.respond(query(f"10-9-0-{i}.DEFAULT.pod.cluster.local")))
+        assert [r[0].to_text() for r in reply.answer] == [f"10.9.0.{i}"]
+        assert reply.answer[0].name.to_text() == f"10-9-0-{i}.DEFAULT.pod.cluster.local."
+    assert len(table._computed) <= 16
+    assert parse(table.respond(query("10-9-0-1.nons.pod.cluster.local"))).rcode() == \
+        dns.rcode.NXDOMAIN
+    disabled = parse(TABLE.respond(query("10-9-0-1.default.pod.cluster.local")))
+    assert disabled.rcode() == dns.rcode.NXDOMAIN and not TABLE._computed
+
+
+def test_two_zones_each_with_their_own_negatives():
+    consul_missing = parse(FULL.respond(query("nosuch.service.CONSUL")))
+    assert consul_missing.rcode() == dns.rcode.NXDOMAIN
+    assert consul_missing.authority[0].name.to_text() == "CONSUL."
+    assert consul_missing.authority[0].ttl == 0
+    cluster_missing = parse(FULL.respond(query("nosuch" + Z)))
+    assert cluster_missing.authority[0].name.to_text() == "cluster.local."
+    assert FULL.respond(query("billing.service.consul.example")) is NOT_OURS
+    assert len(FULL._negatives) <= 2 * 254
+
+
+def test_consul_domain_must_differ_from_the_cluster_zone():
+    with pytest.raises(ValueError, match="Consul domain"):
+        Table(SAMPLE, "cluster.local", 30, consul=ConsulOptions("Cluster.Local."))

@@ -7,11 +7,12 @@ import itertools
 
 import pytest
 
-from bridge.catalog.model import Origin, OriginKind, Port, ServiceKey, ServiceType
+from bridge.catalog.model import IngressRoute, Origin, OriginKind, Port, ServiceKey, ServiceType
 from bridge.kube.objects import (
     BadObject,
     Slice,
     SliceEndpoint,
+    ingress_from_raw,
     join,
     node_from_raw,
     object_key,
@@ -431,3 +432,96 @@ def test_join_end_to_end_from_raw_objects():
     joined = join(svc, slices, CLUSTER)
     assert [(i.address, i.ready) for i in joined.instances] == [("10.0.0.1", False),
                                                                 ("10.0.0.2", True)]
+
+
+# --- Ingresses ----------------------------------------------------------------------------
+
+
+def raw_ingress(rules: list, *, tls: list | None = None, lb: list | None = None,
+                name: str = "front") -> dict:
+    body: dict = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                  "metadata": {"name": name, "namespace": "shop"}, "spec": {"rules": rules}}
+    if tls is not None:
+        body["spec"]["tls"] = tls
+    if lb is not None:
+        body["status"] = {"loadBalancer": {"ingress": lb}}
+    return body
+
+
+def http_rule(host: str | None, *paths: tuple[str, str]) -> dict:
+    rule: dict = {"http": {"paths": [
+        {"path": path, "pathType": "Prefix",
+         "backend": {"service": {"name": svc, "port": {"number": 80}}}} for path, svc in paths]}}
+    if host is not None:
+        rule["host"] = host
+    return rule
+
+
+def test_ingress_from_raw_one_route_per_service_path_in_rule_order():
+    routes = ingress_from_raw(raw_ingress(
+        [http_rule("a.example.com", ("/", "web"), ("/api", "api")), http_rule(None, ("/", "web"))],
+        tls=[{"hosts": ["a.example.com"], "secretName": "tls"}],
+        lb=[{"ip": "203.0.113.7"}]))
+    assert routes == (
+        IngressRoute("shop", "front", "web", "a.example.com", "/", True, ("203.0.113.7",)),
+        IngressRoute("shop", "front", "api", "a.example.com", "/api", True, ("203.0.113.7",)),
+        IngressRoute("shop", "front", "web", "", "/", False, ("203.0.113.7",)),
+    )
+    assert routes[0].service_key == ServiceKey("shop", "web")
+
+
+def test_ingress_from_raw_tls_only_for_listed_hosts():
+    routes = ingress_from_raw(raw_ingress(
+        [http_rule("a.example.com", ("/", "a")), http_rule("b.example.com", ("/", "b"))],
+        tls=[{"hosts": ["b.example.com"]}, {"secretName": "no-hosts"}]))
+    assert [(r.host, r.tls) for r in routes] == [("a.example.com", False), ("b.example.com", True)]
+
+
+def test_ingress_from_raw_lb_ips_skip_hostnames_keep_order_and_canonicalise():
+    routes = ingress_from_raw(raw_ingress(
+        [http_rule("a.example.com", ("/", "web"))],
+        lb=[{"hostname": "lb.example.com"}, {"ip": "2001:db8::0:1"}, {"ip": "198.51.100.1"},
+            {"ip": "198.51.100.1"}]))
+    assert routes[0].lb_ips == ("2001:db8::1", "198.51.100.1")
+
+
+@pytest.mark.parametrize("spec", [
+    {},                                                          # no rules
+    {"rules": [{"host": "a.example.com"}]},                      # a rule without http
+    {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+    {"rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {
+        "resource": {"apiGroup": "k8s.example.com", "kind": "Bucket", "name": "b"}}}]}}]},
+])
+def test_ingress_from_raw_without_service_paths_has_no_routes(spec):
+    raw = {"metadata": {"name": "front", "namespace": "shop"}, "spec": spec}
+    assert ingress_from_raw(raw) == ()
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda r: r.update(spec=[]), "spec"),
+    (lambda r: r["spec"].update(rules={}), "spec.rules"),
+    (lambda r: r["spec"]["rules"].append("x"), "spec.rules[1]"),
+    (lambda r: r["spec"]["rules"][0].update(host=7), "spec.rules[0].host"),
+    (lambda r: r["spec"]["rules"][0].update(http=[]), "spec.rules[0].http"),
+    (lambda r: r["spec"]["rules"][0]["http"].update(paths={}), "spec.rules[0].http.paths"),
+    (lambda r: r["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"].pop("name"),
+     "spec.rules[0].http.paths[0].backend.service.name"),
+    (lambda r: r["spec"]["rules"][0]["http"]["paths"][0]["backend"].update(service="web"),
+     "spec.rules[0].http.paths[0].backend.service"),
+    (lambda r: r["spec"]["rules"][0]["http"]["paths"][0].update(path=["/"]),
+     "spec.rules[0].http.paths[0].path"),
+    (lambda r: r["spec"].update(tls=[{"hosts": "a.example.com"}]), "spec.tls[0].hosts"),
+    (lambda r: r["spec"].update(tls=[{"hosts": [1]}]), "spec.tls[0].hosts[0]"),
+    (lambda r: r.update(status={"loadBalancer": {"ingress": {}}}), "status.loadBalancer.ingress"),
+    (lambda r: r.update(status={"loadBalancer": {"ingress": [{"ip": "not-an-ip"}]}}),
+     "status.loadBalancer.ingress[0].ip"),
+    (lambda r: r.update(status={"loadBalancer": {"ingress": [{"ip": 167772161}]}}),
+     "status.loadBalancer.ingress[0].ip"),
+    (lambda r: r["metadata"].pop("name"), "metadata.name"),
+])
+def test_ingress_from_raw_rejects_bad_objects_naming_the_field(mutate, field):
+    raw = raw_ingress([http_rule("a.example.com", ("/", "web"))])
+    mutate(raw)
+    with pytest.raises(BadObject) as info:
+        ingress_from_raw(raw)
+    assert str(info.value).startswith(field + " "), str(info.value)

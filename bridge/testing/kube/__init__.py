@@ -1,10 +1,11 @@
 """An in-process, real-HTTP fake of kube-apiserver, good enough to fool kubectl and the client.
 
-`KubeAPIServer` serves namespaces, services, endpoints, pods (core/v1), endpointslices
-(discovery.k8s.io/v1) and leases (coordination.k8s.io/v1) with the list/watch contract of a
-real server (one global resourceVersion, history replay, 410 Expired, bookmarks, selectors,
-pagination, patch flavours) and runs the controllers that matter for service discovery
-(cluster-IP/node-port allocation, EndpointSlices and Endpoints from Pods) synchronously.
+`KubeAPIServer` serves namespaces, services, endpoints, pods, nodes (core/v1), endpointslices
+(discovery.k8s.io/v1), ingresses (networking.k8s.io/v1) and leases (coordination.k8s.io/v1)
+with the list/watch contract of a real server (one global resourceVersion, history replay,
+410 Expired, bookmarks, selectors, pagination, patch flavours) and runs the controllers that
+matter for service discovery (cluster-IP/node-port allocation, EndpointSlices and Endpoints
+from Pods) synchronously.
 
 Modules: `resources` (type table), `errors` (Status bodies), `selectors` and `patch` (pure),
 `strategy` (defaults/validation), `allocation` and `controllers`, `watchers` and `store`

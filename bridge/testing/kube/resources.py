@@ -120,6 +120,18 @@ ENDPOINT_SLICES = ResourceType(
     returns_deleted_object=False,
     has_generation=True,
 )
+INGRESSES = ResourceType(
+    plural="ingresses",
+    singular="ingress",
+    kind="Ingress",
+    group="networking.k8s.io",
+    version="v1",
+    namespaced=True,
+    short_names=("ing",),
+    status_subresource=True,
+    returns_deleted_object=False,
+    has_generation=True,
+)
 LEASES = ResourceType(
     plural="leases",
     singular="lease",
@@ -131,7 +143,16 @@ LEASES = ResourceType(
     allow_create_on_update=True,
 )
 
-ALL: tuple[ResourceType, ...] = (NAMESPACES, SERVICES, ENDPOINTS, PODS, NODES, ENDPOINT_SLICES, LEASES)
+ALL: tuple[ResourceType, ...] = (
+    NAMESPACES,
+    SERVICES,
+    ENDPOINTS,
+    PODS,
+    NODES,
+    ENDPOINT_SLICES,
+    INGRESSES,
+    LEASES,
+)
 
 _BY_PATH = {(rt.group, rt.version, rt.plural): rt for rt in ALL}
 _BY_KIND = {(rt.api_version, rt.kind): rt for rt in ALL}

@@ -6,9 +6,9 @@ can observe: names, the defaults `kubectl get -o yaml` shows, the required field
 Python models insist on, status handling, and `generation`. Cluster-IP and node-port
 allocation live in `allocation.py` because they need the store's other Services.
 
-Deliberate departure: a `status` sent with a *create* is kept for Pods and Services (a real
-server drops it). There is no kubelet to report pod IPs and readiness and no cloud controller
-to fill `status.loadBalancer`, so manifests carry them instead.
+Deliberate departure: a `status` sent with a *create* is kept for Pods, Services, Nodes and
+Ingresses (a real server drops it). There is no kubelet to report pod IPs and readiness and no
+cloud or ingress controller to fill `status.loadBalancer`, so manifests carry them instead.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _metadata_errors(rt: ResourceType, obj: JSON) -> list[FieldError]:
 
 
 # With no kubelet or cloud controller here, a status given on create stands in for theirs.
-KEEPS_STATUS = ("pods", "services", "nodes")
+KEEPS_STATUS = ("pods", "services", "nodes", "ingresses")
 
 
 def prepare_create(rt: ResourceType, body: JSON, *, keep_status: bool) -> JSON:
@@ -384,6 +384,15 @@ def _default_endpoints(obj: JSON) -> None:
                     port.setdefault("protocol", "TCP")
 
 
+def _default_ingress(obj: JSON) -> None:
+    # IngressStatus and its loadBalancer are structs, not pointers: they always serialize.
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        status = obj["status"] = {}
+    if not isinstance(status.get("loadBalancer"), dict):
+        status["loadBalancer"] = {}
+
+
 def _default_lease(obj: JSON) -> None:
     spec = obj.get("spec") or {}
     for key in ("acquireTime", "renewTime"):
@@ -404,6 +413,7 @@ _DEFAULTERS = {
     "pods": _default_pod,
     "endpointslices": _default_endpoint_slice,
     "endpoints": _default_endpoints,
+    "ingresses": _default_ingress,
     "leases": _default_lease,
 }
 
@@ -656,6 +666,134 @@ def _validate_endpoints(obj: JSON, old: JSON | None) -> list[FieldError]:
     return found
 
 
+_PATH_TYPES = ("Exact", "ImplementationSpecific", "Prefix")
+_IANA_PORT_NAME_MSG = "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"
+
+
+def _ingress_host_errors(host: Any, field: str) -> list[FieldError]:
+    """A rule or TLS host: a DNS-1123 subdomain, optionally with a leading `*.` label."""
+    if not isinstance(host, str):
+        return [FieldError("Invalid", field, host, "must be a string")]
+    found: list[FieldError] = []
+    if _parses_as_ip(host, None):
+        found.append(FieldError("Invalid", field, host, "must be a DNS name, not an IP address"))
+    if host.startswith("*."):
+        if len(host) > 253 or not _DNS1123_SUBDOMAIN.match(host[2:]):
+            found.append(
+                FieldError(
+                    "Invalid",
+                    field,
+                    host,
+                    "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS "
+                    "subdomain, which must consist of lower case alphanumeric characters, '-' or "
+                    "'.' and end with an alphanumeric character (e.g. '*.example.com', regex used "
+                    "for validation is '\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+                )
+            )
+    elif len(host) > 253 or not _DNS1123_SUBDOMAIN.match(host):
+        found.append(FieldError("Invalid", field, host, DNS1123_SUBDOMAIN_MSG))
+    return found
+
+
+def _ingress_backend_errors(backend: Any, field: str) -> list[FieldError]:
+    """networking/validation's validateIngressBackend: one Service (name, port) or a resource."""
+    if not isinstance(backend, dict):
+        return [FieldError("Invalid", field, "", "resource or service backend is required")]
+    service, resource = backend.get("service"), backend.get("resource")
+    if service is not None and resource is not None:
+        return [FieldError("Invalid", field, "", "cannot set both resource and service backends")]
+    if resource is not None:
+        if not isinstance(resource, dict) or not resource.get("kind"):
+            return [FieldError("Required", f"{field}.resource.kind", None, "kind is required")]
+        if not resource.get("name"):
+            return [FieldError("Required", f"{field}.resource.name", None, "name is required")]
+        return []
+    if not isinstance(service, dict):
+        return [FieldError("Invalid", field, "", "resource or service backend is required")]
+    found: list[FieldError] = []
+    name = service.get("name")
+    if not name:
+        found.append(FieldError("Required", f"{field}.service.name"))
+    elif not isinstance(name, str) or len(name) > 63 or not _DNS1035_LABEL.match(name):
+        found.append(FieldError("Invalid", f"{field}.service.name", name, DNS1035_LABEL_MSG))
+    port = service.get("port") or {}
+    if not isinstance(port, dict):
+        port = {}
+    port_name, number = port.get("name") or "", port.get("number") or 0
+    if port_name and number:
+        found.append(FieldError("Invalid", field, "", "cannot set both port name & port number"))
+    elif port_name:
+        if not (isinstance(port_name, str) and _IANA_SVC_NAME.match(port_name) and len(port_name) <= 15
+                and re.search("[a-z]", port_name)):
+            found.append(FieldError("Invalid", f"{field}.service.port.name", port_name, _IANA_PORT_NAME_MSG))
+    elif number:
+        found += _port_number_errors(number, f"{field}.service.port.number")
+    else:
+        found.append(FieldError("Required", field, None, "port name or number is required"))
+    return found
+
+
+def _validate_ingress(obj: JSON, old: JSON | None) -> list[FieldError]:
+    """The parts of ValidateIngressSpec a client of Ingresses can trip over."""
+    spec = obj.get("spec") or {}
+    if not isinstance(spec, dict):
+        return [FieldError("Invalid", "spec", spec, "must be an object")]
+    found: list[FieldError] = []
+    rules = spec.get("rules") or []
+    default = spec.get("defaultBackend")
+    if not rules and default is None:
+        found.append(FieldError("Invalid", "spec", None, "either `defaultBackend` or `rules` must be specified"))
+    if default is not None:
+        found += _ingress_backend_errors(default, "spec.defaultBackend")
+    if not isinstance(rules, list):
+        return [*found, FieldError("Invalid", "spec.rules", rules, "must be a list")]
+    for i, rule in enumerate(rules):
+        where = f"spec.rules[{i}]"
+        if not isinstance(rule, dict):
+            found.append(FieldError("Invalid", where, rule, "must be an object"))
+            continue
+        if rule.get("host"):
+            found += _ingress_host_errors(rule["host"], f"{where}.host")
+        http = rule.get("http")
+        if http is None:
+            continue
+        paths = http.get("paths") if isinstance(http, dict) else None
+        if not paths:
+            found.append(FieldError("Required", f"{where}.http.paths"))
+            continue
+        for j, path in enumerate(paths):
+            at = f"{where}.http.paths[{j}]"
+            if not isinstance(path, dict):
+                found.append(FieldError("Invalid", at, path, "must be an object"))
+                continue
+            path_type, value = path.get("pathType"), path.get("path") or ""
+            if path_type is None:
+                found.append(FieldError("Required", f"{at}.pathType", None, "pathType must be specified"))
+                continue
+            if path_type not in _PATH_TYPES:
+                found.append(
+                    FieldError(
+                        "NotSupported",
+                        f"{at}.pathType",
+                        path_type,
+                        'supported values: "Exact", "ImplementationSpecific", "Prefix"',
+                    )
+                )
+            elif (path_type != "ImplementationSpecific" or value) and not str(value).startswith("/"):
+                found.append(FieldError("Invalid", f"{at}.path", value, "must be an absolute path"))
+            found += _ingress_backend_errors(path.get("backend"), f"{at}.backend")
+    for i, tls in enumerate(spec.get("tls") or []):
+        for j, host in enumerate((tls.get("hosts") if isinstance(tls, dict) else None) or []):
+            found += _ingress_host_errors(host, f"spec.tls[{i}].hosts[{j}]")
+    for i, entry in enumerate(((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []):
+        ip = entry.get("ip") if isinstance(entry, dict) else None
+        if ip and not _is_ip(ip):
+            found.append(
+                FieldError("Invalid", f"status.loadBalancer.ingress[{i}].ip", ip, "must be a valid IP address")
+            )
+    return found
+
+
 def _validate_lease(obj: JSON, old: JSON | None) -> list[FieldError]:
     spec = obj.get("spec") or {}
     duration = spec.get("leaseDurationSeconds")
@@ -682,5 +820,6 @@ _VALIDATORS = {
     "pods": _validate_pod,
     "endpointslices": _validate_endpoint_slice,
     "endpoints": _validate_endpoints,
+    "ingresses": _validate_ingress,
     "leases": _validate_lease,
 }

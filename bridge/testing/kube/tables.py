@@ -174,6 +174,36 @@ def _slice_cells(obj: JSON) -> list[Any]:
     ]
 
 
+def _ingress_cells(obj: JSON) -> list[Any]:
+    """printIngress: class, up to three hosts ("*" when none), LB addresses clipped to 16
+    bytes (not wide), and "80, 443" once any TLS entry exists."""
+    spec = obj.get("spec") or {}
+    rules = spec.get("rules") or []
+    hosts: list[str] = []
+    more = False
+    for rule in rules:
+        if len(hosts) == 3:
+            more = True
+        if not more and isinstance(rule, dict) and rule.get("host"):
+            hosts.append(rule["host"])
+    hosts_cell = ",".join(hosts) if hosts else "*"
+    if more:
+        hosts_cell += f" + {len(rules) - 3} more..."
+    lb = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    addresses = sorted({e.get("ip") or e.get("hostname") for e in lb if e.get("ip") or e.get("hostname")})
+    address = ",".join(addresses)
+    if len(address) > 16:
+        address = address[:13] + "..."
+    return [
+        obj["metadata"]["name"],
+        spec.get("ingressClassName") or "<none>",
+        hosts_cell,
+        address,
+        "80, 443" if spec.get("tls") else "80",
+        _age(obj),
+    ]
+
+
 def _lease_cells(obj: JSON) -> list[Any]:
     return [obj["metadata"]["name"], (obj.get("spec") or {}).get("holderIdentity", ""), _age(obj)]
 
@@ -253,6 +283,17 @@ _LAYOUTS: dict[str, tuple[list[JSON], Callable[[JSON], list[Any]]]] = {
             _column("Age"),
         ],
         _slice_cells,
+    ),
+    "ingresses": (
+        [
+            _column("Name", fmt="name"),
+            _column("Class", "The name of the IngressClass resource that should be used for additional configuration"),
+            _column("Hosts", "Hosts that incoming requests are matched against before the ingress rule"),
+            _column("Address", "Address is a list containing ingress points for the load-balancer"),
+            _column("Ports", "Ports of TLS configurations that open"),
+            _column("Age"),
+        ],
+        _ingress_cells,
     ),
     "leases": (
         [_column("Name", fmt="name"), _column("Holder", "The holder of the lease"), _column("Age")],
