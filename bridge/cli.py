@@ -128,6 +128,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "kubernetes.kubeconfig": str(kubeconfig),
             "consul.address": consul.url,
             "cluster_id": "demo",
+            "sync.to_k8s": True,
             "dns.listen": args.dns_listen,
             "http.listen": args.http_listen,
             "log.level": args.log_level,
@@ -154,7 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _say(f"  dig {server} php-apache-svc.default.svc.cluster.local")
             _say(f"  dig {server} billing.consul.svc.cluster.local")
             _say(f"  curl {consul.url}/v1/catalog/service/php-apache-svc")
-            _say(f"  kubectl --kubeconfig {kubeconfig} get services,endpointslices")
+            _say(f"  kubectl --kubeconfig {kubeconfig} get services,endpointslices -A")
             _say("stop with Ctrl-C")
 
         return _serve_app(settings, banner)

@@ -23,10 +23,11 @@ VMS = {"192.0.2.21", "192.0.2.22"}
 def demo():
     proc = Proc("demo", "--dns-listen", "127.0.0.1:0")
     try:
+        kubeconfig = proc.expect(r"kubeconfig (\S+)$").group(1)
         consul_url = proc.expect(r"consul API \(test server\) at (http://\S+)").group(1)
         dns_port = int(proc.expect(r"dns listening on 127\.0\.0\.1:(\d+)").group(1))
         proc.expect(r"^ready$")
-        yield {"proc": proc, "dns_port": dns_port, "consul": consul_url}
+        yield {"proc": proc, "dns_port": dns_port, "consul": consul_url, "kubeconfig": kubeconfig}
     finally:
         code = proc.stop()
         assert code == 0, f"demo exited {code} on SIGTERM"
@@ -86,3 +87,23 @@ def test_demo_exits_zero_on_sigint():
     proc = Proc("demo", "--dns-listen", "127.0.0.1:0")
     proc.expect(r"^ready$")
     assert proc.stop(signal.SIGINT) == 0
+
+
+def test_consul_service_is_materialised_for_kubectl(demo):
+    """The VM service appears in Kubernetes as a headless Service with an EndpointSlice."""
+    def kubectl(*args: str) -> str:
+        return subprocess.run(["kubectl", "--kubeconfig", demo["kubeconfig"], *args], capture_output=True,
+                              text=True, timeout=30, check=True).stdout
+    found = False
+    for _ in range(100):
+        out = kubectl("get", "endpointslices", "-n", "consul", "-l", "kubernetes.io/service-name=billing",
+                      "-o", "json")
+        slices = json.loads(out)["items"]
+        if {a for s in slices for e in s["endpoints"] for a in e["addresses"]} == VMS:
+            found = True
+            break
+        proc_alive = demo["proc"].p.poll() is None
+        assert proc_alive, "demo died"
+    assert found, f"EndpointSlices of consul/billing: {out}"
+    svc = json.loads(kubectl("get", "service", "billing", "-n", "consul", "-o", "json"))
+    assert svc["spec"]["clusterIP"] == "None"
