@@ -12,6 +12,9 @@ Concurrency model (threads; both client libraries are synchronous):
 - DNS: `DnsServer.publish()` builds the wire-answer table in the reconciler's thread and
   swaps one reference; the UDP/TCP serving threads read that reference per query and
   never lock, so a query sees one whole catalog state, old or new.
+- `dns-forwarder`: one thread owns every query forwarded upstream (names outside our
+  zones, ExternalName targets); it sends UDP replies itself and queues TCP replies to
+  the DNS TCP thread.
 - `http`: health, readiness and metrics; it only reads.
 
 Shutdown: one `stop` event ends every loop; blocking calls in flight are cut by closing

@@ -130,6 +130,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "cluster_id": "demo",
             "sync.to_k8s": True,
             "dns.listen": args.dns_listen,
+            "dns.consul_domain": "consul",
+            "dns.pods": "insecure",
             "http.listen": args.http_listen,
             "log.level": args.log_level,
             "log.format": args.log_format,

@@ -190,9 +190,18 @@ class DnsSettings:
                          check=_zone)
     ttl: int = _setting(30, "TTL of positive answers, as in the Kubernetes DNS example",
                         check=_not_negative)
-    pods: str = _setting("disabled", "pod records a-b-c-d.<ns>.pod.<zone>: disabled or insecure "
-                                     "(answered for any address, as kube-dns did)",
-                         check=_one_of("disabled", "insecure"))
+    pods: str = _setting("disabled", "pod records a-b-c-d.<ns>.pod.<zone>: disabled, insecure "
+                                     "(answered for any address, as kube-dns did) or verified "
+                                     "(only addresses of pods behind Service endpoints)",
+                         check=_one_of("disabled", "insecure", "verified"))
+    ignore_empty_service: bool = _setting(False, "a ClusterIP Service with no ready endpoint is "
+                                                 "NXDOMAIN (CoreDNS ignore empty_service)")
+    consul_ttl: int = _setting(0, "TTL of answers in the Consul domain (Consul's service_ttl)",
+                               check=_not_negative)
+    consul_datacenter: str = _setting("dc1", "datacenter named in Consul-domain SRV targets",
+                                      check=_dns_label)
+    consul_a_record_limit: int = _setting(0, "at most this many A/AAAA records per Consul answer, "
+                                             "picked at random; 0: no limit", check=_not_negative)
     consul_domain: str = _setting("", "also answer <svc>.service.<domain> from Consul's side of "
                                       "the catalog (e.g. consul); empty turns it off",
                                   check=lambda v: None if v == "" else _zone(v))

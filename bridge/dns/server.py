@@ -22,8 +22,9 @@ Threading model (who owns what):
   GIL; scaling past one core means SO_REUSEPORT sockets in worker processes (a later step;
   the table is cheap to rebuild per process from the same catalog).
 - One thread owns every TCP connection: a selector loop that accepts, reads 2-byte-framed
-  queries (several per connection, answered in order), writes replies as the socket
-  allows, and closes connections idle longer than `tcp_idle_timeout`.
+  queries (several per connection: our own answers in order, forwarded ones when they
+  come back, as RFC 7766 allows), writes replies as the socket allows, and closes
+  connections idle longer than `tcp_idle_timeout`.
 - Questions that are not ours go to the forwarder (`upstream.py`) when there are upstreams:
   the UDP/TCP loop hands the packet over and moves on; the forwarder thread sends the UDP
   reply itself (`sendto` on the listening socket is thread-safe), and queues a TCP reply
@@ -60,12 +61,13 @@ from typing import Any, TypeVar
 from bridge.catalog.model import Catalog
 from bridge.config import DnsSettings, parse_hostport
 from bridge.dns.answer import NOT_OURS, Rcode
-from bridge.dns.consul import DEFAULT_DATACENTER, ConsulOptions
+from bridge.dns.consul import ConsulOptions
 from bridge.dns.table import CHASE, TCP_LIMIT, Table, header_only
 from bridge.dns.upstream import (
     MAX_IN_FLIGHT,
     Forwarder,
     Upstream,
+    is_local_address,
     question_end,
     read_resolv_conf,
     upstreams_from,
@@ -137,18 +139,14 @@ class DnsServer:
         self.max_tcp_connections = _pick(max_tcp_connections, settings.max_tcp_connections)
         self.upstream_timeout = _pick(upstream_timeout, settings.upstream_timeout)
         self.pods = _pick(pods, settings.pods)
-        # Settings the configuration does not have yet are read if they appear there.
-        self.ignore_empty_service = _pick(ignore_empty_service,
-                                          bool(_setting(settings, "ignore_empty_service", False)))
+        self.ignore_empty_service = _pick(ignore_empty_service, settings.ignore_empty_service)
         self.consul: ConsulOptions | None = None
         if settings.consul_domain:
             self.consul = ConsulOptions(
                 settings.consul_domain,
-                ttl=_pick(consul_ttl, int(_setting(settings, "consul_ttl", 0))),
-                datacenter=_pick(consul_datacenter,
-                                 str(_setting(settings, "consul_datacenter", DEFAULT_DATACENTER))),
-                a_record_limit=_pick(consul_a_record_limit,
-                                     int(_setting(settings, "consul_a_record_limit", 0))))
+                ttl=_pick(consul_ttl, settings.consul_ttl),
+                datacenter=_pick(consul_datacenter, settings.consul_datacenter),
+                a_record_limit=_pick(consul_a_record_limit, settings.consul_a_record_limit))
         if ns_addresses is None:
             # The apex NS glue and ns.dns.<zone> (43, 44) need an address clients can use:
             # the configured ones, else the listen address if it is one, else none.
@@ -159,7 +157,8 @@ class DnsServer:
         if outside is None:
             configured = tuple(settings.upstreams if upstreams is None else upstreams)
             text = None if configured else read_resolv_conf(settings.resolv_conf)
-            self.upstreams = upstreams_from(configured, text, self.host, self.port)
+            self.upstreams = upstreams_from(configured, text, self.host, self.port,
+                                            is_local_address)
         self.max_in_flight = max_in_flight
         self._forwarder: Forwarder | None = None
         self._table = self._build(Catalog())  # not ready: SERVFAIL until the first publish
@@ -595,15 +594,6 @@ class DnsServer:
             connection.events = 0
         with contextlib.suppress(OSError):
             connection.sock.close()
-
-
-_MISSING = object()
-
-
-def _setting(settings: DnsSettings, name: str, default: object) -> Any:
-    """A DnsSettings field that may not exist yet (then `default`)."""
-    value = getattr(settings, name, _MISSING)
-    return default if value is _MISSING else value
 
 
 def _client_udp_limit(packet: bytes) -> int:

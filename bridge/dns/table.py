@@ -391,6 +391,10 @@ class Table:
         if self.consul is not None:
             zones.append(self._zone(self.consul, False))
         self._zones = tuple(sorted(zones, key=lambda z: -len(z.labels)))  # most specific first
+        # Zones inside zones (consul_domain under the cluster zone, or the reverse) may list
+        # the same name twice: then the more specific zone's entries replace the other's.
+        self._nested = any(inner.labels[len(inner.labels) - len(outer.labels):] == outer.labels
+                           for inner in self._zones for outer in self._zones if inner is not outer)
         self.entries: dict[bytes, Entry] = {}  # lower-case wire name + qtype + class
         self.defaults: dict[bytes, Entry] = {}  # lower-case wire name: any other qtype
         self.shuffled: dict[bytes, Shuffled] = {}  # like `entries`: answers in random order
@@ -439,10 +443,18 @@ class Table:
         except (ValueError, struct.error) as exc:
             self.skipped.append(f"{'.'.join(name)}: {exc}")
             return
+        self.defaults[key] = default
+        special = self._nested or any(type(e) is Shuffled for e in by_type.values()) or (
+            self.forwarding and any(r.chase is not None for r in answers.by_type.values()))
+        if not special:  # the common case, kept lean: the build is paid on every change
+            entries = self.entries
+            for qtype in (*PRECOMPUTED_QTYPES, *by_type):
+                entries[key + qtype.to_bytes(2, "big") + _IN] = by_type.get(qtype, default)
+            return
         for qtype in (*PRECOMPUTED_QTYPES, *by_type):
             full = key + qtype.to_bytes(2, "big") + _IN
             encoded = by_type.get(qtype, default)
-            self.entries.pop(full, None)
+            self.entries.pop(full, None)  # a name of a nested zone may replace the outer's
             self.shuffled.pop(full, None)
             self.chases.discard(full)
             if isinstance(encoded, Shuffled):
@@ -451,7 +463,6 @@ class Table:
                 self.chases.add(full)
             else:
                 self.entries[full] = encoded
-        self.defaults[key] = default
 
     def _encode_answers(self, spelled: Name, key: bytes, zone: Name, answers: Answers
                         ) -> tuple[Entry, dict[int, Entry | Shuffled]]:

@@ -2,10 +2,10 @@
 
 Which upstreams (`upstreams_from`): `dns.upstreams` when set (HOST[:PORT], `[V6]:PORT`, or a
 bare IPv6 address; IP literals only, because resolving a resolver's name would need a
-resolver), else the `nameserver` lines of `dns.resolv_conf` minus ourselves: an address we
-listen on at port 53 (nameserver lines have no port), and with a wildcard or loopback listen
-address any loopback address (127.0.0.x, ::1) at port 53, which would be this very server.
-None left: the server answers REFUSED (checklist 57).
+resolver), else the `nameserver` lines of `dns.resolv_conf` minus ourselves: the address we
+listen on, if we listen at port 53 (nameserver lines have no port); with a wildcard listen
+address, any address of this host (loopback, 127.0.0.x, or an interface's); with a loopback
+one, any loopback address. None left: the server answers REFUSED (checklist 57).
 
 How (`Forwarder`): one thread runs a selector over every query in flight, so a slow or dead
 upstream never holds up the UDP and TCP loops, which only hand the packet over
@@ -91,8 +91,13 @@ def nameservers(resolv_conf: str) -> list[str]:
     return found
 
 
-def is_self(address: str, port: int, listen_host: str, listen_port: int) -> bool:
-    """True when `address:port` is this server listening on `listen_host:listen_port`."""
+def is_self(address: str, port: int, listen_host: str, listen_port: int,
+            is_local: Callable[[str], bool] | None = None) -> bool:
+    """True when `address:port` is this server listening on `listen_host:listen_port`.
+
+    `is_local(address)` says whether an address belongs to this host: with a wildcard
+    listener, every local address at our port is us.
+    """
     if port != listen_port:
         return False
     try:
@@ -104,14 +109,26 @@ def is_self(address: str, port: int, listen_host: str, listen_port: int) -> bool
     except ValueError:
         listen = None
     if listen is None or listen.is_unspecified:
-        return ip.is_loopback or ip.is_unspecified or False
+        return ip.is_loopback or ip.is_unspecified or bool(is_local and is_local(address))
     if listen.is_loopback and ip.is_loopback:
         return True  # 127.0.0.x: on a pod's loopback, another resolver at our port is us
     return ip == listen
 
 
+def is_local_address(address: str) -> bool:
+    """True if this host owns `address` (a socket can be bound to it)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
 def upstreams_from(configured: Iterable[str], resolv_conf_text: str | None, listen_host: str,
-                   listen_port: int) -> tuple[Upstream, ...]:
+                   listen_port: int, is_local: Callable[[str], bool] | None = None
+                   ) -> tuple[Upstream, ...]:
     """The upstreams to use: the configured ones, else resolv.conf's minus ourselves."""
     explicit = tuple(parse_upstream(text) for text in configured)
     if explicit:
@@ -120,7 +137,7 @@ def upstreams_from(configured: Iterable[str], resolv_conf_text: str | None, list
         return ()
     out: dict[Upstream, None] = {}
     for address in nameservers(resolv_conf_text):
-        if not is_self(address, DNS_PORT, listen_host, listen_port):
+        if not is_self(address, DNS_PORT, listen_host, listen_port, is_local):
             out[(address, DNS_PORT)] = None
     return tuple(out)
 
@@ -330,12 +347,13 @@ class Forwarder:
             reply = sock.recv(MAX_REPLY)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:
-            # ECONNREFUSED: nobody listens there. Drop this attempt, try the next now.
+        except OSError:
+            # ECONNREFUSED (nobody listens there), unreachable: drop this attempt and try
+            # the next upstream now rather than when its turn comes.
             self._drop_socket(query, sock)
-            if exc.errno == errno.ECONNREFUSED and query.attempts_left:
+            if query.attempts_left:
                 self._attempt(query)
-            elif not query.sockets and not query.attempts_left:
+            elif not query.sockets:
                 self.stats["failures"] += 1
                 self._finish(query, None)
             return

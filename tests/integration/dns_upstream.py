@@ -52,18 +52,31 @@ class UpstreamServer:
         self._running = True
         self._threads: list[threading.Thread] = []
         self._connections: list[socket.socket] = []
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
+        self.udp, self.tcp = self._bind(tcp)
         self.port = self.udp.getsockname()[1]
-        self.tcp: socket.socket | None = None
-        if tcp:
-            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.tcp.bind(("127.0.0.1", self.port))
-            self.tcp.listen(16)
         self._start(self._serve_udp)
         if self.tcp is not None:
             self._start(self._serve_tcp)
+
+    @staticmethod
+    def _bind(tcp: bool) -> tuple[socket.socket, socket.socket | None]:
+        """UDP on a free port, and TCP on the same one (taken? then another port)."""
+        for _ in range(50):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind(("127.0.0.1", 0))
+            if not tcp:
+                return udp, None
+            stream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                stream.bind(("127.0.0.1", udp.getsockname()[1]))
+            except OSError:
+                stream.close()
+                udp.close()
+                continue
+            stream.listen(16)
+            return udp, stream
+        raise OSError("no port free for both UDP and TCP")
 
     @property
     def address(self) -> str:

@@ -216,3 +216,17 @@ def test_no_upstream_refuses_and_does_not_offer_recursion():
         reply = ask(srv, "www.example.test.")
         assert reply.rcode() == dns.rcode.REFUSED and not reply.flags & dns.flags.RA
         assert srv.upstreams == ()
+
+
+def test_this_hosts_own_addresses_are_not_upstreams(tmp_path):
+    own = "127.0.0.1"  # a host without a route out has loopback only
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.99", 9))  # no packet sent: picks the outgoing address
+            own = probe.getsockname()[0]
+        except OSError:
+            pass
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {own}\nnameserver 192.0.2.53\n")
+    assert DnsServer(DnsSettings(listen=":53", resolv_conf=str(resolv))).upstreams == (
+        ("192.0.2.53", 53),)

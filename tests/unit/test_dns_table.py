@@ -576,3 +576,15 @@ def test_two_zones_each_with_their_own_negatives():
 def test_consul_domain_must_differ_from_the_cluster_zone():
     with pytest.raises(ValueError, match="Consul domain"):
         Table(SAMPLE, "cluster.local", 30, consul=ConsulOptions("Cluster.Local."))
+
+
+def test_a_consul_domain_inside_the_cluster_zone_answers_its_own_names():
+    nested = Table(WITH_CONSUL, "cluster.local", 30, consul=ConsulOptions("consul.cluster.local"))
+    reply = parse(nested.respond(query("billing.service.consul.cluster.local")))
+    assert len(reply.answer) == 8 and {r.ttl for r in reply.answer} == {0}
+    missing = parse(nested.respond(query("nosuch.service.consul.cluster.local")))
+    assert missing.rcode() == dns.rcode.NXDOMAIN
+    assert missing.authority[0].name.to_text() == "consul.cluster.local."
+    assert parse(nested.respond(query("web" + Z))).answer, "the cluster zone is unaffected"
+    assert parse(nested.respond(query("nosuch" + Z))).authority[0].name.to_text() == \
+        "cluster.local."

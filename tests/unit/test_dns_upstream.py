@@ -105,3 +105,12 @@ def test_question_end():
     assert question_end(packet) == len(packet)
     assert question_end(packet[:-1]) == 0, "cut short"
     assert question_end(packet[:12] + b"\xc0\x0c\x00\x01\x00\x01") == 0, "compressed"
+
+
+def test_a_wildcard_listener_is_every_address_of_the_host():
+    local = {"10.1.2.3"}.__contains__  # this host's interface address, as a probe says
+    text = "nameserver 10.1.2.3\nnameserver 10.96.0.10\n"
+    assert upstreams_from([], text, "0.0.0.0", 53, local) == (("10.96.0.10", 53),)
+    assert upstreams_from([], text, "10.9.9.9", 53, local) == (("10.1.2.3", 53),
+                                                               ("10.96.0.10", 53)), \
+        "a specific listen address is only itself"
