@@ -43,13 +43,17 @@ def eventually(check: Callable[[], Any], timeout: float = 15, what: str = "") ->
 
 
 class World:
-    """The two test servers, started, with helpers to read them."""
+    """The two test servers, started, with helpers to read them. A World built with another
+    World's Consul is a second cluster sharing it (and leaves stopping it to its owner)."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, consul: ConsulServer | None = None) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.kube = KubeAPIServer(host="127.0.0.1", port=0)
-        self.consul = ConsulServer(host="127.0.0.1", port=0, jitter=False)
+        self._owns_consul = consul is None
+        self.consul = consul or ConsulServer(host="127.0.0.1", port=0, jitter=False)
         self.kube.start()
-        self.consul.start()
+        if self._owns_consul:
+            self.consul.start()
         self.kubeconfig = tmp_path / "kubeconfig"
         self.kube.write_kubeconfig(self.kubeconfig)
         self.apps: list[App] = []
@@ -58,7 +62,8 @@ class World:
         for app in self.apps:
             app.stop()
         self.kube.stop()
-        self.consul.stop()
+        if self._owns_consul:
+            self.consul.stop()
 
     def apply(self, objects: Iterable[dict[str, Any]]) -> None:
         for obj in objects:

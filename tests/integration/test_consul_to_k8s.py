@@ -167,10 +167,8 @@ def k8s_slice_name(world: World, name: str) -> str:
 def test_two_clusters_resolve_each_others_headless_services(world, tmp_path):
     world.apply([service("orders", selector={"app": "orders"}, headless=True, ports=[{"name": "http", "port": 80}]),
                  pod("orders-1", "10.1.0.1", labels={"app": "orders"}, ports=[{"name": "http", "containerPort": 80}])])
-    west = World(tmp_path / "west")
+    west = World(tmp_path / "west", consul=world.consul)
     try:
-        west.consul.stop()
-        west.consul = world.consul
         west.apply([service("payments", selector={"app": "pay"}, headless=True, ports=[{"name": "http", "port": 80}]),
                     pod("pay-1", "10.2.0.1", labels={"app": "pay"}, ports=[{"name": "http", "containerPort": 80}]),
                     service("orders", selector={"app": "orders"}, headless=True, ports=[{"name": "http", "port": 80}]),
@@ -199,10 +197,7 @@ def test_two_clusters_resolve_each_others_headless_services(world, tmp_path):
         converged(west_app)
         assert world.consul_index() == index, "converged bridges kept writing"
     finally:
-        west.consul = None  # type: ignore[assignment] - owned by `world`
-        for app in west.apps:
-            app.stop()
-        west.kube.stop()
+        west.close()
 
 
 def test_consul_outage_keeps_answers_and_catches_up_after(world):

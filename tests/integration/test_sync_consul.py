@@ -153,11 +153,8 @@ def test_same_service_name_in_two_namespaces(world):
 def test_two_bridges_on_one_consul_leave_each_other_alone(world, tmp_path):
     east = world.start_bridge("east")
     converged(east)
-    other = World(tmp_path / "west")
+    other = World(tmp_path / "west", consul=world.consul)  # a second cluster, the same Consul
     try:
-        # A second cluster with its own API server, writing to the same Consul.
-        other.consul.stop()
-        other.consul = world.consul
         other.apply([service("web", selector={"app": "web"}, headless=True,
                              ports=[{"name": "http", "port": 80, "targetPort": 8080}]),
                      pod("web-1", "10.9.0.1", labels={"app": "web"},
@@ -174,10 +171,7 @@ def test_two_bridges_on_one_consul_leave_each_other_alone(world, tmp_path):
         entries = world.consul_get("/v1/catalog/service/web")
         assert {e["Node"] for e in entries} == {"k8s-sync-east"}
     finally:
-        other.consul = None  # type: ignore[assignment] - owned by `world`
-        for app in other.apps:
-            app.stop()
-        other.kube.stop()
+        other.close()
 
 
 def test_upsert_only_never_deletes(world):
