@@ -56,6 +56,8 @@ class ConsulSource:
         self._watchers: dict[str, _Watcher] = {}
         self._names: frozenset[str] = frozenset()
         self._listed = threading.Event()
+        self._collisions: set[tuple[str, str, str]] = set()
+        self._services: dict[ServiceKey, Service] = {}
         self._synced = False
         self._lock = threading.Lock()  # guards the watcher set, not the entries readers see
         self._loop = BlockingLoop("consul services", self._client.services, self._on_services,
@@ -151,9 +153,11 @@ class ConsulSource:
         entries = self._entries
         labels, collisions = dns_labels(entries)
         for loser, winner, label in collisions:
-            COLLISIONS.inc()
-            log.warning("consul services %r and %r map to one DNS name; %r answers as %r",
-                        winner, loser, loser, label)
+            if (loser, winner, label) not in self._collisions:  # reported once, while it lasts
+                COLLISIONS.inc()
+                log.warning("consul services %r and %r map to one DNS name; %r answers as %r",
+                            winner, loser, loser, label)
+        self._collisions = set(collisions)
         grouped: dict[ServiceKey, list[Instance]] = defaultdict(list)
         for name, instances in entries.items():
             for instance in instances:
@@ -163,10 +167,16 @@ class ConsulSource:
                 label = meta.get(NAME_META) if NAMESPACE_META in meta and meta.get(NAME_META) \
                     else labels[name]
                 grouped[ServiceKey(namespace, label)].append(instance)
-        services = [
-            Service(key=key, type=ServiceType.HEADLESS,
-                    ports=tuple(sorted({p for i in instances for p in i.ports})),
-                    instances=tuple(instances))
-            for key, instances in grouped.items()
-        ]
-        return Snapshot.of(services, self.synced)
+        services: dict[ServiceKey, Service] = {}
+        for key, found in grouped.items():
+            instances = tuple(found)
+            previous = self._services.get(key)
+            # Unchanged services stay the same objects, so consumers can skip them cheaply.
+            if previous is not None and previous.instances == instances:
+                services[key] = previous
+            else:
+                services[key] = Service(key=key, type=ServiceType.HEADLESS,
+                                        ports=tuple(sorted({p for i in instances for p in i.ports})),
+                                        instances=instances)
+        self._services = services
+        return Snapshot.of(services.values(), self.synced)
