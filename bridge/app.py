@@ -6,10 +6,14 @@ Concurrency model (threads; both client libraries are synchronous):
   and its cache; a cache is a dict replaced whole on every change (copy-on-write).
 - `consul-services` plus one `consul-<name>` thread per Consul service: each owns one
   blocking query and one entry of the Consul source's map, also replaced whole.
-- `reconciler`: the only thread that merges, plans and writes. Sources wake it through
-  a coalescing `Trigger`; it reads their current caches (no locks: each is one
-  reference), publishes a new immutable `Catalog` to DNS, and applies the Consul plan.
-- DNS: `DnsServer.publish()` builds the wire-answer table in the reconciler's thread and
+- `dns-publisher`: the only thread that merges the sources into an immutable `Catalog`
+  and publishes it to DNS. Sources wake it through its own coalescing `Trigger` (5 ms
+  quiet, 50 ms at most), so DNS never waits behind a write to Consul or Kubernetes.
+- `reconciler`: the only thread that plans and writes (Consul, and Kubernetes with
+  `to_k8s`). Sources wake it through a second `Trigger` (`sync.quiet_period`,
+  `sync.max_delay`); both read the sources' current caches (no locks: each is one
+  reference, replaced whole).
+- DNS: `DnsServer.publish()` updates the wire-answer table in the publisher's thread and
   swaps one reference; the UDP/TCP serving threads read that reference per query and
   never lock, so a query sees one whole catalog state, old or new.
 - `dns-forwarder`: one thread owns every query forwarded upstream (names outside our
@@ -39,6 +43,7 @@ from bridge.kube.client import KubeClient
 from bridge.kube.sink import KubeSink
 from bridge.kube.source import KubeSource
 from bridge.reconcile.loop import Mode, Reconciler
+from bridge.reconcile.publish import Publisher
 from bridge.reconcile.trigger import Trigger
 
 log = logging.getLogger(__name__)
@@ -54,7 +59,7 @@ class App:
         self.kube_client = KubeClient(settings.kubernetes)
         sync = settings.sync
         self.kube = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
-                               self.trigger.poke, self.stop_event, watch_nodes=sync.to_consul,
+                               self._changed, self.stop_event, watch_nodes=sync.to_consul,
                                watch_ingresses=sync.to_consul and sync.ingress)
         self.consul_client = ConsulClient(settings.consul)
         self.consul: ConsulSource | None = None
@@ -63,7 +68,7 @@ class App:
                 self.consul_client, our_node=settings.node_name,
                 cluster_id=settings.cluster_id,
                 default_namespace=settings.sync.consul_namespace,
-                on_change=self.trigger.poke, stop=self.stop_event, admit_warning=sync.admit_warning)
+                on_change=self._changed, stop=self.stop_event, admit_warning=sync.admit_warning)
         self.sink: ConsulSink | None = None
         if settings.sync.to_consul:
             self.sink = ConsulSink(self.consul_client, node=settings.node_name,
@@ -78,15 +83,21 @@ class App:
             external_name=sync.external_name, not_ready=sync.not_ready,
             ingress=sync.ingress, ingress_lb_ips=sync.ingress_lb_ips,
         )
+        self.publisher = Publisher(kube=self.kube, consul=self.consul, publish=self._publish,
+                                   stop=self.stop_event, local_wins=sync.local_wins)
         self.reconciler = Reconciler(
-            kube=self.kube, consul=self.consul, sink=self.sink, publish=self._publish,
-            options=options, trigger=self.trigger, stop=self.stop_event,
-            resync_period=sync.resync_period, local_wins=sync.local_wins,
+            kube=self.kube, consul=self.consul, sink=self.sink, options=options, trigger=self.trigger,
+            stop=self.stop_event, resync_period=sync.resync_period,
             mode=Mode(upsert_only=sync.upsert_only, dry_run=sync.dry_run),
             kube_sink=KubeSink(self.kube_client) if sync.to_k8s else None)
         host, port = parse_hostport(settings.http.listen)
         self.http = HealthServer(host, port, self.waiting_for)
         self._dns_bound = False
+
+    def _changed(self) -> None:
+        """A source changed: DNS and the sinks each coalesce the news at their own pace."""
+        self.publisher.trigger.poke()
+        self.trigger.poke()
 
     def _publish(self, catalog: Catalog) -> None:
         self.dns.publish(catalog)
@@ -116,12 +127,13 @@ class App:
         self.dns.start()
         self._dns_bound = True
         self.http.start()
+        self.publisher.start()
         self.reconciler.start()
         self.kube.start()
         if self.consul is not None:
             self.consul.start()
         # The first pass publishes even an empty world once both sources have listed.
-        self.trigger.poke()
+        self._changed()
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -133,7 +145,7 @@ class App:
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.trigger.poke()
+        self._changed()
         if self.consul is not None:
             self.consul.close()
         self.kube_client.close()

@@ -89,6 +89,9 @@ def _serve_app(settings: config.Settings, banner: Callable[[Any], None] | None =
 
     logs.configure(settings.log.level, settings.log.format,
                    secrets=[settings.consul.token, config.token(settings.consul)])
+    # The DNS threads wait on sockets and hand the GIL back constantly; with Python's default
+    # 5 ms switch interval a busy sync thread would hold every query up for that long.
+    sys.setswitchinterval(0.001)
     app = App(settings)
     app.start()
     for host, port in app.dns.addresses:

@@ -70,10 +70,12 @@ class ConsulClient:
         except (ValueError, TypeError) as exc:
             raise Transient(f"{what}: bad response: {type(exc).__name__}") from None
 
-    def services(self, index: int | None) -> tuple[int, dict[str, list[str]]]:
-        """Blocking read of every service name and its tags."""
+    def services(self, index: int | None, *, not_on_node: str = "") -> tuple[int, dict[str, list[str]]]:
+        """Blocking read of every service name and its tags; with `not_on_node`, only the
+        names that have an instance on some other node."""
+        filter_expr = f'Node != "{not_on_node}"' if not_on_node else None
         idx, data = self._call("catalog services", self._c.catalog.services,
-                               index=index, wait=self.wait if index else None)
+                               index=index, wait=self.wait if index else None, filter_expr=filter_expr)
         return int(idx), data or {}
 
     def health_service(self, name: str, index: int | None,

@@ -60,13 +60,22 @@ class ConsulSource:
         self._services: dict[ServiceKey, Service] = {}
         self._synced = False
         self._lock = threading.Lock()  # guards the watcher set, not the entries readers see
-        self._loop = BlockingLoop("consul services", self._client.services, self._on_services,
-                                  stop)
+        # Names whose instances are all ours (on our node) need no watcher: one blocking
+        # query and thread per foreign service only.
+        self._loop = BlockingLoop("consul services",
+                                  lambda index: self._client.services(index, not_on_node=our_node),
+                                  self._on_services, stop)
         self.thread = threading.Thread(target=self._loop.run, name="consul-services",
                                        daemon=True)
 
     def start(self) -> None:
         self.thread.start()
+
+    @property
+    def watched(self) -> frozenset[str]:
+        """The Consul service names with a blocking query of their own."""
+        with self._lock:
+            return frozenset(self._watchers)
 
     def close(self) -> None:
         """Tells every per-service loop to end; the services loop ends with `stop`."""

@@ -5,8 +5,14 @@ carry, and when the answer is NXDOMAIN, NODATA, SERVFAIL or REFUSED. It knows no
 wire formats; `table.py` turns its responses into bytes and `server.py` moves the bytes.
 
 An `Answerer` indexes one immutable `Catalog` once (by service, endpoint name and address)
-so that each question is a few dictionary look-ups. It is built per catalog and never
-changes, so any number of threads may use it.
+so that each question is a few dictionary look-ups. It never changes once built, so any
+number of threads may use it. `derive` makes the answerer of a next catalog from the
+services that changed (copy on write: the indexes are copied, unchanged services shared),
+and says which names and addresses the change touches, for `table.py`'s incremental
+updates; `listed` gives every name with its answers without parsing names, for its builds.
+
+The SOA serial is the catalog's generation unless the caller fixes it (`serial`): `table.py`
+keeps it across incremental updates (see there).
 
 The rules follow the conformance checklist in `reference/kubernetes-dns.md` §5; the
 numbers in comments refer to it. Deliberate departures from CoreDNS:
@@ -39,15 +45,34 @@ namespace that does not exist is.
 
 from __future__ import annotations
 
+import copy
 import enum
 import ipaddress
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from bridge.catalog.model import Catalog, Instance, OriginKind, Port, Service, ServiceType
-from bridge.dns.query import IPAddress, Kind, Name, Query, lower, parse, reverse_name, zone_labels
+from bridge.catalog.model import (
+    Catalog,
+    Instance,
+    OriginKind,
+    Port,
+    Service,
+    ServiceKey,
+    ServiceType,
+)
+from bridge.dns.query import (
+    IN_ADDR_ARPA,
+    IPAddress,
+    Kind,
+    Name,
+    Query,
+    lower,
+    parse,
+    reverse_name,
+    zone_labels,
+)
 
 if TYPE_CHECKING:
     from bridge.config import DnsSettings
@@ -284,6 +309,27 @@ def _data(address: IPAddress) -> Address:
     return A(str(address)) if address.version == 4 else AAAA(str(address))
 
 
+# A dotted quad as `ipaddress` writes it (no leading zeros): the usual address, matched ten
+# times faster than `ipaddress` parses it.
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+                   r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
+def address_data(value: str) -> Address | None:
+    """`_data(_address(value))`: the record data of an address, None if it is not one."""
+    if _IPV4.fullmatch(value):
+        return A(value)
+    parsed = _address(value)
+    return None if parsed is None else _data(parsed)
+
+
+def reverse_of(address: str) -> Name:
+    """The reverse name of an address in `address_data`'s canonical text form."""
+    if ":" not in address:
+        return (*reversed(address.split(".")), *IN_ADDR_ARPA)
+    return reverse_name(ipaddress.IPv6Address(address))
+
+
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
@@ -297,11 +343,15 @@ def endpoint_name(instance: Instance, address: IPAddress) -> str:
 
     IPv6 follows CoreDNS: `:` becomes `-`, and a trailing `-` gets a `0` (`5678-abcd--1`).
     """
+    return _endpoint_label(instance, _data(address))
+
+
+def _endpoint_label(instance: Instance, address: Address) -> str:
     if instance.hostname and _is_label(instance.hostname):
         return lower(instance.hostname)
-    if isinstance(address, ipaddress.IPv4Address):
-        return str(address).replace(".", "-")
-    dashed = str(address).replace(":", "-").replace(".", "-")
+    if type(address) is A:
+        return address.address.replace(".", "-")
+    dashed = address.address.replace(":", "-").replace(".", "-")
     return dashed + "0" if dashed.endswith("-") else dashed
 
 
@@ -313,24 +363,51 @@ def _index(service: Service) -> _Svc:
         valid = bool(target) and _address(target) is None and ".." not in target
         return _Svc(name, namespace, _Shape.EXTERNAL,
                     external=tuple(target.split(".")) if valid else ())
-    ips = tuple(dict.fromkeys(ip for ip in map(_address, service.cluster_ips) if ip))
+    ips = tuple(dict.fromkeys(ip for ip in map(address_data, service.cluster_ips) if ip))
     # No usable cluster IP means nothing proxies the port: answer with the endpoints.
     shape = _Shape.HEADLESS if service.headless or not ips else _Shape.CLUSTER
     endpoints: list[_Endpoint] = []
+    publish_not_ready = service.publish_not_ready
     for instance in service.instances:
-        if not (instance.ready or service.publish_not_ready):  # 23, 24
+        if not (instance.ready or publish_not_ready):  # 23, 24
             continue
-        address = _address(instance.address)
+        address = address_data(instance.address)
         if address is None:
             continue
-        endpoints.append(_Endpoint(endpoint_name(instance, address), _data(address),
-                                   instance.ports))
+        endpoints.append(_Endpoint(_endpoint_label(instance, address), address, instance.ports))
     by_endpoint: dict[str, list[_Endpoint]] = {}
     for endpoint in endpoints:
         by_endpoint.setdefault(endpoint.name, []).append(endpoint)
     return _Svc(name, namespace, shape, ports=service.ports,
-                cluster_ips=tuple(map(_data, ips)) if shape is _Shape.CLUSTER else (),
+                cluster_ips=ips if shape is _Shape.CLUSTER else (),
                 endpoints=tuple(endpoints), by_endpoint=by_endpoint)
+
+
+def _addresses_of(svc: _Svc | None) -> tuple[str, ...]:
+    """The addresses whose reverse names may name `svc`: its cluster IPs and endpoints."""
+    if svc is None:
+        return ()
+    return tuple(dict.fromkeys([*(ip.address for ip in svc.cluster_ips),
+                                *(e.address.address for e in svc.endpoints)]))
+
+
+def _lower_case(key: ServiceKey) -> bool:
+    return lower(key.namespace) == key.namespace and lower(key.name) == key.name
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What `Answerer.derive` changed: the names whose answers may differ, by unit.
+
+    `services`: (namespace, name) of services whose names must be encoded again (their
+    old names, `old` lists, are gone; their new names are `Answerer.service_listed`);
+    `namespaces`: namespaces that appeared or disappeared; `addresses`: addresses whose
+    reverse name changed (PTR targets, or existence).
+    """
+
+    services: tuple[tuple[str, str], ...]
+    namespaces: tuple[str, ...]
+    addresses: tuple[str, ...]
 
 
 def _matches(port: Port, name: str, protocol: str) -> bool:
@@ -349,34 +426,73 @@ class Answerer:
 
     def __init__(self, catalog: Catalog, zone: str, ttl: int, *,
                  ns_addresses: Sequence[str] = (), pods: str = PODS_DISABLED,
-                 ignore_empty_service: bool = False) -> None:
+                 ignore_empty_service: bool = False, serial: int | None = None) -> None:
         if pods not in (PODS_DISABLED, PODS_INSECURE, PODS_VERIFIED):
             raise ValueError(f"pods must be {PODS_DISABLED}, {PODS_INSECURE} or "
                              f"{PODS_VERIFIED}, not {pods!r}")
         self.zone: Name = zone_labels(zone)
         self.ttl = ttl
         self.ready = catalog.ready
-        self.serial = catalog.generation & 0xFFFFFFFF
+        self.serial = (catalog.generation if serial is None else serial) & 0xFFFFFFFF
         self.pods = pods
+        self.ignore_empty_service = ignore_empty_service
         self.ns_addresses: tuple[Address, ...] = tuple(
             _data(ip) for ip in map(_address, ns_addresses) if ip)
-        self._namespaces = frozenset(lower(ns) for ns in catalog.namespaces)
+        # Namespace -> how many catalog services it holds (those `ignore_empty_service`
+        # hides included): a namespace exists while the count is above zero (35).
+        self._namespaces: dict[str, int] = {}
+        # `derive` relies on keys that lower-casing leaves alone (two keys differing in case
+        # only would be one service here: the last in key order).
+        self._lower_case = True
         self._services: dict[tuple[str, str], _Svc] = {}
+        # ExternalName services whose target is in the zone: their answers follow the
+        # target's, so `derive` names them as changed whenever anything changes.
+        self._aliases: dict[tuple[str, str], None] = {}
         for key in sorted(catalog.services):
-            svc = _index(catalog.services[key])
-            if ignore_empty_service and svc.shape is _Shape.CLUSTER and not svc.endpoints:
-                continue  # 7: as if it did not exist
-            self._services[(svc.namespace, svc.name)] = svc
+            namespace = lower(key.namespace)
+            self._namespaces[namespace] = self._namespaces.get(namespace, 0) + 1
+            if self._lower_case and not _lower_case(key):
+                self._lower_case = False
+            svc = self._indexed(catalog.services[key])
+            if svc is not None:
+                self._services[(svc.namespace, svc.name)] = svc
+                if self._is_alias(svc):
+                    self._aliases[(svc.namespace, svc.name)] = None
+        self._refs: dict[str, tuple[tuple[str, str], ...]] = {}
         self._ptr = self._reverse_index()
-        self._pods: dict[str, frozenset[str]] = {}
+        # Namespace -> address -> how many Kubernetes instances of its services have it.
+        self._pods: dict[str, dict[str, int]] = {}
         if pods == PODS_VERIFIED:
-            known: dict[str, set[str]] = {}
             for key, service in catalog.services.items():
-                for instance in service.instances:
-                    address = _address(instance.address)
-                    if address is not None and instance.origin.kind is OriginKind.KUBERNETES:
-                        known.setdefault(lower(key.namespace), set()).add(str(address))
-            self._pods = {ns: frozenset(found) for ns, found in known.items()}
+                self._count_pods(self._pods, lower(key.namespace), service, 1)
+        self._negatives: dict[tuple[Rcode, Name], Response] = {}
+
+    def _indexed(self, service: Service) -> _Svc | None:
+        svc = _index(service)
+        if self.ignore_empty_service and svc.shape is _Shape.CLUSTER and not svc.endpoints:
+            return None  # 7: as if it did not exist
+        return svc
+
+    def _is_alias(self, svc: _Svc) -> bool:
+        return svc.shape is _Shape.EXTERNAL and bool(svc.external) and \
+            parse(svc.external, self.zone).in_zone
+
+    @staticmethod
+    def _count_pods(pods: dict[str, dict[str, int]], namespace: str, service: Service,
+                    step: int) -> None:
+        counts = pods.setdefault(namespace, {})
+        for instance in service.instances:
+            if instance.origin.kind is not OriginKind.KUBERNETES:
+                continue
+            address = address_data(instance.address)
+            if address is not None:
+                left = counts.get(address.address, 0) + step
+                if left > 0:
+                    counts[address.address] = left
+                else:
+                    counts.pop(address.address, None)
+        if not counts:
+            del pods[namespace]
 
     @property
     def dynamic_pods(self) -> bool:
@@ -388,7 +504,10 @@ class Answerer:
         # otherwise an address names every endpoint carrying it, de-duplicated (30, 31).
         by_cluster_ip: dict[str, Name] = {}
         by_endpoint: dict[str, dict[Name, None]] = {}
-        for svc in self._services.values():
+        refs: dict[str, list[tuple[str, str]]] = {}
+        for key, svc in self._services.items():
+            for address in _addresses_of(svc):
+                refs.setdefault(address, []).append(key)
             if not svc.exists:
                 continue
             for ip in svc.cluster_ips:
@@ -396,9 +515,113 @@ class Answerer:
             for endpoint in svc.endpoints:
                 target = (endpoint.name, *svc.labels(), *self.zone)
                 by_endpoint.setdefault(endpoint.address.address, {})[target] = None
+        # Which services carry each address, in key order: what `derive` reads to find
+        # an address's PTR targets again.
+        self._refs = {address: tuple(keys) for address, keys in refs.items()}
         index = {ip: tuple(targets) for ip, targets in by_endpoint.items()}
         index.update((ip, (target,)) for ip, target in by_cluster_ip.items())
         return index
+
+    def _targets(self, address: str) -> tuple[Name, ...]:
+        """The PTR targets of one address, as `_reverse_index` finds them."""
+        found: dict[Name, None] = {}
+        for key in self._refs.get(address, ()):
+            svc = self._services[key]
+            if not svc.exists:
+                continue
+            for ip in svc.cluster_ips:
+                if ip.address == address:
+                    return (svc.labels() + self.zone,)  # a cluster IP wins (30)
+            for endpoint in svc.endpoints:
+                if endpoint.address.address == address:
+                    found[(endpoint.name, *svc.labels(), *self.zone)] = None
+        return tuple(found)
+
+    # --- the next catalog ----------------------------------------------------------------
+
+    def derive(self, catalog: Catalog, previous: Catalog,
+               changed: Collection[ServiceKey]) -> tuple[Answerer, Change] | None:
+        """The answerer of `catalog`, from this one (built for `previous`) and the keys of
+        the services that differ between them (added, removed or changed). This answerer
+        does not change. None when it cannot be done that way (keys that are not lower
+        case, or readiness changed): build a new one then.
+        """
+        if not self._lower_case or catalog.ready != self.ready or \
+                not all(_lower_case(key) for key in changed):
+            return None
+        new = copy.copy(self)  # shares everything; what changes is copied below
+        services = new._services = dict(self._services)
+        namespaces = new._namespaces = dict(self._namespaces)
+        refs = new._refs = dict(self._refs)
+        ptr = new._ptr = dict(self._ptr)
+        aliases = new._aliases = dict(self._aliases)
+        pods = new._pods = dict(self._pods) if self.pods == PODS_VERIFIED else self._pods
+        touched_services: dict[tuple[str, str], None] = {}
+        touched_namespaces: dict[str, None] = {}
+        addresses: dict[str, None] = {}
+        copied: set[str] = set()
+        for key in changed:
+            before, after = previous.services.get(key), catalog.services.get(key)
+            namespace = key.namespace
+            if (before is None) != (after is None):
+                was = namespaces.get(namespace, 0)
+                count = was + (1 if after is not None else -1)
+                if count > 0:
+                    namespaces[namespace] = count
+                else:
+                    namespaces.pop(namespace, None)
+                if (was > 0) != (count > 0):
+                    touched_namespaces[namespace] = None
+            if self.pods == PODS_VERIFIED:
+                if namespace not in copied:  # copy on write: the old answerer keeps its own
+                    copied.add(namespace)
+                    if namespace in pods:
+                        pods[namespace] = dict(pods[namespace])
+                for service, step in ((before, -1), (after, 1)):
+                    if service is not None:
+                        self._count_pods(pods, namespace, service, step)
+            lk = (namespace, key.name)
+            old = services.get(lk)
+            svc = self._indexed(after) if after is not None else None
+            if svc is None:
+                services.pop(lk, None)
+                aliases.pop(lk, None)
+            else:
+                services[lk] = svc
+                if self._is_alias(svc):
+                    aliases[lk] = None
+                else:
+                    aliases.pop(lk, None)
+            if old == svc:
+                continue  # e.g. a label changed: nothing DNS says
+            touched_services[lk] = None
+            old_addresses, new_addresses = _addresses_of(old), _addresses_of(svc)
+            for address in old_addresses:
+                if address not in new_addresses:
+                    left = tuple(k for k in refs.get(address, ()) if k != lk)
+                    if left:
+                        refs[address] = left
+                    else:
+                        refs.pop(address, None)
+            for address in new_addresses:
+                if address not in old_addresses:
+                    refs[address] = tuple(sorted((*refs.get(address, ()), lk)))
+            addresses.update(dict.fromkeys(old_addresses))
+            addresses.update(dict.fromkeys(new_addresses))
+        changed_addresses = []
+        for address in addresses:
+            targets = new._targets(address)
+            if targets:
+                ptr[address] = targets
+            else:
+                ptr.pop(address, None)
+            if targets != self._ptr.get(address, ()):
+                changed_addresses.append(address)
+        if touched_services or touched_namespaces:
+            # ExternalName answers follow their targets' (26, 27): encode them again.
+            pass
+        return new, Change(tuple(touched_services), tuple(touched_namespaces),
+                           tuple(changed_addresses))
 
     # --- the names that exist ------------------------------------------------------------
 
@@ -416,25 +639,127 @@ class Answerer:
         for rest in (("dns-version",), ("dns",), ("ns", "dns"), ("svc",), ("pod",)):
             yield rest + zone
         for namespace in sorted(self._namespaces):
-            yield (namespace, "svc", *zone)
-            if self.dynamic_pods:
-                yield (namespace, "pod", *zone)
+            yield from self.namespace_names(namespace)
         for svc in self._services.values():
-            if not svc.exists:
-                continue
-            base = svc.labels() + zone
-            yield base
-            if svc.shape is _Shape.EXTERNAL:
-                continue
-            for endpoint in svc.by_endpoint:
-                yield (endpoint, *base)
-            pairs = {(lower(p.name), lower(p.protocol)) for p in self._srv_ports(svc) if p.name}
-            for protocol in sorted({proto for _, proto in pairs}):
-                yield ("_" + protocol, *base)
-            for name, protocol in sorted(pairs):
-                yield ("_" + name, "_" + protocol, *base)
+            yield from self._service_names(svc)
         for address in self._ptr:
-            yield reverse_name(ipaddress.ip_address(address))
+            yield reverse_of(address)
+
+    def namespace_names(self, namespace: str) -> list[Name]:
+        """The names a namespace has while it exists (`names` lists them then)."""
+        zone = self.zone
+        if self.dynamic_pods:
+            return [(namespace, "svc", *zone), (namespace, "pod", *zone)]
+        return [(namespace, "svc", *zone)]
+
+    def service_names(self, key: tuple[str, str]) -> list[Name]:
+        """The names service `key` (lower-case namespace, name) has, as `names` lists them."""
+        svc = self._services.get(key)
+        return self._service_names(svc) if svc is not None else []
+
+    def _service_names(self, svc: _Svc) -> list[Name]:
+        if not svc.exists:
+            return []
+        base = svc.labels() + self.zone
+        out = [base]
+        if svc.shape is _Shape.EXTERNAL:
+            return out
+        out += [(endpoint, *base) for endpoint in svc.by_endpoint]
+        pairs = self._pairs(svc)
+        out += [("_" + protocol, *base) for protocol in sorted({proto for _, proto in pairs})]
+        out += [("_" + name, "_" + protocol, *base) for name, protocol in sorted(pairs)]
+        return out
+
+    def _pairs(self, svc: _Svc) -> set[tuple[str, str]]:
+        return {(lower(p.name), lower(p.protocol)) for p in self._srv_ports(svc) if p.name}
+
+    def reverse_names(self, addresses: Sequence[str]) -> list[Name]:
+        return [reverse_of(address) for address in addresses]
+
+    # --- the names with their answers, without parsing -----------------------------------
+
+    def listed(self, spell: Callable[[str], str], zone: Name
+               ) -> Iterator[tuple[Name, Name, Answers]]:
+        """(name, its zone, answers) for every name `names` lists, each label spelled with
+        `spell` and the zone as `zone` (a spelling of this zone): what `answers` gives for
+        that name, computed without parsing it.
+        """
+        for name in (self.zone, *(rest + self.zone for rest in (
+                ("dns-version",), ("dns",), ("ns", "dns"), ("svc",), ("pod",)))):
+            spelled = tuple(map(spell, name[:len(name) - len(self.zone)])) + zone
+            answers = self.answers_query(parse(spelled, self.zone))
+            assert isinstance(answers, Answers)
+            yield spelled, zone, answers
+        for namespace in sorted(self._namespaces):
+            yield from self.namespace_listed(namespace, spell, zone)
+        for svc in self._services.values():
+            yield from self._service_listed(svc, spell, zone)
+        for address in self._ptr:
+            yield self._reverse_listed(address, spell)
+
+    def namespace_listed(self, namespace: str, spell: Callable[[str], str], zone: Name
+                         ) -> Iterator[tuple[Name, Name, Answers]]:
+        """`listed` for a namespace's own names (nothing if it does not exist)."""
+        if namespace not in self._namespaces:
+            return
+        for name in self.namespace_names(namespace):
+            spelled = tuple(map(spell, name[:len(name) - len(self.zone)])) + zone
+            answers = self.answers_query(parse(spelled, self.zone))
+            assert isinstance(answers, Answers)
+            yield spelled, zone, answers
+
+    def service_listed(self, key: tuple[str, str], spell: Callable[[str], str], zone: Name
+                       ) -> Iterator[tuple[Name, Name, Answers]]:
+        """`listed` for the names of service `key` (nothing if it does not exist)."""
+        svc = self._services.get(key)
+        if svc is not None:
+            yield from self._service_listed(svc, spell, zone)
+
+    def _service_listed(self, svc: _Svc, spell: Callable[[str], str], zone: Name
+                        ) -> Iterator[tuple[Name, Name, Answers]]:
+        if not svc.exists:
+            return
+        namespace, service = svc.namespace, svc.name
+        base = (spell(service), spell(namespace), spell("svc"), *zone)
+        q = Query(Kind.SERVICE, base, zone, namespace=namespace, service=service)
+        yield base, zone, self._answered(q)
+        if svc.shape is _Shape.EXTERNAL:
+            return
+        for endpoint in svc.by_endpoint:
+            q = Query(Kind.ENDPOINT, (spell(endpoint), *base), zone, namespace=namespace,
+                      service=service, endpoint=endpoint)
+            yield q.name, zone, self._answered(q)
+        pairs = self._pairs(svc)
+        for protocol in sorted({proto for _, proto in pairs}):
+            name = (spell("_" + protocol), *base)
+            # A label of `_` alone is not `_<proto>` to the parser: let it say what it is.
+            q = Query(Kind.PROTOCOL, name, zone, namespace=namespace, service=service,
+                      protocol=protocol) if protocol else parse(name, self.zone)
+            yield name, zone, self._answered(q)
+        for port, protocol in sorted(pairs):
+            name = (spell("_" + port), spell("_" + protocol), *base)
+            q = Query(Kind.PORT, name, zone, namespace=namespace, service=service, port=port,
+                      protocol=protocol) if port and protocol else parse(name, self.zone)
+            yield name, zone, self._answered(q)
+
+    def reverse_listed(self, addresses: Sequence[str], spell: Callable[[str], str]
+                       ) -> Iterator[tuple[Name, Name, Answers]]:
+        """`listed` for the reverse names of `addresses` (those with a PTR only)."""
+        for address in addresses:
+            if address in self._ptr:
+                yield self._reverse_listed(address, spell)
+
+    def _reverse_listed(self, address: str, spell: Callable[[str], str]
+                        ) -> tuple[Name, Name, Answers]:
+        name = tuple(map(spell, reverse_of(address)))
+        answers = self._reverse_answers(name, name[-2:], address)
+        assert isinstance(answers, Answers)
+        return name, name[-2:], answers
+
+    def _answered(self, q: Query) -> Answers:
+        answers = self.answers_query(q)
+        assert isinstance(answers, Answers)
+        return answers
 
     def _srv_ports(self, svc: _Svc) -> Iterator[Port]:
         if svc.shape is _Shape.CLUSTER:
@@ -464,15 +789,10 @@ class Answerer:
         """`answers` for a name already parsed against this zone."""
         if q.kind is Kind.OUTSIDE or q.kind is Kind.REVERSE_OTHER:
             return NOT_OURS
-        nodata = self._negative(Rcode.NOERROR, q.zone)
         if q.kind is Kind.REVERSE:
             assert q.address is not None
-            targets = self._ptr.get(str(q.address))
-            if not targets:
-                return NOT_OURS  # 33: fall through to the forwarder for unknown addresses
-            ptr = Response(Rcode.NOERROR,
-                           tuple(Record(q.name, self.ttl, PTR(t)) for t in targets))  # 30-32
-            return Answers({QType.PTR: ptr, **_NO_TRANSFER}, nodata)
+            return self._reverse_answers(q.name, q.zone, str(q.address))
+        nodata = self._negative(Rcode.NOERROR, q.zone)
         found = self._find(q)
         if found is None:
             # 42 (a CoreDNS quirk, kept): SOA below the apex is NODATA, existing or not.
@@ -487,13 +807,29 @@ class Answerer:
         # 40: every other qtype (MX, ANY, HINFO, ...) on an existing name is NODATA.
         return Answers({**by_type, **_NO_TRANSFER}, nodata)
 
+    def _reverse_answers(self, name: Name, zone: Name, address: str) -> Answers | NotOurs:
+        targets = self._ptr.get(address)
+        if not targets:
+            return NOT_OURS  # 33: fall through to the forwarder for unknown addresses
+        ptr = Response(Rcode.NOERROR,
+                       tuple(Record(name, self.ttl, PTR(t)) for t in targets))  # 30-32
+        return Answers({QType.PTR: ptr, **_NO_TRANSFER}, self._negative(Rcode.NOERROR, zone))
+
     def _missing(self, zone: Name) -> Response:
         # 53: before the first complete sync an absent name may just not be known yet; a
         # SERVFAIL is not negatively cached, an NXDOMAIN would be.
         return self._negative(Rcode.NXDOMAIN if self.ready else Rcode.SERVFAIL, zone)
 
     def _negative(self, rcode: Rcode, zone: Name) -> Response:
-        return Response(rcode, authority=(self._soa(zone),))  # 45
+        # One object per spelling of the zone (a few kept): most names share it, and the
+        # table recognises a response it has encoded by identity.
+        found = self._negatives.get((rcode, zone))
+        if found is None:
+            if len(self._negatives) >= 64:
+                self._negatives.clear()
+            found = self._negatives[(rcode, zone)] = \
+                Response(rcode, authority=(self._soa(zone),))  # 45
+        return found
 
     def _soa(self, zone: Name) -> Record:
         data = SOA(("ns", "dns", *zone), ("hostmaster", *zone), self.serial,
@@ -529,7 +865,7 @@ class Answerer:
                 return {}  # 50: <ns>.pod.<zone> exists
             address = pod_address(q.service)
             if address is None or (self.pods == PODS_VERIFIED and str(address) not in
-                                   self._pods.get(q.namespace, ())):
+                                   self._pods.get(q.namespace, {})):
                 return None  # 50, 51
             return self._addresses(q.name, [_data(address)])  # 50, 51
         return None  # INVALID, POD: 37, 38, 48, 49, 50, 51

@@ -38,7 +38,7 @@ import ipaddress
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from bridge.catalog.model import Catalog, Instance, OriginKind
+from bridge.catalog.model import Catalog, Instance, OriginKind, Service
 from bridge.dns.answer import (
     NOT_OURS,
     NS,
@@ -142,13 +142,13 @@ class ConsulAnswerer:
     """Answers questions in the Consul domain about one catalog. Immutable once built."""
 
     def __init__(self, catalog: Catalog, options: ConsulOptions, *,
-                 ns_addresses: Sequence[str] = ()) -> None:
+                 ns_addresses: Sequence[str] = (), serial: int | None = None) -> None:
         self.zone: Name = zone_labels(options.domain)
         self.ttl = options.ttl
         self.datacenter = lower(options.datacenter or DEFAULT_DATACENTER)
         self.limit = max(0, options.a_record_limit)
         self.ready = catalog.ready
-        self.serial = catalog.generation & 0xFFFFFFFF
+        self.serial = (catalog.generation if serial is None else serial) & 0xFFFFFFFF
         self.ns_addresses: tuple[Address, ...] = tuple(
             _data(ip) for ip in map(_address, ns_addresses) if ip)
         self._names: dict[Name, _Spec] = {(): _APEX, ("ns",): _NS_HOST}
@@ -191,6 +191,26 @@ class ConsulAnswerer:
         qtype but SOA, and its responses depend only on the qtype and the zone's spelling."""
         for name in self._names:
             yield name + self.zone
+
+    def changed_names(self, old: ConsulAnswerer) -> Iterator[tuple[Name, bool]]:
+        """(name in lower case, whether it exists here) for each name whose answers may
+        differ from `old`'s: gone, new, or holding other instances. `old` must differ only
+        in the catalog (same options, serial and readiness): a name's answers depend on
+        nothing else than what it holds.
+        """
+        for rest, spec in self._names.items():
+            if old._names.get(rest) != spec:
+                yield rest + self.zone, True
+        for rest in old._names:
+            if rest not in self._names:
+                yield rest + self.zone, False
+
+    @staticmethod
+    def serves(catalog_service: Service | None) -> bool:
+        """True when a catalog service contributes to the Consul domain (as far as any
+        of its instances comes from Consul): a change elsewhere cannot change the domain."""
+        return catalog_service is not None and any(
+            instance.origin.kind is OriginKind.CONSUL for instance in catalog_service.instances)
 
     # --- answering -----------------------------------------------------------------------
 

@@ -11,10 +11,13 @@ always share the port (port 0: a free one, the same for every socket).
 
 Threading model (who owns what):
 
-- The caller of `publish()` (the reconcile loop) builds a new `Table` from a `Catalog` in
-  its own thread, then assigns it to `self._table`: a single reference assignment, atomic
-  under the GIL. Readers load `self._table` once per packet and never lock, so a packet is
-  answered entirely from one table; an old table lives until its last reader drops it.
+- The caller of `publish()` (the reconcile loop) makes the next `Table` from a `Catalog` in
+  its own thread (`Table.update`: derived from the current table, re-encoding only the
+  names of the services that changed; a full build when that does not pay), then assigns
+  it to `self._table`: a single reference assignment, atomic under the GIL. The current
+  table is never modified. Readers load `self._table` once per packet and never lock, so
+  a packet is answered entirely from one table; an old table lives until its last reader
+  drops it. One thread publishes at a time (`publish` is not reentrant).
 - One thread per UDP socket runs the hot loop: recvfrom -> `Table.respond` (header and
   question scan, one dict look-up, byte patching) -> sendto. Blocking sockets, no per-packet
   allocation beyond the reply. `recvfrom` and `sendto` release the GIL, so the loop
@@ -182,8 +185,9 @@ class DnsServer:
                      consul=self.consul, forwarding=bool(self.upstreams))
 
     def publish(self, catalog: Catalog) -> Table:
-        """Build the table for `catalog` in the caller's thread, then swap it in atomically."""
-        table = self._build(catalog)
+        """Make the table for `catalog` in the caller's thread (derived from the current
+        one, see `Table.update`), then swap it in atomically."""
+        table = self._table.update(catalog)
         self._table = table
         return table
 

@@ -1,10 +1,36 @@
 """Precomputed wire answers for one catalog, and the packet handler that serves them.
 
-This module owns the bytes. A `Table` is built once per catalog: it asks `answer.py` every
-question that can be asked about every existing name and stores each response as wire
-bytes, keyed by (lower-cased question name in wire form + qtype + qclass). It never
-changes afterwards except for two bounded caches of lazily encoded answers, which are
-plain dict writes (atomic under the GIL), so readers share it without locks.
+This module owns the bytes. A `Table` holds, for one catalog, the answer to every question
+that can be asked about every existing name as wire bytes. It never changes once built
+except for three bounded caches of lazily encoded answers, which are plain dict writes
+(atomic under the GIL), so readers share it without locks.
+
+Storage: `defaults` maps each existing name (lower-cased, wire form) to its answer for any
+qtype its answers do not name (NODATA, mostly: one shared entry); `entries` maps
+(name + qtype + class) only where that qtype's answer is not the default (A, SRV, PTR...).
+A lookup tries `entries` first, then `defaults`: AAAA, HTTPS or MX on a name with no such
+record cost one more dict look-up on the fast path, instead of a stored key per (name,
+qtype) (910,000 keys for 10,000 services of 5 endpoints; about 310,000 now). Zone
+transfers (AXFR, IXFR) of every existing name are REFUSED without a key of their own.
+
+Updates (`Table.update`): the next catalog's table is derived from the previous one. The
+dicts are copied (entries are shared, never mutated), the answerer is derived for the
+services that changed (`Answerer.derive`), and only the names those services had or have
+are encoded again: the service, endpoint, `_proto` and `_port._proto` names, the reverse
+names of the addresses whose PTR changed, the names of namespaces that appeared or went,
+ExternalName services pointing into the zone (their answers follow their targets), and,
+when a changed service carries Consul instances, the Consul names whose instances changed.
+Everything else is reused. A full build is done instead when readiness changes, when the
+zones are nested, when keys are not lower case, or when more than a third of the services
+changed (`FULL_BUILD_SHARE`). The new table is then swapped in by the caller with one
+reference assignment; a reply is always built from one table, so it never mixes states.
+
+SOA serial: negative answers (NXDOMAIN, NODATA) carry the zone's SOA, whose serial is the
+catalog generation *of the last full build* (`Table.serial`): incremental updates keep it,
+so the shared negative entries stay valid and an update never has to touch every name. A
+resolver only reads the serial to decide on zone transfers, which are refused here; the
+negative-caching TTL comes from the SOA's TTL and minimum, which do not change. Every
+update produces one consistent table, so the serial a client sees is never mixed either.
 
 Serving (`Table.respond`) does not parse the packet on the fast path. It checks the
 header bytes, finds the question name's end, looks the key up, and returns
@@ -23,13 +49,11 @@ spelled in UPPER case: `answer.py` repeats the question's spelling and writes ca
 names in lower case, so an exact-case match against an upper-case question suffix can
 only be a name derived from the question. The stored bytes are then lower-cased.
 
-For each existing name the answerer gives the responses by qtype plus one default for
-every other qtype; the table stores the former and the common qtypes under `entries`,
-and the default under `defaults` (one more look-up for MX, ANY, CAA, ...). A name in the
-zone that is not in the table gets the zone's negative answers, which depend only on
-where the zone starts in the question (the SOA owner is a pointer there) and on the qtype
-(`Answerer.names` documents this contract): they are encoded once per offset, on first
-use, so no query can make the table grow beyond 254 such sets.
+A name in the zone that is not in the table gets the zone's negative answers, which
+depend only on where the zone starts in the question (the SOA owner is a pointer there)
+and on the qtype (`Answerer.names` documents this contract): they are encoded once per
+offset, on first use, so no query can make the table grow beyond 254 such sets. The same
+holds for negative answers of existing names, so those are encoded once per offset too.
 
 Anything the fast path does not recognise (several questions, opcode other than QUERY,
 class other than IN, EDNS version > 0, a compressed question, malformed bytes) goes to
@@ -54,16 +78,18 @@ contains the name answers it.
 
 from __future__ import annotations
 
+import copy
+import functools
 import random
 import socket
 import struct
 from bisect import bisect_right
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import dnslib
 
-from bridge.catalog.model import Catalog
+from bridge.catalog.model import Catalog, ServiceKey
 from bridge.dns.answer import (
     AAAA,
     CNAME,
@@ -78,6 +104,7 @@ from bridge.dns.answer import (
     A,
     Answerer,
     Answers,
+    Change,
     NotOurs,
     QType,
     Rcode,
@@ -87,10 +114,10 @@ from bridge.dns.answer import (
 from bridge.dns.consul import ConsulAnswerer, ConsulOptions
 from bridge.dns.query import Name, parse, upper
 
-# Keys stored for every existing name besides the qtypes its answers name, so that these
-# common questions hit the first dictionary look-up; any other qtype of an existing name
-# takes one more look-up (`defaults`). HTTPS is here because browsers and curl send it.
-PRECOMPUTED_QTYPES = (QType.A, QType.AAAA, QType.SRV, QType.PTR, QType.HTTPS)
+# `update` builds afresh when more than this share of the services changed (and more than
+# FULL_BUILD_MIN): copying the dicts and forgetting old names then costs more than it saves.
+FULL_BUILD_SHARE = 1 / 3
+FULL_BUILD_MIN = 64
 DEFAULT_UDP_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation on every path
 MIN_UDP_PAYLOAD = 512
 TCP_LIMIT = 65535
@@ -100,8 +127,14 @@ _QUERY_COUNTS = b"\x00\x01\x00\x00\x00\x00"  # QDCOUNT=1, ANCOUNT=0, NSCOUNT=0
 _NO_AR = b"\x00\x00"
 _ONE_AR = b"\x00\x01"
 _IN = b"\x00\x01"
+_TRANSFERS = frozenset({b"\x00\xfb", b"\x00\xfc"})  # IXFR, AXFR: REFUSED for every name (52)
+_TRANSFER_QTYPES = (QType.AXFR, QType.IXFR)
+# qtype -> its bytes + class IN: the key suffixes a name may have in `entries` (any qtype an
+# answer names is added on first sight, so `_forget` knows every key a name can have).
+_SUFFIXES: dict[int, bytes] = {int(q): int(q).to_bytes(2, "big") + b"\x00\x01" for q in QType}
 _QR, _AA, _TC, _RD, _RA, _CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0010
 _HEAD = struct.Struct(">HHHHH")  # flags, QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT
+_A_HEAD = struct.Struct(">HHIH")  # type, class, TTL, RDLENGTH
 _POD_LABEL = b"\x03pod"
 MAX_COMPUTED = 4096  # pod names answered on demand and kept: the cache is emptied when full
 SERVFAIL = Response(Rcode.SERVFAIL, authoritative=False)
@@ -160,67 +193,146 @@ class Shuffled(NamedTuple):
 
 def wire(name: Name) -> bytes:
     """A name in uncompressed wire form. Raises ValueError for an unencodable name."""
-    out = bytearray()
     for label in name:
-        data = label.encode("latin-1")
-        if not 0 < len(data) <= 63:
+        if not 0 < len(label) <= 63:
             raise ValueError(f"bad label {label!r}")
-        out.append(len(data))
-        out += data
-    out.append(0)
+    # Latin-1: one byte per character, so a label's length is its string's (a character
+    # above U+00FF raises UnicodeEncodeError, a ValueError).
+    out = "".join([chr(len(label)) + label for label in name]).encode("latin-1") + b"\x00"
     if len(out) > 255:
         raise ValueError("name longer than 255 bytes")
-    return bytes(out)
+    return out
+
+
+def _wire_length(name: Name) -> int:
+    return sum(len(label) for label in name) + len(name) + 1
+
+
+def _suffix(qtype: int) -> bytes:
+    found = _SUFFIXES.get(qtype)
+    if found is None:
+        found = _SUFFIXES.setdefault(qtype, qtype.to_bytes(2, "big") + _IN)
+    return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _heads(flags: int, counts: tuple[int, int, int]
+           ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """`Entry.heads` and `Entry.heads_opt` for these flags and counts: shared by entries."""
+    heads = []
+    heads_opt = []
+    for variant in range(4):
+        bits = flags | (_RD if variant & 1 else 0) | (_CD if variant & 2 else 0)
+        heads.append(_HEAD.pack(bits, 1, *counts))
+        heads_opt.append(_HEAD.pack(bits, 1, counts[0], counts[1], counts[2] + 1))
+    return tuple(heads), tuple(heads_opt)
+
+
+_INTERNED: dict[Any, Any] = {}
+
+
+def _intern(value: Any) -> Any:
+    """One shared copy of an immutable value (entries' `spots`, `ends`, `counts` repeat)."""
+    found = _INTERNED.get(value)
+    if found is None:
+        if len(_INTERNED) >= 1 << 16:
+            _INTERNED.clear()  # bounded: sharing is lost for a while, nothing else
+        found = _INTERNED.setdefault(value, value)
+    return found
 
 
 class _Writer:
     """Encodes records after a given question, compressing only on exact-case matches."""
 
+    __slots__ = ("_question", "base", "buf", "offsets", "question", "register", "spots")
+
     def __init__(self, question: Name, question_wire: bytes, *, register: bool = True) -> None:
         self.register = register  # False: names written are never pointed at later
         self.base = 12 + len(question_wire) + 4
         self.buf = bytearray()
-        self.offsets: dict[Name, int] = {}
-        self.question: dict[Name, int] = {}
-        offset = 12
-        for i, label in enumerate(question):
-            self.question[question[i:]] = offset
-            offset += len(label.encode("latin-1")) + 1
-        self.offsets.update(self.question)
+        self._question = question
+        # Where each suffix of the question starts: made on first need (`_suffixes`); until
+        # then only the whole question, which most records are owned by.
+        self.question: dict[Name, int] | None = None
+        self.offsets: dict[Name, int] = {question: 12} if question else {}
         self.spots: list[tuple[int, int, int]] = []
 
+    def _suffixes(self) -> dict[Name, int]:
+        question = self._question
+        found: dict[Name, int] = {}
+        offset = 12
+        for i, label in enumerate(question):
+            found[question[i:]] = offset
+            offset += len(label) + 1  # the question encoded: one byte per character
+        self.question = found
+        self.offsets = dict(found)  # nothing else was registered before
+        return found
+
     def name(self, name: Name, *, compress: bool = True) -> None:
-        spotted = False
-        for i, label in enumerate(name):
-            suffix = name[i:]
+        buf, offsets = self.buf, self.offsets
+        if compress:
+            pointer = offsets.get(name)  # the usual case: the whole name was written before
+            if pointer is not None:
+                buf += (0xC000 | pointer).to_bytes(2, "big")
+                return
+        question = self.question
+        if question is None:
+            question = self._suffixes()
+            offsets = self.offsets
             if compress:
-                pointer = self.offsets.get(suffix)
+                pointer = offsets.get(name)
                 if pointer is not None:
-                    self.buf += (0xC000 | pointer).to_bytes(2, "big")
+                    buf += (0xC000 | pointer).to_bytes(2, "big")
                     return
-            elif not spotted and suffix in self.question:
-                spotted = True
-                length = len(wire(suffix))
-                self.spots.append((len(self.buf), self.question[suffix], length))
-            here = self.base + len(self.buf)
-            if here < 0x4000 and self.register:
-                self.offsets.setdefault(suffix, here)
+        register = self.register
+        if not compress:
+            # A literal copy (SRV targets), written in one go. The first suffix that is the
+            # question's is remembered (to re-spell); it and every shorter suffix are in
+            # `offsets` already, so only the longer ones are registered.
+            encoded = wire(name)
+            start = at = len(buf)
+            for i, label in enumerate(name):
+                suffix = name[i:] if i else name
+                if suffix in question:
+                    self.spots.append((at, question[suffix], len(encoded) - (at - start)))
+                    break
+                if register:
+                    here = self.base + at
+                    if here < 0x4000 and suffix not in offsets:
+                        offsets[suffix] = here
+                at += len(label) + 1
+            buf += encoded
+            return
+        for i, label in enumerate(name):
+            suffix = name[i:] if i else name
+            if i:
+                pointer = offsets.get(suffix)
+                if pointer is not None:
+                    buf += (0xC000 | pointer).to_bytes(2, "big")
+                    return
+            if register:
+                here = self.base + len(buf)
+                if here < 0x4000 and suffix not in offsets:
+                    offsets[suffix] = here
             data = label.encode("latin-1")
             if not 0 < len(data) <= 63:
                 raise ValueError(f"bad label {label!r}")
-            self.buf.append(len(data))
-            self.buf += data
-        self.buf.append(0)
+            buf.append(len(data))
+            buf += data
+        buf.append(0)
 
     def record(self, record: Record) -> None:
         self.name(record.name)
         data = record.data
+        kind = type(data)
+        if kind is A:  # the usual record, written in one go
+            self.buf += _A_HEAD.pack(1, CLASS_IN, record.ttl, 4) + \
+                socket.inet_pton(socket.AF_INET, data.address)
+            return
         self.buf += struct.pack(">HHI", data.rtype, CLASS_IN, record.ttl)
         at = len(self.buf)
         self.buf += b"\x00\x00"
-        if isinstance(data, A):
-            self.buf += socket.inet_pton(socket.AF_INET, data.address)
-        elif isinstance(data, AAAA):
+        if kind is AAAA:
             self.buf += socket.inet_pton(socket.AF_INET6, data.address)
         elif isinstance(data, CNAME | PTR | NS):
             self.name(data.target)
@@ -256,6 +368,10 @@ def encode(question: Name, response: Response, question_wire: bytes | None = Non
     """
     if question_wire is None:
         question_wire = wire(question)
+    answer = response.answer
+    if question and not response.authority and not response.additional and all(
+            type(r.data) is A and (r.name is question or r.name == question) for r in answer):
+        return _encode_addresses(response, answer, ra)
     writer = _Writer(question, question_wire)
     ends: list[int] = []
     for section in (response.answer, response.authority, response.additional):
@@ -269,14 +385,28 @@ def encode(question: Name, response: Response, question_wire: bytes | None = Non
         body[at:at + length] = lowered[qoffset - 12:qoffset - 12 + length]
     flags = _flags(response, ra)
     counts = (len(response.answer), len(response.authority), len(response.additional))
-    heads = []
-    heads_opt = []
-    for variant in range(4):
-        bits = flags | (_RD if variant & 1 else 0) | (_CD if variant & 2 else 0)
-        heads.append(_HEAD.pack(bits, 1, *counts))
-        heads_opt.append(_HEAD.pack(bits, 1, counts[0], counts[1], counts[2] + 1))
-    return Entry(tuple(heads), tuple(heads_opt), bytes(body), 12 + len(body),
-                 tuple(writer.spots), tuple(ends), counts, flags)
+    heads, heads_opt = _heads(flags, counts)
+    return Entry(heads, heads_opt, bytes(body), 12 + len(body), _intern(tuple(writer.spots)),
+                 _intern(tuple(ends)), _intern(counts), flags)
+
+
+def _encode_addresses(response: Response, answer: tuple[Record, ...], ra: bool) -> Entry:
+    """`encode` for the usual answer: A records of the question's name, nothing else (the
+    same bytes as the general writer: each owner is a pointer to the question)."""
+    parts = []
+    ends = []
+    size = 0
+    pack, pton, af = _A_HEAD.pack, socket.inet_pton, socket.AF_INET
+    for record in answer:
+        parts.append(b"\xc0\x0c" + pack(1, CLASS_IN, record.ttl, 4) + pton(af, record.data.address))
+        size += 16
+        ends.append(size)
+    body = b"".join(parts)
+    flags = _flags(response, ra)
+    counts = (len(answer), 0, 0)
+    heads, heads_opt = _heads(flags, counts)
+    return Entry(heads, heads_opt, body, 12 + size, (), _intern(tuple(ends)), _intern(counts),
+                 flags)
 
 
 def encode_shuffled(question: Name, response: Response, question_wire: bytes, *,
@@ -361,12 +491,27 @@ def _labels_of(name_wire: bytes) -> Name:
     return tuple(out)
 
 
+class _Settings(NamedTuple):
+    """What a table is built with besides the catalog: `update` builds the next one alike."""
+
+    zone: str
+    ttl: int
+    ns_addresses: tuple[str, ...]
+    udp_payload: int
+    pods: str
+    ignore_empty_service: bool
+    consul: ConsulOptions | None
+    forwarding: bool
+
+
 class Table:
     """The precomputed answers for one catalog plus the packet handler serving them.
 
     `pods`, `ignore_empty_service`: see `answer.Answerer`. `consul`: also serve the Consul
     domain (`consul.py`). `forwarding`: the server forwards names that are not ours, so
     replies say RA and ExternalName targets outside our zones are chased (`CHASE`).
+    `serial`: the SOA serial, by default the catalog's generation. `update` derives the
+    table of a next catalog.
     """
 
     def __init__(self, catalog: Catalog, zone: str, ttl: int, *,
@@ -375,46 +520,184 @@ class Table:
                  pods: str = PODS_DISABLED,
                  ignore_empty_service: bool = False,
                  consul: ConsulOptions | None = None,
-                 forwarding: bool = False) -> None:
-        self.answerer = Answerer(catalog, zone, ttl, ns_addresses=ns_addresses, pods=pods,
-                                 ignore_empty_service=ignore_empty_service)
-        self.consul: ConsulAnswerer | None = None
-        if consul is not None and consul.domain:
-            self.consul = ConsulAnswerer(catalog, consul, ns_addresses=ns_addresses)
-            if self.consul.zone == self.answerer.zone:
-                raise ValueError("the Consul domain must differ from the cluster zone")
+                 forwarding: bool = False,
+                 serial: int | None = None) -> None:
+        self.settings = _Settings(zone, ttl, tuple(ns_addresses), udp_payload, pods,
+                                  ignore_empty_service, consul, forwarding)
+        self.catalog = catalog
         self.generation = catalog.generation
+        self.serial = (catalog.generation if serial is None else serial) & 0xFFFFFFFF
+        answerer = Answerer(catalog, zone, ttl, ns_addresses=ns_addresses, pods=pods,
+                            ignore_empty_service=ignore_empty_service, serial=self.serial)
+        consul_answerer: ConsulAnswerer | None = None
+        if consul is not None and consul.domain:
+            consul_answerer = ConsulAnswerer(catalog, consul, ns_addresses=ns_addresses,
+                                             serial=self.serial)
+            if consul_answerer.zone == answerer.zone:
+                raise ValueError("the Consul domain must differ from the cluster zone")
         self.forwarding = forwarding
         self.udp_payload = max(MIN_UDP_PAYLOAD, udp_payload)
         self._opt = (_opt_record(self.udp_payload, False), _opt_record(self.udp_payload, True))
-        zones = [self._zone(self.answerer, self.answerer.dynamic_pods)]
-        if self.consul is not None:
-            zones.append(self._zone(self.consul, False))
+        self._use(answerer, consul_answerer)
+        self.entries: dict[bytes, Entry] = {}  # lower-case wire name + qtype + class
+        self.defaults: dict[bytes, Entry] = {}  # lower-case wire name: any other qtype
+        # Defaults of names with shuffled or chased answers: never served by the fast path.
+        self.slow_defaults: dict[bytes, Entry] = {}
+        self.shuffled: dict[bytes, Shuffled] = {}  # like `entries`: answers in random order
+        self.chases: set[bytes] = set()  # like `entries`: ExternalName targets to chase
+        self._skipped: dict[Name, str] = {}  # names that could not be encoded (not fatal)
+        self._refused = encode((), REFUSED, ra=forwarding)
+        self._servfail = encode((), SERVFAIL, ra=forwarding)
+        # Encoded responses shared between names: (zone offset or -1, response) -> entry,
+        # and the same by the response's identity (answerers hand out one object each).
+        self._shared: dict[tuple[int, Response], Entry] = {(-1, REFUSED): self._refused}
+        self._by_id: dict[tuple[int, int], tuple[Response, Entry]] = {}
+        # Absent names, by zone and by the byte offset of the zone in the name: at most 254
+        # shapes per zone.
+        self._negatives: dict[tuple[int, int], tuple[dict[int, Entry | Shuffled], Entry]] = {}
+        self._computed: dict[bytes, tuple[dict[int, Entry | Shuffled], Entry]] = {}
+        self.incremental = False  # True when `update` derived this table from another
+        self.encoded = 0  # names encoded to make this table
+        for index in reversed(range(len(self._zones))):  # the more specific zone wins a name
+            self._add_zone(index)
+
+    def _use(self, answerer: Answerer, consul: ConsulAnswerer | None) -> None:
+        self.answerer = answerer
+        self.consul = consul
+        zones = [self._zone(answerer, answerer.dynamic_pods)]
+        if consul is not None:
+            zones.append(self._zone(consul, False))
         self._zones = tuple(sorted(zones, key=lambda z: -len(z.labels)))  # most specific first
         # Zones inside zones (consul_domain under the cluster zone, or the reverse) may list
         # the same name twice: then the more specific zone's entries replace the other's.
         self._nested = any(inner.labels[len(inner.labels) - len(outer.labels):] == outer.labels
                            for inner in self._zones for outer in self._zones if inner is not outer)
-        self.entries: dict[bytes, Entry] = {}  # lower-case wire name + qtype + class
-        self.defaults: dict[bytes, Entry] = {}  # lower-case wire name: any other qtype
-        self.shuffled: dict[bytes, Shuffled] = {}  # like `entries`: answers in random order
-        self.chases: set[bytes] = set()  # like `entries`: ExternalName targets to chase
-        self.skipped: list[str] = []  # names that could not be encoded (reported, not fatal)
-        self._shared: dict[tuple[int, Response], Entry] = {}
-        # Absent names, by zone and by the byte offset of the zone in the name: at most 254
-        # shapes per zone.
-        self._negatives: dict[tuple[int, int], tuple[dict[int, Entry | Shuffled], Entry]] = {}
-        self._computed: dict[bytes, tuple[dict[int, Entry | Shuffled], Entry]] = {}
-        self._refused = encode((), REFUSED, ra=forwarding)
-        self._servfail = encode((), SERVFAIL, ra=forwarding)
-        for index in reversed(range(len(self._zones))):  # the more specific zone wins a name
-            for name in self._zones[index].answerer.names():
-                self._add(index, name)
 
     @staticmethod
     def _zone(answerer: Answerer | ConsulAnswerer, pods: bool) -> _Zone:
         return _Zone(answerer, answerer.zone, wire(answerer.zone),
                      tuple(upper(label) for label in answerer.zone), pods)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Names that could not be encoded, with the reason (reported, not fatal)."""
+        return list(self._skipped.values())
+
+    def _add_zone(self, index: int) -> None:
+        zone = self._zones[index]
+        answerer = zone.answerer
+        if isinstance(answerer, Answerer):
+            self._add_listed(answerer.listed(upper, zone.upper))
+        else:
+            for name in answerer.names():
+                self._add_name(index, name)
+
+    # --- the next catalog ---------------------------------------------------------------
+
+    def update(self, catalog: Catalog) -> Table:
+        """The table for `catalog`, derived from this one: only what changed is encoded
+        again (see the module's docstring). This table does not change; the caller swaps
+        the new one in. Builds afresh when deriving does not pay or does not apply.
+        """
+        previous = self.catalog
+        if catalog is previous:
+            return self
+        if self._nested or catalog.ready != previous.ready:
+            return self.rebuilt(catalog)
+        old, new = previous.services, catalog.services
+        changed: list[ServiceKey] = []
+        added = 0
+        get = old.get
+        for key, service in new.items():
+            before = get(key)
+            if before is not service and before != service:
+                changed.append(key)
+                added += before is None
+        if len(old) > len(new) - added:  # some services went
+            changed += [key for key in old if key not in new]
+        if len(changed) > max(FULL_BUILD_MIN, len(new) * FULL_BUILD_SHARE):
+            return self.rebuilt(catalog)
+        derived = self.answerer.derive(catalog, previous, changed)
+        if derived is None:
+            return self.rebuilt(catalog)
+        answerer, change = derived
+        consul = self.consul
+        if consul is not None and any(ConsulAnswerer.serves(old.get(key)) or
+                                      ConsulAnswerer.serves(new.get(key)) for key in changed):
+            assert self.settings.consul is not None
+            consul = ConsulAnswerer(catalog, self.settings.consul,
+                                    ns_addresses=self.settings.ns_addresses, serial=self.serial)
+        table = self._successor(catalog, answerer, consul)
+        table._apply(self, change)
+        return table
+
+    def rebuilt(self, catalog: Catalog) -> Table:
+        """A table built afresh for `catalog` with this one's settings (a new serial)."""
+        return Table(catalog, **self.settings._asdict())
+
+    def _successor(self, catalog: Catalog, answerer: Answerer, consul: ConsulAnswerer | None
+                   ) -> Table:
+        table = copy.copy(self)  # settings, OPT records, shared caches of entries...
+        table.catalog = catalog
+        table.generation = catalog.generation
+        table._use(answerer, consul)
+        table.entries = dict(self.entries)
+        table.defaults = dict(self.defaults)
+        table.slow_defaults = dict(self.slow_defaults)
+        table.shuffled = dict(self.shuffled)
+        table.chases = set(self.chases)
+        table._skipped = dict(self._skipped)
+        table._shared = dict(self._shared)
+        table._by_id = dict(self._by_id)
+        # Absent names answer the same (same zones, serial and readiness); pod names are
+        # answered from the catalog, so those are asked again.
+        table._negatives = dict(self._negatives)
+        table._computed = {}
+        table.incremental = True
+        table.encoded = 0
+        return table
+
+    def _apply(self, previous: Table, change: Change) -> None:
+        """Forget and encode again the names `change` touches, and the Consul names."""
+        old, new = previous.answerer, self.answerer
+        zone = next(z for z in self._zones if z.answerer is new)
+        for key in change.services:
+            self._forget_all(old.service_names(key))
+            self._add_listed(new.service_listed(key, upper, zone.upper))
+        for namespace in change.namespaces:
+            self._forget_all(old.namespace_names(namespace))
+            self._add_listed(new.namespace_listed(namespace, upper, zone.upper))
+        self._forget_all(old.reverse_names(change.addresses))
+        self._add_listed(new.reverse_listed(change.addresses, upper))
+        if self.consul is not None and self.consul is not previous.consul:
+            assert previous.consul is not None
+            index = next(i for i, z in enumerate(self._zones) if z.answerer is self.consul)
+            for name, exists in self.consul.changed_names(previous.consul):
+                self._forget_all((name,))
+                if exists:
+                    self._add_name(index, name)
+
+    def _forget_all(self, names: Iterable[Name]) -> None:
+        entries, shuffled, chases = self.entries, self.shuffled, self.chases
+        suffixes = tuple(_SUFFIXES.values())
+        for name in names:
+            self._skipped.pop(name, None)
+            try:
+                lname = wire(name)
+            except ValueError:
+                continue  # never stored
+            if self.defaults.pop(lname, None) is None and \
+                    self.slow_defaults.pop(lname, None) is None:
+                continue  # not stored (skipped): no key to remove
+            for suffix in suffixes:
+                key = lname + suffix
+                entries.pop(key, None)
+                if shuffled:
+                    shuffled.pop(key, None)
+                if chases:
+                    chases.discard(key)
+
+    # --- encoding names -----------------------------------------------------------------
 
     def _answers(self, zone: _Zone, spelled: Name) -> tuple[Answers | NotOurs, Name]:
         """The answers for a name of `zone`, and the zone as the name spells it."""
@@ -432,72 +715,115 @@ class Table:
                 return response
         return NOT_OURS
 
-    def _add(self, index: int, name: Name) -> None:
+    def _add_name(self, index: int, name: Name) -> None:
+        """Encode and store one listed name, asking its zone's answerer."""
         spelled = tuple(upper(label) for label in name)
         try:
-            key = wire(name)
             answers, zone = self._answers(self._zones[index], spelled)
-            if isinstance(answers, NotOurs):
-                raise ValueError("listed name is not ours")
-            default, by_type = self._encode_answers(spelled, key, zone, answers)
         except (ValueError, struct.error) as exc:
-            self.skipped.append(f"{'.'.join(name)}: {exc}")
+            self._skipped[name] = f"{'.'.join(name)}: {exc}"
             return
-        self.defaults[key] = default
-        special = self._nested or any(type(e) is Shuffled for e in by_type.values()) or (
+        if isinstance(answers, NotOurs):
+            self._skipped[name] = f"{'.'.join(name)}: listed name is not ours"
+            return
+        self._add(spelled, zone, answers)
+
+    def _add_listed(self, listed: Iterable[tuple[Name, Name, Answers]]) -> None:
+        add = self._add
+        for spelled, zone, answers in listed:
+            add(spelled, zone, answers)
+
+    def _add(self, spelled: Name, zone: Name, answers: Answers) -> None:
+        """Encode and store one name: `spelled` in upper case, its zone as spelled there."""
+        self.encoded += 1
+        try:
+            question = wire(spelled)
+            default, by_type = self._encode_answers(spelled, question, zone, answers)
+        except (ValueError, struct.error) as exc:
+            name = tuple(label.lower() for label in spelled)
+            self._skipped[name] = f"{'.'.join(name)}: {exc}"
+            return
+        lname = question.lower()
+        if lname in self.defaults or lname in self.slow_defaults:
+            self._forget_all((_labels_of(lname),))  # listed again (nested zones): last wins
+        refused = self._refused
+        special = any(type(e) is Shuffled for e in by_type.values()) or (
             self.forwarding and any(r.chase is not None for r in answers.by_type.values()))
         if not special:  # the common case, kept lean: the build is paid on every change
+            self.defaults[lname] = default
             entries = self.entries
-            for qtype in (*PRECOMPUTED_QTYPES, *by_type):
-                entries[key + qtype.to_bytes(2, "big") + _IN] = by_type.get(qtype, default)
+            for qtype, entry in by_type.items():
+                if entry is not default and (entry is not refused or
+                                             qtype not in _TRANSFER_QTYPES):
+                    entries[lname + (_SUFFIXES.get(qtype) or _suffix(qtype))] = entry
+            if default is not refused:  # transfers not named: the default, not REFUSED
+                for qtype in _TRANSFER_QTYPES:
+                    if qtype not in by_type:
+                        entries[lname + _SUFFIXES[qtype]] = default
             return
-        for qtype in (*PRECOMPUTED_QTYPES, *by_type):
-            full = key + qtype.to_bytes(2, "big") + _IN
+        self.slow_defaults[lname] = default
+        for qtype in {**by_type, **dict.fromkeys(_TRANSFER_QTYPES)}:
             encoded = by_type.get(qtype, default)
-            self.entries.pop(full, None)  # a name of a nested zone may replace the outer's
-            self.shuffled.pop(full, None)
-            self.chases.discard(full)
+            full = lname + _suffix(qtype)
             if isinstance(encoded, Shuffled):
                 self.shuffled[full] = encoded
             elif self.forwarding and answers.get(qtype).chase is not None:
                 self.chases.add(full)
-            else:
+            elif qtype in _TRANSFER_QTYPES:
+                if encoded is not refused:
+                    self.entries[full] = encoded
+            elif encoded is not default:
                 self.entries[full] = encoded
 
-    def _encode_answers(self, spelled: Name, key: bytes, zone: Name, answers: Answers
+    def _encode_answers(self, spelled: Name, question: bytes, zone: Name, answers: Answers
                         ) -> tuple[Entry, dict[int, Entry | Shuffled]]:
-        prefix = len(key) - len(wire(zone))
+        prefix = len(question) - _wire_length(zone)
         # Keyed by identity: the responses stay alive in `answers` for the whole loop.
         done: dict[int, Entry | Shuffled] = {}
         for response in (answers.default, *answers.by_type.values()):
             if id(response) not in done:
                 if response.shuffle:
-                    done[id(response)] = encode_shuffled(spelled, response, key,
+                    done[id(response)] = encode_shuffled(spelled, response, question,
                                                          ra=self.forwarding)
                 else:
-                    done[id(response)] = self._encode_for(spelled, key, prefix, zone, response)
+                    done[id(response)] = self._encode_for(spelled, question, prefix, zone,
+                                                          response)
         default = done[id(answers.default)]
         if isinstance(default, Shuffled):
-            default = self._encode_for(spelled, key, prefix, zone, shuffled(answers.default))
-        return default, {qtype: done[id(response)] for qtype, response in answers.by_type.items()}
+            default = self._encode_for(spelled, question, prefix, zone,
+                                       shuffled(answers.default))
+        return default, {qtype: done[id(response)]
+                         for qtype, response in answers.by_type.items()}
 
-    def _encode_for(self, spelled: Name, key: bytes, prefix: int, zone: Name,
+    def _encode_for(self, spelled: Name, question: bytes, prefix: int, zone: Name,
                     response: Response) -> Entry:
-        """Encode, sharing pure negatives (NODATA, NXDOMAIN) between names.
+        """Encode, sharing pure negatives (NODATA, NXDOMAIN) and empty responses between
+        names.
 
         A response whose only record is the zone SOA encodes the same for every question
         whose zone starts `prefix` bytes in: its names are the zone (a pointer there) and
         `ns.dns`/`hostmaster` + zone, whose lower-case labels never match the upper-case
-        question exactly, so nothing else from the question is referenced.
+        question exactly, so nothing else from the question is referenced. A response with
+        no record at all (REFUSED) encodes the same for every question.
         """
-        negative = (not response.answer and not response.additional
-                    and len(response.authority) == 1 and response.authority[0].name == zone)
-        if not negative:
-            return encode(spelled, response, key, ra=self.forwarding)
-        entry = self._shared.get((prefix, response))
+        known = self._by_id.get((prefix, id(response)))
+        if known is not None and known[0] is response:
+            return known[1]
+        if response.answer or response.additional:
+            return encode(spelled, response, question, ra=self.forwarding)
+        authority = response.authority
+        if not authority:
+            key = (-1, response)
+        elif len(authority) == 1 and authority[0].name == zone:
+            key = (prefix, response)
+        else:
+            return encode(spelled, response, question, ra=self.forwarding)
+        entry = self._shared.get(key)
         if entry is None:
-            entry = self._shared[(prefix, response)] = encode(spelled, response, key,
-                                                              ra=self.forwarding)
+            entry = self._shared[key] = encode(spelled, response, question, ra=self.forwarding)
+        if len(self._by_id) >= 4096:
+            self._by_id.clear()
+        self._by_id[(prefix, id(response))] = (response, entry)
         return entry
 
     # --- serving ------------------------------------------------------------------------
@@ -513,7 +839,15 @@ class Table:
             end = packet.find(0, 12) + 1
             # A stored key is a valid uncompressed name, so if the bytes from offset 12
             # equal one, a proper label walk ends at the same place: no walk needed here.
-            entry = self.entries.get(packet[12:end].lower() + packet[end:end + 4])
+            name = packet[12:end].lower()
+            entry = self.entries.get(name + packet[end:end + 4])
+            if entry is None:
+                # No entry of its own for this qtype: the name's default (class IN only;
+                # transfers are REFUSED, in `_miss`).
+                entry = self.defaults.get(name)
+                if entry is not None and (packet[end + 2:end + 4] != _IN or
+                                          packet[end:end + 2] in _TRANSFERS):
+                    entry = None
             if entry is not None:
                 qend = end + 4
                 count = packet[10:12]
@@ -587,9 +921,13 @@ class Table:
             if entry is None:
                 if key in self.chases:
                     return CHASE
-                entry = self.defaults.get(lname) or self._absent(packet, end, offsets, lname)
+                entry = self.defaults.get(lname) or self.slow_defaults.get(lname)
                 if entry is None:
-                    return NOT_OURS
+                    entry = self._absent(packet, end, offsets, lname)
+                    if entry is None:
+                        return NOT_OURS
+                elif packet[end:end + 2] in _TRANSFERS:
+                    entry = self._refused  # 52, for every name that exists
         if isinstance(entry, Shuffled):
             return self._emit_shuffled(packet, end + 4, entry, opt, limit)
         return self._emit(packet, end + 4, entry, opt, limit)

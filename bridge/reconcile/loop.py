@@ -1,4 +1,4 @@
-"""The reconciler: merge the sources, publish the catalog, bring the sinks in line.
+"""The reconciler: bring the sinks (Consul, and Kubernetes with `to_k8s`) in line.
 
 Level-triggered: each pass recomputes the full desired state from the current snapshots
 and applies only the difference from what the sink holds. The sink's contents are read
@@ -13,14 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
-from bridge.catalog.merge import merge
-from bridge.catalog.model import Catalog, Snapshot
+from bridge.catalog.model import Snapshot
 from bridge.catalog.plan import Plan, Registration, diff
 from bridge.catalog.to_consul import SyncOptions, desired
 from bridge.errors import BridgeError
@@ -32,8 +30,6 @@ log = logging.getLogger(__name__)
 
 PASSES = Counter("bridge_reconcile_passes_total", "Reconcile passes", ["reason"])
 PLANNED = Counter("bridge_reconcile_planned_total", "Planned Consul changes", ["op"])
-SERVICES = Gauge("bridge_catalog_services", "Services in the merged catalog")
-INSTANCES = Gauge("bridge_catalog_instances", "Instances in the merged catalog")
 SKIPPED = Counter("bridge_sync_skipped_total", "Services or endpoints not registered, with a logged reason")
 LAG = Histogram("bridge_sync_lag_seconds", "From a change arriving to its Consul write",
                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
@@ -67,20 +63,15 @@ class Mode:
 
 class Reconciler:
     def __init__(self, *, kube: Source, consul: Source | None, sink: Sink | None,
-                 publish: Callable[[Catalog], None], options: SyncOptions, trigger: Trigger,
-                 stop: threading.Event, resync_period: float, local_wins: bool = False,
+                 options: SyncOptions, trigger: Trigger, stop: threading.Event, resync_period: float,
                  mode: Mode | None = None, kube_sink: KubeSink | None = None) -> None:
         self._kube = kube
         self._consul = consul
         self._sink = sink
-        self._publish = publish
         self._options = options
         self._trigger = trigger
         self._stop = stop
         self._resync = resync_period
-        self._local_wins = local_wins
-        self._generation = 0
-        self._published: Catalog | None = None
         self._actual: dict[str, Registration] | None = None
         self.last_plan: Plan | None = None
         self.in_sync = False  # the last pass left Consul as desired (nothing failed or pending)
@@ -112,15 +103,6 @@ class Reconciler:
         PASSES.labels("resync" if resync else "change").inc()
         kube = self._kube.snapshot()
         consul = self._consul.snapshot() if self._consul else Snapshot(synced=True)
-        self._generation += 1
-        catalog = merge(kube, consul, local_wins=self._local_wins, generation=self._generation)
-        published = self._published
-        if published is None or published.services != catalog.services \
-                or published.ready != catalog.ready:
-            self._published = catalog
-            SERVICES.set(len(catalog.services))
-            INSTANCES.set(sum(len(s.instances) for s in catalog.services.values()))
-            self._publish(catalog)
         # Nothing is written, and so nothing deleted, before both sources listed completely.
         if self._sink is not None and kube.synced and consul.synced:
             self._sync_consul(kube, reread=resync, since=since)

@@ -106,7 +106,7 @@ def test_names_are_sanitised_and_collisions_resolved_the_same_way(world):
     converged(app)
     # "Billing_API" sorts first, so it keeps the plain label; the other gets a digest suffix.
     assert a_records(app, "billing-api.consul.svc.cluster.local.") == {"192.0.2.41"}
-    labels = [key.name for key in app.reconciler._published.services if key.name.startswith("billing-api-")]
+    labels = [key.name for key in app.publisher.published.services if key.name.startswith("billing-api-")]
     assert len(labels) == 1, labels
     assert a_records(app, f"{labels[0]}.consul.svc.cluster.local.") == {"192.0.2.42"}
     assert counter("bridge_consul_name_collisions_total") > before

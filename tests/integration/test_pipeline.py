@@ -73,6 +73,8 @@ def test_nothing_is_pulled_back_from_our_own_registrations(world):
     converged(app)
     assert mirrored(world) == PODS
     assert app.consul is not None
+    assert "php-apache-svc" not in app.consul.watched, "a service only we register needs no watcher"
+    assert "billing" in app.consul.watched
     for service in app.consul.snapshot().services.values():
         for instance in service.instances:
             assert instance.address not in PODS, f"{service.key} pulled back {instance}"

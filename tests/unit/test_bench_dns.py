@@ -198,3 +198,34 @@ def test_indexed_table_files_keys_by_namespace_and_allocations():
     assert not table.allocating and not table.by_ns["a"] and dict(table) == {("b", "y"): headless}
     with pytest.raises(NotImplementedError):
         table.update({})
+
+
+def test_combine_weights_runs_by_time_and_merges_samples():
+    one = bench.PerfResult("bridge", qps=100.0, avg_ms=1.0, lost=1, sent=1001, completed=1000,
+                           run_time=10.0, rcodes={"NOERROR": 1000}, samples=[0.001] * 99)
+    two = bench.PerfResult("bridge", qps=300.0, avg_ms=3.0, lost=0, sent=3000, completed=3000,
+                           run_time=10.0, rcodes={"NOERROR": 2990, "NXDOMAIN": 10},
+                           samples=[0.003])
+    both = bench.combine([one, two])
+    assert both.qps == pytest.approx(200.0)
+    assert both.avg_ms == pytest.approx(2.5)
+    assert (both.lost, both.sent) == (1, 4001)
+    assert both.rcodes == {"NOERROR": 3990, "NXDOMAIN": 10}
+    assert both.p99_ms == pytest.approx(1.0) and both.p50_ms == pytest.approx(1.0)
+    assert bench.combine([one]) is one
+
+
+def test_others_cores_counts_only_processes_outside_the_bench():
+    before = {1: 10.0, 2: 5.0, 3: 1.0}
+    after = {1: 12.0, 2: 9.0, 4: 7.0}  # 3 ended, 4 started: neither is counted
+    assert bench.others_cores(before, after, ours={2}, seconds=4.0) == pytest.approx(0.5)
+    assert bench.others_cores(before, after, ours=set(), seconds=0.0) == 0.0
+
+
+def test_change_delay_percentiles_count_unseen_changes_as_lower_bounds():
+    result = bench.ChangeResult(latencies=[0.01] * 98, unseen_floors=[5.0, 6.0])
+    assert result.delay(50) == (0.01, False)
+    assert result.delay(99) == (5.0, True)
+    assert result.delay_text(99) == ">= 5,000 ms"
+    assert result.delay_text(50) == "10 ms"
+    assert bench.ChangeResult().delay(50)[0] != bench.ChangeResult().delay(50)[0]  # nan
