@@ -37,19 +37,26 @@ import io
 import ipaddress
 import json
 import logging
+import os
 import pstats
 import random
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter, defaultdict
+import urllib.error
+import urllib.request
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client import REGISTRY
 
 from bridge import config
@@ -59,6 +66,8 @@ from bridge.testing.consul import ConsulServer
 from bridge.testing.kube import KubeAPIServer
 from bridge.testing.kube.store import MERGE_PATCH, Store
 
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
 CLUSTER_ID = "bench"
 NODE = f"k8s-sync-{CLUSTER_ID}"
 PER_NAMESPACE = 50
@@ -229,6 +238,164 @@ def check_cluster(kube: KubeAPIServer, services: list[Svc]) -> dict[str, Any]:
             "headless": headless}
 
 
+class _NodeChecks(list):  # type: ignore[type-arg]
+    """One node's checks in check-ID order, also filed by service ID."""
+
+    node_level: list[Any]
+    by_service: dict[str, list[Any]]
+
+
+class _TablesIndex:
+    """Secondary indexes of one committed `Tables` value (committed tables are never
+    modified in place: every write commits a new copy), each built on first use."""
+
+    def __init__(self, tables: Any) -> None:
+        self.tables = tables
+        self._keys_by_name: dict[str, list[Any]] | None = None
+        self._named: dict[str, list[Any]] = {}
+        self._node_checks: dict[str, _NodeChecks] = {}
+
+    def named(self, name: str) -> list[Any]:
+        """Instances of a service name, in key order (as `catalog.services_named`)."""
+        wanted = name.lower()
+        found = self._named.get(wanted)
+        if found is None:
+            if self._keys_by_name is None:
+                by_name: dict[str, list[Any]] = defaultdict(list)
+                for key, svc in self.tables.services.items():
+                    by_name[svc["ServiceName"].lower()].append(key)
+                self._keys_by_name = by_name
+            keys = sorted(self._keys_by_name.get(wanted, ()))
+            found = self._named[wanted] = [self.tables.services[k] for k in keys]
+        return found
+
+    def checks_of(self, node: str) -> _NodeChecks | None:
+        """One node's checks in check-ID order (as `catalog.checks_by_node`), filed by service."""
+        if node not in self._node_checks:
+            checks = _NodeChecks(self.tables.checks[k]
+                                 for k in sorted(k for k in self.tables.checks if k[0] == node))
+            checks.node_level = [c for c in checks if not c["ServiceID"]]
+            checks.by_service = defaultdict(list)
+            for c in checks:
+                if c["ServiceID"]:
+                    checks.by_service[c["ServiceID"].lower()].append(c)
+            self._node_checks[node] = checks
+        found = self._node_checks[node]
+        return found if found else None
+
+
+def index_consul(consul: ConsulServer) -> Callable[[list[str]], bool]:
+    """Make the Consul test server's `/v1/health/service/<name>` cost what it costs in Consul.
+
+    The test server wakes every blocked query on every write (one Condition) and each one
+    re-runs its whole query: a scan of every service, a sort of every check of the node,
+    and a scan of the node's checks per instance. A bridge that keeps one blocking query
+    per Consul service (as the bridge did at 611ad2e: 2,000 here, on 10,000 instances)
+    then costs ~2,000 x O(10,000) work per txn in this process, and the first sync did not
+    finish in 10 minutes. Consul's memdb wakes only the watchers whose index moved.
+
+    Here, in the `api_health` module only: `services_named`, `checks_by_node` and
+    `checks_of_instance` answer from `_TablesIndex` (same records, same order), and a woken
+    `/v1/health/service/<name>` query first computes its index exactly as the endpoint
+    does and goes back to sleep, without re-rendering, while it has not passed the
+    client's index. Answers and indexes are unchanged; returns a checker comparing the
+    indexed helpers with the originals for some service names.
+    """
+    from bridge.testing.consul import api_health, catalog, query
+    from bridge.testing.consul.errors import Abort
+
+    cache: list[_TablesIndex | None] = [None]
+    lock = threading.Lock()
+
+    def index_of(tables: Any) -> _TablesIndex:
+        with lock:
+            current = cache[0]
+            if current is None or current.tables is not tables:
+                current = cache[0] = _TablesIndex(tables)
+            return current
+
+    def services_named(tables: Any, name: str) -> list[Any]:
+        return list(index_of(tables).named(name))
+
+    def checks_by_node(tables: Any, nodes: set[str]) -> dict[str, list[Any]]:
+        index = index_of(tables)
+        found = {node: index.checks_of(node) for node in sorted(nodes)}
+        return {node: checks for node, checks in found.items() if checks is not None}
+
+    def checks_of_instance(node_checks: list[Any], service_id: str) -> list[Any]:
+        if isinstance(node_checks, _NodeChecks):
+            return node_checks.node_level + node_checks.by_service.get(service_id.lower(), [])
+        return catalog.checks_of_instance(node_checks, service_id)
+
+    def service_index(tables: Any, name: str) -> int:
+        # health_service's `evaluate` (no ?tag): the index it reports, and nothing else.
+        instances = services_named(tables, name)
+        if instances:
+            names = {s["ServiceName"] for s in instances}
+            return max(catalog.index_for_service(tables, n, True, checks=True) for n in names)
+        return catalog.index_for_service(tables, name, False, checks=True)
+
+    def run_query(api: Any, req: Any, opts: Any, evaluate: Callable[[Any], Any]) -> Any:
+        prefix = "/v1/health/service/"
+        if not req.path.startswith(prefix) or req.has("tag") or opts.min_index == 0:
+            return query.run_query(api, req, opts, evaluate)
+        name = req.path.removeprefix(prefix)
+        store, faults = api.store, api.faults
+        # query.run_query, with one addition marked below.
+        with store.cond:
+            result = query._evaluate(store.tables, evaluate)
+            if result.index > opts.min_index:
+                return result
+            started = time.monotonic()
+            deadline = started + query.query_timeout(api, opts.wait_ns)
+            drop_generation = faults.drop_generation
+            while True:
+                if store.closing or req.conn.closed or faults.drop_generation != drop_generation:
+                    raise Abort()
+                now = time.monotonic()
+                drop_after = faults.drop_blocking_after
+                if drop_after is not None and now - started >= drop_after:
+                    raise Abort()
+                remaining = deadline - now
+                if remaining <= 0:
+                    return result
+                if drop_after is not None:
+                    remaining = min(remaining, started + drop_after - now)
+                store.cond.wait(remaining)
+                # Added: the index alone first; the full query only once it moved.
+                if max(service_index(store.tables, name), 1) <= opts.min_index:
+                    continue
+                result = query._evaluate(store.tables, evaluate)
+                if result.index > opts.min_index:
+                    return result
+
+    api_health.services_named = services_named
+    api_health.checks_by_node = checks_by_node
+    api_health.checks_of_instance = checks_of_instance
+    api_health.run_query = run_query
+
+    def same(names: list[str]) -> bool:
+        state = consul.state
+        with state.lock:
+            tables = state.tables
+            for name in names:
+                if services_named(tables, name) != catalog.services_named(tables, name):
+                    return False
+                nodes = {s["Node"].lower() for s in catalog.services_named(tables, name)}
+                ours, theirs = checks_by_node(tables, nodes), catalog.checks_by_node(tables, nodes)
+                if ours != theirs:
+                    return False
+                for node, checks in theirs.items():
+                    for svc in catalog.services_named(tables, name):
+                        if svc["Node"].lower() == node and checks_of_instance(
+                                ours[node], svc["ServiceID"]) != catalog.checks_of_instance(
+                                checks, svc["ServiceID"]):
+                            return False
+        return True
+
+    return same
+
+
 # ========================================================================================
 # Consul: what it holds, what it was asked
 # ========================================================================================
@@ -239,7 +406,9 @@ def consul_ours(consul: ConsulServer) -> tuple[dict[str, dict[str, Any]], dict[s
     state = consul.state
     with state.lock:
         tables = state.tables
-        services = {sid: rec for (node, sid), rec in tables.services.items() if node == NODE}
+        # Records use the Go field names of structs.ServiceNode / HealthCheck.
+        services = {rec["ServiceID"]: rec for (node, _), rec in tables.services.items()
+                    if node == NODE}
         checks = {rec.get("ServiceID", ""): rec.get("Status", "")
                   for (node, _), rec in tables.checks.items() if node == NODE}
     return services, checks
@@ -264,10 +433,10 @@ def verify_consul(consul: ConsulServer, services: list[Svc]) -> tuple[int, list[
             want_status = "passing" if ready else "critical"
             if rec is None:
                 problems.append(f"missing {sid} ({svc.name} {ip})")
-            elif rec.get("Address") != ip or rec.get("Port") != TARGET_PORT \
-                    or rec.get("Service") != svc.name:
-                problems.append(f"wrong {sid}: {rec.get('Service')} {rec.get('Address')}:"
-                                f"{rec.get('Port')}")
+            elif rec.get("ServiceAddress") != ip or rec.get("ServicePort") != TARGET_PORT \
+                    or rec.get("ServiceName") != svc.name:
+                problems.append(f"wrong {sid}: {rec.get('ServiceName')} "
+                                f"{rec.get('ServiceAddress')}:{rec.get('ServicePort')}")
             elif checks.get(sid) != want_status:
                 problems.append(f"check of {sid} is {checks.get(sid)!r}, want {want_status}")
             else:
@@ -385,6 +554,66 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+class TxnTimes:
+    """Times every /v1/txn: as the bridge's client sees it (send -> parsed answer) and as
+    the Consul test server spends it (routing -> answer built). Measurement only."""
+
+    def __init__(self, consul: ConsulServer) -> None:
+        self.client: list[tuple[float, float]] = []  # (start, end), perf_counter
+        self.server: list[float] = []
+        self.server_spans: list[tuple[float, float]] = []  # (start, end), wall clock
+        original = consul.router.dispatch
+
+        def dispatch(req: Any) -> Any:
+            if req.path != "/v1/txn":
+                return original(req)
+            began, wall = time.perf_counter(), time.time()
+            try:
+                return original(req)
+            finally:
+                took = time.perf_counter() - began
+                self.server.append(took)
+                self.server_spans.append((wall, wall + took))
+
+        consul.router.dispatch = dispatch  # type: ignore[method-assign]
+
+    def attach(self, app: App) -> None:
+        original = app.consul_client.txn
+
+        def txn(operations: list[dict[str, Any]]) -> Any:
+            began = time.perf_counter()
+            try:
+                return original(operations)
+            finally:
+                self.client.append((began, time.perf_counter()))
+
+        app.consul_client.txn = txn  # type: ignore[method-assign]
+
+    def busy(self, start: float, end: float) -> float:
+        """Seconds of [start, end] (wall clock) the Consul test server spent handling txns."""
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in self.server_spans)
+
+    def mark(self) -> tuple[int, int]:
+        return len(self.client), len(self.server)
+
+    def report(self, since: tuple[int, int]) -> str:
+        client = self.client[since[0]:]
+        server = self.server[since[1]:]
+        if not server:
+            return "no txns"
+        own = (f"Consul test server's own handling of a txn p50 {pct(server, 50) * 1000:.0f} ms, "
+               f"max {max(server) * 1000:.0f} ms, sum {sum(server):.1f} s")
+        if not client:
+            return own
+        rtt = [b - a for a, b in client]
+        gaps = [client[i + 1][0] - client[i][1] for i in range(len(client) - 1)]
+        text = (f"txn round trip (bridge's client) p50 {pct(rtt, 50) * 1000:.0f} ms, max "
+                f"{max(rtt) * 1000:.0f} ms, sum {sum(rtt):.1f} s; {own}")
+        if gaps:
+            text += f"; bridge time between txns p50 {pct(gaps, 50) * 1000:.1f} ms"
+        return text
+
+
 class StepProfile:
     """cProfile of every reconcile pass (in the reconciler's own thread), while enabled."""
 
@@ -421,28 +650,40 @@ class StepProfile:
 # The phases
 # ========================================================================================
 
-def phase_converge(app: App, consul: ConsulServer, services: list[Svc], expected: int,
-                   timeout: float, started: float) -> dict[str, float | None]:
+def phase_converge(bridge: Bridge, consul: ConsulServer, services: list[Svc], expected: int,
+                   timeout: float, started: float, since: int) -> dict[str, float | None]:
+    """Milestones (seconds after `started`); `since` is the Consul request-log position at
+    the start, so only this run's txns count."""
     marks: dict[str, float | None] = {"kube synced": None, "ready": None, "first txn": None,
                                       "all registered": None, "converged": None}
+    poll = 0.02 if isinstance(bridge, InProcessBridge) else 0.1
     deadline = started + timeout
+    next_note = started + 30
+    seen = since
     while time.monotonic() < deadline:
         now = time.monotonic() - started
-        if marks["kube synced"] is None and app.kube.synced:
+        if marks["kube synced"] is None and bridge.kube_synced():
             marks["kube synced"] = now
-        if marks["ready"] is None and app.ready:
+        if marks["ready"] is None and bridge.ready():
             marks["ready"] = now
-        if marks["first txn"] is None and consul.requests.find(method="PUT", path="/v1/txn"):
-            marks["first txn"] = now
+        if marks["first txn"] is None:
+            records = consul.requests.records()
+            if any(r.method == "PUT" and r.path == "/v1/txn" for r in records[seen:]):
+                marks["first txn"] = now
+            seen = len(records)
         n = count_ours(consul)
+        if time.monotonic() >= next_note:
+            say(f"  ... {now:.0f}s: {n}/{expected} instances in Consul")
+            next_note += 30
         if marks["all registered"] is None and n >= expected:
             marks["all registered"] = now
-        if n >= expected and app.reconciler.converged:
+        if marks["converged"] is None and n >= expected and bridge.converged():
             good, _ = verify_consul(consul, services)
             if good == expected:
                 marks["converged"] = time.monotonic() - started
-                break
-        time.sleep(0.02)
+        if marks["converged"] is not None and marks["ready"] is not None:
+            break
+        time.sleep(poll)
     return marks
 
 
@@ -544,9 +785,255 @@ def attribute_ops(changes: list[Change], records: list[Any]) -> tuple[Counter[st
     return ops_by, regs_by, stray
 
 
+def pass_anatomy(app: App, repeat: int = 3) -> list[tuple[str, float]]:
+    """The pieces of one reconcile pass (and of DNS publishing), timed one by one in this
+    thread (best of `repeat`) while the bridge has nothing to do. Reads the bridge's
+    inputs; writes and publishes nothing. Tolerates the DNS publisher living in the
+    reconciler (older code) or in a thread of its own."""
+    from bridge.catalog.merge import merge
+    from bridge.catalog.model import Snapshot
+    from bridge.catalog.plan import diff
+    from bridge.catalog.to_consul import desired
+
+    rec = app.reconciler
+    options = rec._options
+    actual = rec._actual or {}
+    published = getattr(rec, "_published", None) or getattr(
+        getattr(app, "publisher", None), "published", None)
+    own_thread = hasattr(app, "publisher")
+    dns_where = "DNS publisher thread" if own_thread else "reconcile pass"
+    timings: dict[str, float] = defaultdict(lambda: float("inf"))
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        began = time.perf_counter()
+        value = fn()
+        timings[name] = min(timings[name], time.perf_counter() - began)
+        return value
+
+    for _ in range(repeat):
+        kube = timed("kube snapshot (join services + slices)", app.kube.snapshot)
+        consul = timed("consul snapshot", app.consul.snapshot) if app.consul else Snapshot(synced=True)
+        catalog = timed(f"merge ({dns_where})", lambda: merge(kube, consul, generation=0))  # noqa: B023
+        if published is not None:
+            timed(f"catalog compare, published vs new ({dns_where})",
+                  lambda: published.services == catalog.services)  # noqa: B023
+        if hasattr(app.dns, "_build"):
+            timed(f"DNS table built from scratch for the whole catalog ({dns_where})",
+                  lambda: app.dns._build(catalog))  # noqa: B023
+        wanted = timed("desired registrations", lambda: desired(kube, options))  # noqa: B023
+        timed("diff against the last known Consul state", lambda: diff(wanted, actual))  # noqa: B023
+    return list(timings.items())
+
+
+def code_version() -> str:
+    """HEAD and whether bridge/ differs from it: the tree may be edited while benchmarks run."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "?"
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "bridge").splitlines()]
+    if not changed:
+        return f"{head} (bridge/ as committed)"
+    digest = git("diff", "HEAD", "--", "bridge")
+    import hashlib
+
+    mark = hashlib.sha1(digest.encode()).hexdigest()[:8]
+    return (f"{head} + uncommitted changes in {len(changed)} files of bridge/ (diff sha1 {mark}): "
+            + ", ".join(changed))
+
+
+# ========================================================================================
+# The bridge under test: in this process, or `bridge run` in a child process
+# ========================================================================================
+
+def watcher_threads() -> int:
+    """This process's Consul watcher threads (the bridge's, not the test server's)."""
+    return sum(1 for t in threading.enumerate()
+               if t.name.startswith("consul-") and not t.name.startswith("consul-fake"))
+
+
+class InProcessBridge:
+    """`App` in this process: reads the reconciler directly, times its passes and txns."""
+
+    where = "in this process (App)"
+
+    def __init__(self, kubeconfig: Path, consul: ConsulServer, txn_times: TxnTimes,
+                 profile: bool, settings: dict[str, Any]) -> None:
+        self.app = start_bridge(kubeconfig, consul, **settings)
+        txn_times.attach(self.app)
+        self.prof = StepProfile(self.app)
+        self.prof.enabled = profile
+        self._stopped = False
+
+    def kube_synced(self) -> bool:
+        return self.app.kube.synced
+
+    def ready(self) -> bool:
+        return self.app.ready
+
+    def converged(self) -> bool:
+        return self.app.reconciler.converged
+
+    def value(self, name: str, **labels: str) -> float:
+        return metric(name, **labels)
+
+    def passes(self, reason: str) -> float:
+        return self.value("bridge_reconcile_passes_total", reason=reason)
+
+    def lag_metric(self) -> tuple[float, float]:
+        return self.value("bridge_sync_lag_seconds_sum"), self.value("bridge_sync_lag_seconds_count")
+
+    def pass_seconds(self) -> list[float] | None:
+        return list(self.prof.seconds)
+
+    def reset_passes(self) -> None:
+        self.prof.seconds.clear()
+        self.prof.profile = cProfile.Profile()
+
+    def anatomy(self) -> list[tuple[str, float]] | None:
+        return pass_anatomy(self.app)
+
+    def pool_full(self, counter: PoolFull) -> int:
+        return counter.count
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self.app.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ProcessBridge:
+    """`bridge run` in a child process (its own interpreter and GIL); observed through
+    /readyz, /metrics and the test servers' request logs."""
+
+    where = "in a child process (bridge run)"
+
+    def __init__(self, workdir: Path, kubeconfig: Path, consul: ConsulServer,
+                 settings: dict[str, Any]) -> None:
+        self.http = f"127.0.0.1:{free_port()}"
+        flat = {"kubernetes.kubeconfig": str(kubeconfig), "consul.address": consul.url,
+                "cluster_id": CLUSTER_ID, "dns.listen": f"127.0.0.1:{free_port()}",
+                "http.listen": self.http, "log.level": "warning", **settings}
+        nested: dict[str, Any] = {}
+        for key, value in flat.items():
+            if "." in key:
+                section, name = key.split(".", 1)
+                nested.setdefault(section, {})[name] = value
+            else:
+                nested[key] = value
+        path = workdir / f"bridge-{time.monotonic_ns()}.yaml"
+        path.write_text(yaml.safe_dump(nested))
+        self.lines: deque[str] = deque(maxlen=50)
+        self.pool_full_lines = 0
+        self.proc = subprocess.Popen([str(VENV_BIN / "bridge"), "run", "--config", str(path)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._reader = threading.Thread(target=self._read, name="bench-bridge-output",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "Connection pool is full" in line:
+                self.pool_full_lines += 1
+            else:
+                self.lines.append(line.rstrip())
+
+    def _get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def kube_synced(self) -> bool:
+        code, body = self._get("/readyz")
+        return code == 200 or (code == 503 and "kubernetes list" not in body)
+
+    def ready(self) -> bool:
+        return self._get("/readyz")[0] == 200
+
+    def converged(self) -> bool:
+        # No in-process view: ready, and the caller checks Consul holds exactly what it should.
+        return self.ready()
+
+    def _metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        code, body = self._get("/metrics")
+        out = {}
+        if code == 200:
+            for family in text_string_to_metric_families(body):
+                for sample in family.samples:
+                    out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return out
+
+    def value(self, name: str, **labels: str) -> float:
+        return self._metrics().get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def passes(self, reason: str) -> float:
+        return self.value("bridge_reconcile_passes_total", reason=reason)
+
+    def lag_metric(self) -> tuple[float, float]:
+        m = self._metrics()
+        return m.get(("bridge_sync_lag_seconds_sum", ()), 0.0), \
+            m.get(("bridge_sync_lag_seconds_count", ()), 0.0)
+
+    def pass_seconds(self) -> list[float] | None:
+        return None
+
+    def reset_passes(self) -> None:
+        pass
+
+    def anatomy(self) -> list[tuple[str, float]] | None:
+        return None
+
+    def pool_full(self, counter: PoolFull) -> int:
+        return self.pool_full_lines
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+Bridge = InProcessBridge | ProcessBridge
+
+
 # ========================================================================================
 # Main
 # ========================================================================================
+
+class PoolFull(logging.Filter):
+    """Counts urllib3's "Connection pool is full, discarding connection" warnings (one per
+    response whose connection could not go back to the pool) and keeps them off stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Connection pool is full"):
+            self.count += 1
+            return False
+        return True
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/sync", description=__doc__.split("\n\n")[0])
@@ -560,22 +1047,50 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per phase")
     p.add_argument("--no-index", action="store_true",
                    help="leave the test server's store unindexed (its live() sorts every table)")
+    p.add_argument("--no-consul-index", action="store_true",
+                   help="leave the Consul test server's health queries unindexed (every write "
+                        "re-runs every blocked query in full)")
     p.add_argument("--profile", action="store_true",
                    help="cProfile the reconciler's passes in each phase and print the top entries")
+    p.add_argument("--bridge-process", action="store_true",
+                   help="run the bridge as `bridge run` in a child process (its own GIL) "
+                        "instead of in this process next to the test servers")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra bridge setting for every run, e.g. --set sync.quiet_period=0.05")
     return p.parse_args(argv)
 
 
+
+
+def _ms(value: float) -> str:
+    return f"{value * 1000:.0f} ms"
+
+
+def _marks(marks: dict[str, float | None]) -> None:
+    for name, value in marks.items():
+        print(f"    {name:16s} {'-' if value is None else f'{value:8.2f} s'}")
+
+
+def _passes(text: str, seconds: list[float] | None) -> None:
+    if seconds:
+        print(f"    reconcile passes{text}: {len(seconds)}, mean {_ms(statistics.mean(seconds))}, "
+              f"longest {_ms(max(seconds))}, total {sum(seconds):.2f} s")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    extra = dict(kv.split("=", 1) for kv in args.set)
+    pool_full = PoolFull()
+    logging.getLogger("urllib3.connectionpool").addFilter(pool_full)
+    extra: dict[str, Any] = dict(kv.split("=", 1) for kv in args.set)
+    sync_settings = config.build(environ={}, flags=extra).sync
     services = make_services(args.services, args.endpoints)
     expected = args.services * args.endpoints
-    summary: dict[str, Any] = {}
+    load_at_start = os.getloadavg()
+    version = code_version()
+    say(f"code: {version}")
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-sync-")))
         kube = KubeAPIServer(host="127.0.0.1", port=0, history_size=200_000,
@@ -585,149 +1100,199 @@ def main(argv: list[str]) -> int:
         stack.callback(kube.stop)
         consul = ConsulServer(host="127.0.0.1", port=0, jitter=False).start()
         stack.callback(consul.stop)
+        consul_same = None if args.no_consul_index else index_consul(consul)
+        txn_times = TxnTimes(consul)
         say(f"test servers up: kube {kube.url}, consul {consul.url}")
 
-        # --- 1. the cluster ----------------------------------------------------------------
+        # --- the cluster ---------------------------------------------------------------------
         say(f"loading {args.services} headless Services x {args.endpoints} ready Pods "
             f"({'namespace-indexed store' if same_order else 'unindexed store'}) ...")
         load_s = load_cluster(kube, services)
         facts = check_cluster(kube, services)
         order_ok = same_order() if same_order else None
         say(f"loaded in {load_s:.1f}s: {facts}; index order = original: {order_ok}")
-        summary["load"] = (load_s, facts, order_ok)
         kubeconfig = kube.write_kubeconfig(workdir / "kubeconfig")
         kube.clear_requests()
         consul.requests.clear()
 
-        # --- 2. first convergence -------------------------------------------------------------
-        say("starting the bridge; waiting for first full convergence ...")
+        bridges: list[Bridge] = []
+        stack.callback(lambda: [b.stop() for b in bridges])
+
+        def start(settings: dict[str, Any]) -> Bridge:
+            bridge: Bridge
+            if args.bridge_process:
+                bridge = ProcessBridge(workdir, kubeconfig, consul, settings)
+            else:
+                bridge = InProcessBridge(kubeconfig, consul, txn_times, args.profile, settings)
+            bridges.append(bridge)
+            return bridge
+
+        # --- 1. first convergence -------------------------------------------------------------
+        say(f"starting the bridge {'in a child process' if args.bridge_process else 'in-process'}; "
+            f"waiting for first full convergence ...")
         w0 = Window.now(consul, kube)
+        tx0 = txn_times.mark()
         started = time.monotonic()
-        app = start_bridge(kubeconfig, consul, **extra)
-        prof = StepProfile(app)
-        prof.enabled = args.profile
-        stopped = False
-
-        def stop_app() -> None:
-            if not stopped:
-                app.stop()
-
-        stack.callback(stop_app)
-        marks = phase_converge(app, consul, services, expected, args.timeout, started)
+        bridge = start(extra)
+        marks = phase_converge(bridge, consul, services, expected, args.timeout, started,
+                               w0.consul)
         w1 = Window.now(consul, kube)
+        txn_converge = txn_times.report(tx0)
+        server_txn_converge = sum(txn_times.server[tx0[1]:])
+        pool_full_converge = bridge.pool_full(pool_full)
+        passes_converge = bridge.pass_seconds()
         good, problems = verify_consul(consul, services)
         say(f"convergence: {marks}; {good}/{expected} instances exactly right")
         for line in problems[:10]:
             say(f"  problem: {line}")
-        passes_converge = list(prof.seconds)
-        summary["converge"] = (marks, good)
-        # What the bridge keeps doing right after (the Consul source following what we wrote).
-        time.sleep(5)
+        sample = [svc.name for svc in services[:: max(1, len(services) // 20)]] + ["consul"]
+        consul_order_ok = consul_same(sample) if consul_same else None
+        say(f"Consul health index answers = original ones for {len(sample)} names: "
+            f"{consul_order_ok}")
+        time.sleep(5)  # what the bridge keeps doing right after
         w1b = Window.now(consul, kube)
-        if args.profile:
-            prof.print("first convergence")
-            prof.profile = cProfile.Profile()
+        if args.profile and isinstance(bridge, InProcessBridge):
+            bridge.prof.print("first convergence")
+        bridge.reset_passes()
 
-        # --- 3. endpoint changes ------------------------------------------------------------------
+        # --- 2. endpoint changes --------------------------------------------------------------
         changes = plan_changes(services, args.changes, args.seed)
         say(f"applying {len(changes)} endpoint changes "
             f"({'as fast as possible' if args.rate <= 0 else f'{args.rate:g}/s'}), "
             f"each on a different Service ...")
-        prof.seconds.clear()
         w2 = Window.now(consul, kube)
-        lag_before = (metric("bridge_sync_lag_seconds_sum"), metric("bridge_sync_lag_seconds_count"))
+        tx2 = txn_times.mark()
+        lag_before = bridge.lag_metric()
+        publish_before = (bridge.value("bridge_dns_publish_seconds_sum"),
+                          bridge.value("bridge_dns_publish_seconds_count"))
         write_s, late = apply_changes(kube, changes, args.rate)
         deadline = time.monotonic() + args.timeout
         lags: dict[int, float] = {}
         while time.monotonic() < deadline:
             lags = match_changes(changes, consul.requests.records()[w2.consul:])
-            if len(lags) == len(changes) and app.reconciler.converged:
+            if len(lags) == len(changes) and bridge.converged():
                 break
             time.sleep(0.05)
         time.sleep(1.0)  # anything else the bridge writes because of these changes
         w3 = Window.now(consul, kube)
         crecs = consul.requests.records()[w2.consul:w3.consul]
+        txn_change = txn_times.report(tx2)
+        # The same lags without the time Consul's txn handler was busy meanwhile: the test
+        # server is far slower than Consul at this size (see the txn handling times).
+        lags_net = {k: lag - txn_times.busy(changes[k].written, changes[k].written + lag)
+                    for k, lag in lags.items()}
         good2, problems2 = verify_consul(consul, services)
         say(f"changes written in {write_s:.2f}s ({late} more than 50 ms late); "
             f"{len(lags)}/{len(changes)} seen in Consul; {good2}/{expected} instances right")
         for line in problems2[:10]:
             say(f"  problem: {line}")
-        lag_after = (metric("bridge_sync_lag_seconds_sum"), metric("bridge_sync_lag_seconds_count"))
-        passes_change = list(prof.seconds)
-        if args.profile:
-            prof.print("endpoint changes")
-            prof.profile = cProfile.Profile()
+        lag_after = bridge.lag_metric()
+        publish_after = (bridge.value("bridge_dns_publish_seconds_sum"),
+                         bridge.value("bridge_dns_publish_seconds_count"))
+        passes_change = bridge.pass_seconds()
+        if args.profile and isinstance(bridge, InProcessBridge):
+            bridge.prof.print("endpoint changes")
+        anatomy = None
+        if isinstance(bridge, InProcessBridge):
+            say("timing the pieces of one reconcile pass while the bridge is idle ...")
+            anatomy = bridge.anatomy()
 
-        # --- 4. restart, then idle resyncs ----------------------------------------------------
+        # --- 3. restart, then idle resyncs ----------------------------------------------------
         say("stopping the bridge; restarting it with sync.resync_period=1 ...")
-        app.stop()
-        stopped = True
-        lingering = sum(1 for t in threading.enumerate() if t.name.startswith("consul-"))
+        bridge.stop()
+        time.sleep(1.0)
+        lingering = watcher_threads()
+        # Blocking queries of the stopped bridge stay open on Consul until it answers (up to
+        # consul.wait); cut them so they do not show up in the idle phase's counts.
+        consul.faults.drop_blocking_queries()
+        time.sleep(2.0)
+        lingering_after_drop = watcher_threads()
         w4 = Window.now(consul, kube)
         started = time.monotonic()
-        app = start_bridge(kubeconfig, consul, **{**extra, "sync.resync_period": 1})
-        stopped = False
-        prof = StepProfile(app)
-        prof.enabled = args.profile
-        restart_marks = phase_converge(app, consul, services, expected, args.timeout, started)
-        # The restart's pass is done when converged; let its own follow-up reads settle.
+        bridge = start({**extra, "sync.resync_period": 1})
+        restart_marks = phase_converge(bridge, consul, services, expected, args.timeout,
+                                       started, w4.consul)
         w5 = Window.now(consul, kube)
         say(f"restart: {restart_marks}")
         say(f"idle: waiting for {args.resyncs} resync passes ...")
-        base = metric("bridge_reconcile_passes_total", reason="resync")
-        change_base = metric("bridge_reconcile_passes_total", reason="change")
-        prof.seconds.clear()
+        base = bridge.passes("resync")
+        change_base = bridge.passes("change")
+        bridge.reset_passes()
+        reads_base = len(consul.requests.find(method="GET", prefix="/v1/health/node/"))
         idle_start = time.monotonic()
         deadline = idle_start + max(args.timeout, args.resyncs * 5.0)
         while time.monotonic() < deadline:
-            if metric("bridge_reconcile_passes_total", reason="resync") - base >= args.resyncs:
+            if bridge.passes("resync") - base >= args.resyncs:
                 break
+            time.sleep(0.1 if isinstance(bridge, InProcessBridge) else 0.5)
+        # The counter moves when a pass begins: let the last one finish its reads.
+        while time.monotonic() < deadline and len(consul.requests.find(
+                method="GET", prefix="/v1/health/node/")) - reads_base < args.resyncs:
             time.sleep(0.05)
         idle_s = time.monotonic() - idle_start
         w6 = Window.now(consul, kube)
-        resyncs_done = metric("bridge_reconcile_passes_total", reason="resync") - base
-        change_passes_idle = metric("bridge_reconcile_passes_total", reason="change") - change_base
-        passes_idle = list(prof.seconds)
+        resyncs_done = bridge.passes("resync") - base
+        change_passes_idle = bridge.passes("change") - change_base
+        passes_idle = bridge.pass_seconds()
         say(f"idle: {resyncs_done:.0f} resync passes in {idle_s:.1f}s")
-        if args.profile:
-            prof.print("idle resyncs")
+        if args.profile and isinstance(bridge, InProcessBridge):
+            bridge.prof.print("idle resyncs")
         good3, problems3 = verify_consul(consul, services)
+        pool_full_total = sum(b.pool_full(pool_full) for b in bridges) \
+            if args.bridge_process else pool_full.count
+        bridge_tail = list(bridge.lines) if isinstance(bridge, ProcessBridge) else []
 
-        # --- summary --------------------------------------------------------------------------
+        # --- summary ----------------------------------------------------------------------------
         print()
         print("=" * 78)
         print(f"bench/sync summary: {args.services} headless Services x {args.endpoints} "
-              f"endpoints = {expected} instances")
+              f"endpoints = {expected} instances; bridge {bridge.where}")
         print("=" * 78)
-        facts = summary["load"][1]
+        print(f"code: {version}")
+        print(f"machine: {os.cpu_count()} CPUs, load average at start {load_at_start[0]:.1f}, "
+              f"at end {os.getloadavg()[0]:.1f}")
         print(f"cluster: {facts['services']} Services ({facts['headless']} headless), "
               f"{facts['pods']} Pods, {facts['endpointslices']} EndpointSlices "
               f"({facts['slices_ok']} with {args.endpoints} endpoints on port {TARGET_PORT}), "
-              f"{facts['ready_endpoints']} ready endpoints; "
-              f"loaded through Store.apply in {load_s:.1f}s "
-              f"({'namespace-indexed live(), order checked: ' + str(order_ok) if same_order else 'unindexed'})")
+              f"{facts['ready_endpoints']} ready endpoints; loaded through Store.apply in "
+              f"{load_s:.1f}s ("
+              + (f"namespace-indexed live(), order checked: {order_ok})" if same_order
+                 else "unindexed)"))
+        print("consul test server: " + (
+            "/v1/health/service blocking queries indexed (see index_consul), answers checked "
+            f"equal to the unindexed ones: {consul_order_ok}" if consul_same else "unindexed"))
+        if extra:
+            print(f"bridge settings changed from the defaults: {extra}")
         print()
         print("1. first full convergence (bridge start -> every instance in Consul and "
-              "reconciler converged)")
-        for name, value in marks.items():
-            print(f"    {name:16s} {'-' if value is None else f'{value:8.2f} s'}")
+              + ("reconciler converged)" if isinstance(bridge, InProcessBridge)
+                 else "/readyz 200)"))
+        _marks(marks)
         print(f"    instances exactly right: {good}/{expected}")
-        if passes_converge:
-            print(f"    reconcile passes: {len(passes_converge)}, longest {max(passes_converge):.2f} s, "
-                  f"total {sum(passes_converge):.2f} s")
+        _passes("", passes_converge)
         report_requests("requests, start -> converged:", consul, kube, w0, w1)
+        print(f"    {txn_converge}")
+        if marks["converged"] is not None:
+            print(f"    convergence minus the time spent inside the Consul test server's txn "
+                  f"handler: {marks['converged'] - server_txn_converge:.1f} s")
+        print(f"    urllib3 'Connection pool is full, discarding connection' (pool size 10), "
+              f"start -> converged: {pool_full_converge}; whole run: {pool_full_total}")
         report_requests("requests in the 5 s after convergence:", consul, kube, w1, w1b)
         print()
         rate_text = "as fast as possible" if args.rate <= 0 else f"at a steady {args.rate:g}/s"
         print(f"2. {len(changes)} endpoint changes, one per Service, {rate_text} "
               f"(written in {write_s:.2f} s; Kubernetes write p50 "
               f"{pct([c.took for c in changes], 50) * 1000:.1f} ms)")
+        print(f"    bridge trigger: sync.quiet_period={sync_settings.quiet_period:g} s, "
+              f"sync.max_delay={sync_settings.max_delay:g} s; sync.batch_size="
+              f"{sync_settings.batch_size} ops per txn")
         n_flip = sum(1 for c in changes if c.kind != "ip")
         n_ip = len(changes) - n_flip
         print(f"    kinds: {n_flip} ready -> not ready (same instance, check to critical), "
               f"{n_ip} Pod IP changes (the instance ID holds the IP: old deleted, new created)")
         stats = report_requests("requests, first change -> all in Consul (+1 s):", consul, kube,
                                 w2, w3)
+        print(f"    {txn_change}")
         ops_by, regs_by, stray = attribute_ops(changes, crecs)
         ops_total = stats["ops"]
         regs_total = sum(n for k, n in stats["op_kinds"].items() if k.startswith("Service"))
@@ -735,7 +1300,7 @@ def main(argv: list[str]) -> int:
               f"(total {ops_total} in {stats['txns']} txns, max {stats['max_ops']} ops/txn)")
         print(f"    registrations written per change: {regs_total / len(changes):.2f} "
               f"(service set/delete ops: {regs_total})")
-        for kind, n in ((k, n_flip if k != "ip" else n_ip) for k in ("ready->not-ready", "ip")):
+        for kind, n in (("ready->not-ready", n_flip), ("ip", n_ip)):
             if n:
                 ideal = "1 (a check set alone would do)" if kind != "ip" else \
                     "2 (a service delete + a service set; 3 ops with the check)"
@@ -745,29 +1310,40 @@ def main(argv: list[str]) -> int:
         lag_values = list(lags.values())
         if lag_values:
             print(f"    lag, Kubernetes write returned -> Consul txn applied ({len(lag_values)}/"
-                  f"{len(changes)} changes): p50 {pct(lag_values, 50) * 1000:.0f} ms, "
-                  f"p99 {pct(lag_values, 99) * 1000:.0f} ms, max {max(lag_values) * 1000:.0f} ms, "
-                  f"min {min(lag_values) * 1000:.0f} ms  (target p99 < 300 ms)")
+                  f"{len(changes)} changes): p50 {_ms(pct(lag_values, 50))}, "
+                  f"p99 {_ms(pct(lag_values, 99))}, max {_ms(max(lag_values))}, "
+                  f"min {_ms(min(lag_values))}  (target p99 < 300 ms)")
             for kind in ("ready->not-ready", "ip"):
                 vals = [lags[k] for k, c in enumerate(changes) if c.kind == kind and k in lags]
                 if vals:
-                    print(f"      {kind:17s}: p50 {pct(vals, 50) * 1000:.0f} ms, "
-                          f"p99 {pct(vals, 99) * 1000:.0f} ms")
+                    print(f"      {kind:17s}: p50 {_ms(pct(vals, 50))}, p99 {_ms(pct(vals, 99))}")
+            net = list(lags_net.values())
+            print(f"    the same lags minus the time the Consul test server's txn handler was busy "
+                  f"meanwhile: p50 {_ms(pct(net, 50))}, p99 {_ms(pct(net, 99))}, "
+                  f"max {_ms(max(net))}")
         else:
             print("    lag: no change reached Consul")
         d_count = lag_after[1] - lag_before[1]
         if d_count:
             print(f"    bridge's own lag metric (first poke -> write, per pass): "
-                  f"{d_count:.0f} passes, mean {(lag_after[0] - lag_before[0]) / d_count * 1000:.0f} ms")
-        if passes_change:
-            print(f"    reconcile passes: {len(passes_change)}, mean {statistics.mean(passes_change) * 1000:.0f} ms, "
-                  f"longest {max(passes_change) * 1000:.0f} ms")
+                  f"{d_count:.0f} passes, mean {_ms((lag_after[0] - lag_before[0]) / d_count)}")
+        _passes("", passes_change)
+        n_publish = publish_after[1] - publish_before[1]
+        if n_publish:
+            print(f"    DNS publishes (merge + table, own thread; bridge_dns_publish_seconds): "
+                  f"{n_publish:.0f}, mean {_ms((publish_after[0] - publish_before[0]) / n_publish)}")
         print(f"    instances exactly right afterwards: {good2}/{expected}")
+        if anatomy:
+            print("    the pieces of a pass, timed one by one (bridge idle, best of 3, this thread):")
+            for name, seconds in anatomy:
+                print(f"      {seconds * 1000:9.1f} ms  {name}")
         print()
         print("3. restart with nothing changed (sync.resync_period=1)")
-        for name, value in restart_marks.items():
-            print(f"    {name:16s} {'-' if value is None else f'{value:8.2f} s'}")
-        print(f"    consul-* threads of the stopped bridge still alive at restart: {lingering}")
+        _marks({k: v for k, v in restart_marks.items() if k != "all registered"})
+        if not args.bridge_process:
+            print(f"    Consul watcher threads of the stopped bridge still alive 1 s after "
+                  f"stop(): {lingering}; 2 s after the bench dropped Consul's open blocking "
+                  f"queries: {lingering_after_drop}")
         report_requests("requests, restart -> converged:", consul, kube, w4, w5)
         print()
         print(f"4. idle: {resyncs_done:.0f} resync passes at a 1 s period in {idle_s:.1f} s "
@@ -775,13 +1351,15 @@ def main(argv: list[str]) -> int:
         stats = report_requests("requests during the idle passes:", consul, kube, w5, w6)
         print(f"    writes (PUT/POST/DELETE) to Consul: {stats['writes']}  (target 0); "
               f"Consul index change: +{stats['index_delta']}")
-        if passes_idle:
-            print(f"    reconcile passes: {len(passes_idle)}, mean {statistics.mean(passes_idle) * 1000:.0f} ms, "
-                  f"longest {max(passes_idle) * 1000:.0f} ms "
-                  f"(of which change-triggered: {change_passes_idle:.0f})")
+        print(f"    change-triggered passes during the idle phase: {change_passes_idle:.0f}")
+        _passes(" (resync)", passes_idle)
         print(f"    instances exactly right at the end: {good3}/{expected}")
         for line in problems3[:10]:
             print(f"      problem: {line}")
+        if bridge_tail:
+            print("    last lines the bridge logged:")
+            for line in bridge_tail[-10:]:
+                print(f"      {line}")
         print("=" * 78)
     say("cleaned up")
     return 0

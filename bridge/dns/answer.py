@@ -49,9 +49,9 @@ import copy
 import enum
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from bridge.catalog.model import (
     Catalog,
@@ -111,6 +111,88 @@ class Rcode(enum.IntEnum):
     NOTIMP = 4
     REFUSED = 5
     BADVERS = 16  # extended rcode: the low 4 bits go in the header, the rest in the OPT
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class CowMap(Generic[K, V]):
+    """A mapping in shards by key hash, for copy on write between versions.
+
+    `derive()` makes a new version sharing every shard with this one; the new version's
+    first write to a shard copies that shard only. An update of a few keys in a map of
+    100,000 then costs a few shards, not the map. A version that was derived from must
+    not be written any more. Iteration goes shard by shard: not in insertion order.
+    """
+
+    __slots__ = ("_mask", "_owned", "_shards")
+
+    def __init__(self, items: Iterable[tuple[K, V]] = (), *, shards: int = 64) -> None:
+        if shards < 1 or shards & (shards - 1):
+            raise ValueError("shards must be a power of two")
+        self._shards: list[dict[K, V]] = [{} for _ in range(shards)]
+        self._mask = shards - 1  # a key's shard: hash(key) & _mask
+        self._owned: set[int] | None = None  # shards this version may write; None: all
+        for key, value in items:
+            self[key] = value
+
+    def derive(self) -> CowMap[K, V]:
+        new: CowMap[K, V] = CowMap.__new__(CowMap)
+        new._shards = list(self._shards)
+        new._mask = self._mask
+        new._owned = set()
+        return new
+
+    def _writable(self, key: K) -> dict[K, V]:
+        index = hash(key) & self._mask
+        owned = self._owned
+        if owned is not None and index not in owned:
+            owned.add(index)
+            self._shards[index] = dict(self._shards[index])
+        return self._shards[index]
+
+    def get(self, key: K, default: Any = None) -> Any:
+        return self._shards[hash(key) & self._mask].get(key, default)
+
+    def __getitem__(self, key: K) -> V:
+        return self._shards[hash(key) & self._mask][key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._shards[hash(key) & self._mask]
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._writable(key)[key] = value
+
+    def pop(self, key: K, default: Any = None) -> Any:
+        if key not in self:
+            return default
+        return self._writable(key).pop(key)
+
+    def __iter__(self) -> Iterator[K]:
+        for shard in self._shards:
+            yield from shard
+
+    def __len__(self) -> int:
+        return sum(map(len, self._shards))
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        for shard in self._shards:
+            yield from shard.items()
+
+    def values(self) -> Iterator[V]:
+        for shard in self._shards:
+            yield from shard.values()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CowMap):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"CowMap({dict(self.items())!r})"
 
 
 # --- record data -------------------------------------------------------------------------
@@ -175,8 +257,12 @@ class TXT:
 RData = A | AAAA | CNAME | PTR | NS | SRV | SOA | TXT
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+# Record, Response, Answers (and query.Query) are named tuples, not frozen dataclasses: a
+# table build makes some 300,000 of them, and a tuple is made three to five times faster.
+# Record data stay dataclasses, so that records of different types never compare equal.
+
+
+class Record(NamedTuple):
     name: Name
     ttl: int
     data: RData
@@ -186,8 +272,7 @@ class Record:
         return self.data.rtype
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):
     """One answer. `chase` is an out-of-zone CNAME target left for an upstream resolver.
 
     `shuffle` asks the encoder to serve the answer records in a random order per query and,
@@ -223,8 +308,7 @@ REFUSED = Response(Rcode.REFUSED, authoritative=False)
 _NO_TRANSFER = {QType.AXFR: REFUSED, QType.IXFR: REFUSED}  # 52: no zone transfers
 
 
-@dataclass(frozen=True, slots=True)
-class Answers:
+class Answers(NamedTuple):
     """Every response for one name: `by_type`, and `default` for any other qtype."""
 
     by_type: Mapping[int, Response]
@@ -276,8 +360,7 @@ class _Svc:
         return (self.name, self.namespace, "svc")
 
 
-@dataclass(frozen=True, slots=True)
-class _Srv:
+class _Srv(NamedTuple):
     """One SRV candidate before de-duplication: what CoreDNS counts for the weight (12)."""
 
     target: Name  # relative to the zone
@@ -440,28 +523,35 @@ class Answerer:
             _data(ip) for ip in map(_address, ns_addresses) if ip)
         # Namespace -> how many catalog services it holds (those `ignore_empty_service`
         # hides included): a namespace exists while the count is above zero (35).
-        self._namespaces: dict[str, int] = {}
+        # The indexes are `CowMap`s, so that `derive` copies only the shards it changes.
+        namespaces: dict[str, int] = {}
         # `derive` relies on keys that lower-casing leaves alone (two keys differing in case
         # only would be one service here: the last in key order).
         self._lower_case = True
-        self._services: dict[tuple[str, str], _Svc] = {}
+        services: dict[tuple[str, str], _Svc] = {}
         # ExternalName services whose target is in the zone: their answers follow the
         # target's, so `derive` names them as changed whenever anything changes.
-        self._aliases: dict[tuple[str, str], None] = {}
+        aliases: dict[tuple[str, str], None] = {}
         for key in sorted(catalog.services):
             namespace = lower(key.namespace)
-            self._namespaces[namespace] = self._namespaces.get(namespace, 0) + 1
+            namespaces[namespace] = namespaces.get(namespace, 0) + 1
             if self._lower_case and not _lower_case(key):
                 self._lower_case = False
             svc = self._indexed(catalog.services[key])
             if svc is not None:
-                self._services[(svc.namespace, svc.name)] = svc
+                services[(svc.namespace, svc.name)] = svc
                 if self._is_alias(svc):
-                    self._aliases[(svc.namespace, svc.name)] = None
-        self._refs: dict[str, tuple[tuple[str, str], ...]] = {}
-        self._ptr = self._reverse_index()
+                    aliases[(svc.namespace, svc.name)] = None
+        self._namespaces: CowMap[str, int] = CowMap(namespaces.items())
+        self._aliases: CowMap[tuple[str, str], None] = CowMap(aliases.items())
+        ptr, refs = self._reverse_index(services)
+        self._services: CowMap[tuple[str, str], _Svc] = CowMap(services.items())
+        self._ptr: CowMap[str, tuple[Name, ...]] = CowMap(ptr.items())
+        # Which services carry each address, in key order: what `derive` reads to find an
+        # address's PTR targets again.
+        self._refs: CowMap[str, tuple[tuple[str, str], ...]] = CowMap(refs.items())
         # Namespace -> address -> how many Kubernetes instances of its services have it.
-        self._pods: dict[str, dict[str, int]] = {}
+        self._pods: CowMap[str, CowMap[str, int]] = CowMap()
         if pods == PODS_VERIFIED:
             for key, service in catalog.services.items():
                 self._count_pods(self._pods, lower(key.namespace), service, 1)
@@ -478,9 +568,11 @@ class Answerer:
             parse(svc.external, self.zone).in_zone
 
     @staticmethod
-    def _count_pods(pods: dict[str, dict[str, int]], namespace: str, service: Service,
+    def _count_pods(pods: CowMap[str, CowMap[str, int]], namespace: str, service: Service,
                     step: int) -> None:
-        counts = pods.setdefault(namespace, {})
+        counts = pods.get(namespace)
+        if counts is None:
+            counts = pods[namespace] = CowMap()
         for instance in service.instances:
             if instance.origin.kind is not OriginKind.KUBERNETES:
                 continue
@@ -492,20 +584,22 @@ class Answerer:
                 else:
                     counts.pop(address.address, None)
         if not counts:
-            del pods[namespace]
+            pods.pop(namespace)
 
     @property
     def dynamic_pods(self) -> bool:
         """True when `<a-b-c-d>.<ns>.pod.<zone>` names exist without being listed (50, 51)."""
         return self.pods != PODS_DISABLED
 
-    def _reverse_index(self) -> dict[str, tuple[Name, ...]]:
+    def _reverse_index(self, services: dict[tuple[str, str], _Svc]
+                       ) -> tuple[dict[str, tuple[Name, ...]], dict[str, tuple[Any, ...]]]:
+        """(PTR targets by address, services by address), from services in key order."""
         # A cluster IP names its service (the first one, in key order, as CoreDNS);
         # otherwise an address names every endpoint carrying it, de-duplicated (30, 31).
         by_cluster_ip: dict[str, Name] = {}
         by_endpoint: dict[str, dict[Name, None]] = {}
         refs: dict[str, list[tuple[str, str]]] = {}
-        for key, svc in self._services.items():
+        for key, svc in services.items():
             for address in _addresses_of(svc):
                 refs.setdefault(address, []).append(key)
             if not svc.exists:
@@ -515,12 +609,9 @@ class Answerer:
             for endpoint in svc.endpoints:
                 target = (endpoint.name, *svc.labels(), *self.zone)
                 by_endpoint.setdefault(endpoint.address.address, {})[target] = None
-        # Which services carry each address, in key order: what `derive` reads to find
-        # an address's PTR targets again.
-        self._refs = {address: tuple(keys) for address, keys in refs.items()}
         index = {ip: tuple(targets) for ip, targets in by_endpoint.items()}
         index.update((ip, (target,)) for ip, target in by_cluster_ip.items())
-        return index
+        return index, {address: tuple(keys) for address, keys in refs.items()}
 
     def _targets(self, address: str) -> tuple[Name, ...]:
         """The PTR targets of one address, as `_reverse_index` finds them."""
@@ -550,12 +641,12 @@ class Answerer:
                 not all(_lower_case(key) for key in changed):
             return None
         new = copy.copy(self)  # shares everything; what changes is copied below
-        services = new._services = dict(self._services)
-        namespaces = new._namespaces = dict(self._namespaces)
-        refs = new._refs = dict(self._refs)
-        ptr = new._ptr = dict(self._ptr)
-        aliases = new._aliases = dict(self._aliases)
-        pods = new._pods = dict(self._pods) if self.pods == PODS_VERIFIED else self._pods
+        services = new._services = self._services.derive()
+        namespaces = new._namespaces = self._namespaces.derive()
+        refs = new._refs = self._refs.derive()
+        ptr = new._ptr = self._ptr.derive()
+        aliases = new._aliases = self._aliases.derive()
+        pods = new._pods = self._pods.derive() if self.pods == PODS_VERIFIED else self._pods
         touched_services: dict[tuple[str, str], None] = {}
         touched_namespaces: dict[str, None] = {}
         addresses: dict[str, None] = {}
@@ -576,7 +667,7 @@ class Answerer:
                 if namespace not in copied:  # copy on write: the old answerer keeps its own
                     copied.add(namespace)
                     if namespace in pods:
-                        pods[namespace] = dict(pods[namespace])
+                        pods[namespace] = pods[namespace].derive()
                 for service, step in ((before, -1), (after, 1)):
                     if service is not None:
                         self._count_pods(pods, namespace, service, step)
@@ -619,7 +710,7 @@ class Answerer:
                 changed_addresses.append(address)
         if touched_services or touched_namespaces:
             # ExternalName answers follow their targets' (26, 27): encode them again.
-            pass
+            touched_services.update(dict.fromkeys(aliases))
         return new, Change(tuple(touched_services), tuple(touched_namespaces),
                            tuple(changed_addresses))
 
@@ -865,7 +956,7 @@ class Answerer:
                 return {}  # 50: <ns>.pod.<zone> exists
             address = pod_address(q.service)
             if address is None or (self.pods == PODS_VERIFIED and str(address) not in
-                                   self._pods.get(q.namespace, {})):
+                                   self._pods.get(q.namespace, ())):
                 return None  # 50, 51
             return self._addresses(q.name, [_data(address)])  # 50, 51
         return None  # INVALID, POD: 37, 38, 48, 49, 50, 51

@@ -31,7 +31,7 @@ import enum
 import ipaddress
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 Name = tuple[str, ...]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -62,9 +62,8 @@ class Kind(enum.Enum):
     OUTSIDE = "outside"
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A parsed question name.
+class Query(NamedTuple):
+    """A parsed question name (a named tuple: see `answer.Record`).
 
     `name` is the name as asked. `zone` is the suffix of `name` that matched the served zone
     (the cluster zone, or `in-addr.arpa`/`ip6.arpa` for reverse names) in the client's

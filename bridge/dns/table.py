@@ -12,18 +12,24 @@ A lookup tries `entries` first, then `defaults`: AAAA, HTTPS or MX on a name wit
 record cost one more dict look-up on the fast path, instead of a stored key per (name,
 qtype) (910,000 keys for 10,000 services of 5 endpoints; about 310,000 now). Zone
 transfers (AXFR, IXFR) of every existing name are REFUSED without a key of their own.
+Both dicts (and those of the slow path) are split in shards by the hash of the name (about
+one shard per two services, up to 4,096), so that an update copies the shards it touches,
+not the table: the fast path pays one `hash()` of the name (then cached in the bytes
+object) and one index for it.
 
 Updates (`Table.update`): the next catalog's table is derived from the previous one. The
-dicts are copied (entries are shared, never mutated), the answerer is derived for the
-services that changed (`Answerer.derive`), and only the names those services had or have
-are encoded again: the service, endpoint, `_proto` and `_port._proto` names, the reverse
-names of the addresses whose PTR changed, the names of namespaces that appeared or went,
-ExternalName services pointing into the zone (their answers follow their targets), and,
-when a changed service carries Consul instances, the Consul names whose instances changed.
-Everything else is reused. A full build is done instead when readiness changes, when the
-zones are nested, when keys are not lower case, or when more than a third of the services
-changed (`FULL_BUILD_SHARE`). The new table is then swapped in by the caller with one
-reference assignment; a reply is always built from one table, so it never mixes states.
+shards are shared and copied on first write (entries are never mutated), the answerer is
+derived for the services that changed (`Answerer.derive`, copy on write as well), and
+only the names those services had or have are encoded again: the service, endpoint,
+`_proto` and `_port._proto` names, the reverse names of the addresses whose PTR changed,
+the names of namespaces that appeared or went, ExternalName services pointing into the
+zone (their answers follow their targets), and, when a changed service carries Consul
+instances, the Consul names whose instances changed (the Consul answerer is made again
+then). Everything else is reused. A full build is done instead when readiness changes,
+when the zones are nested, when keys are not lower case, or when more than a third of the
+services changed (`FULL_BUILD_SHARE`). The new table is then swapped in by the caller with
+one reference assignment; a reply is always built from one table, so it never mixes
+states.
 
 SOA serial: negative answers (NXDOMAIN, NODATA) carry the zone's SOA, whose serial is the
 catalog generation *of the last full build* (`Table.serial`): incremental updates keep it,
@@ -84,12 +90,12 @@ import random
 import socket
 import struct
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import dnslib
 
-from bridge.catalog.model import Catalog, ServiceKey
+from bridge.catalog.model import Catalog, Service, ServiceKey
 from bridge.dns.answer import (
     AAAA,
     CNAME,
@@ -105,6 +111,7 @@ from bridge.dns.answer import (
     Answerer,
     Answers,
     Change,
+    CowMap,
     NotOurs,
     QType,
     Rcode,
@@ -112,12 +119,13 @@ from bridge.dns.answer import (
     Response,
 )
 from bridge.dns.consul import ConsulAnswerer, ConsulOptions
-from bridge.dns.query import Name, parse, upper
+from bridge.dns.query import Name, lower, parse, upper
 
 # `update` builds afresh when more than this share of the services changed (and more than
 # FULL_BUILD_MIN): copying the dicts and forgetting old names then costs more than it saves.
 FULL_BUILD_SHARE = 1 / 3
 FULL_BUILD_MIN = 64
+MAX_SHARDS = 4096  # see `_shard_count`
 DEFAULT_UDP_PAYLOAD = 1232  # DNS flag day 2020: avoids IP fragmentation on every path
 MIN_UDP_PAYLOAD = 512
 TCP_LIMIT = 65535
@@ -129,6 +137,7 @@ _ONE_AR = b"\x00\x01"
 _IN = b"\x00\x01"
 _TRANSFERS = frozenset({b"\x00\xfb", b"\x00\xfc"})  # IXFR, AXFR: REFUSED for every name (52)
 _TRANSFER_QTYPES = (QType.AXFR, QType.IXFR)
+_TRANSFER_TAILS = frozenset({b"\x00\xfb\x00\x01", b"\x00\xfc\x00\x01"})  # + class IN
 # qtype -> its bytes + class IN: the key suffixes a name may have in `entries` (any qtype an
 # answer names is added on first sight, so `_forget` knows every key a name can have).
 _SUFFIXES: dict[int, bytes] = {int(q): int(q).to_bytes(2, "big") + b"\x00\x01" for q in QType}
@@ -157,23 +166,41 @@ class Chase:
 CHASE = Chase()
 
 
-class Entry(NamedTuple):
-    """One precomputed response, minus the ID and the question (taken from the query).
+class Shape(NamedTuple):
+    """What truncating an `Entry` needs (one shared object per shape): where each RR ends
+    in the body, the RRs per section, and the header flags."""
 
-    `heads[i]`/`heads_opt[i]` are flags + counts for i = RD | CD << 1 of the query, without
-    and with our OPT record. `spots` are (body offset, question offset, length) of literal
-    copies of a question suffix to re-spell. `ends` is where each RR ends in `body`, for
-    truncation; `counts` the RRs per section.
-    """
-
-    heads: tuple[bytes, ...]
-    heads_opt: tuple[bytes, ...]
-    body: bytes
-    size: int  # header + body: the response length without question and OPT
-    spots: tuple[tuple[int, int, int], ...]
     ends: tuple[int, ...]
     counts: tuple[int, int, int]
     flags: int
+
+
+class Entry(NamedTuple):
+    """One precomputed response, minus the ID and the question (taken from the query).
+
+    `heads[i]`/`heads[4 + i]` are flags + counts for i = RD | CD << 1 of the query, without
+    and with our OPT record (shared between entries). `spots` are (body offset, question
+    offset, length) of literal copies of a question suffix to re-spell. Five fields, the
+    rarely read ones in `shape`: a table holds some 200,000 entries.
+    """
+
+    heads: tuple[bytes, ...]
+    body: bytes
+    size: int  # header + body: the response length without question and OPT
+    spots: tuple[tuple[int, int, int], ...]
+    shape: Shape
+
+    @property
+    def ends(self) -> tuple[int, ...]:
+        return self.shape.ends
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        return self.shape.counts
+
+    @property
+    def flags(self) -> int:
+        return self.shape.flags
 
 
 class Shuffled(NamedTuple):
@@ -204,6 +231,13 @@ def wire(name: Name) -> bytes:
     return out
 
 
+@functools.lru_cache(maxsize=1024)
+def _literal(name: Name) -> bytes:
+    """`wire(name)`, remembered for a while: SRV targets are written literally, each one in
+    a few answers of the same service (its name, its `_port._proto` names, the endpoint)."""
+    return wire(name)
+
+
 def _wire_length(name: Name) -> int:
     return sum(len(label) for label in name) + len(name) + 1
 
@@ -216,28 +250,36 @@ def _suffix(qtype: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=4096)
-def _heads(flags: int, counts: tuple[int, int, int]
-           ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """`Entry.heads` and `Entry.heads_opt` for these flags and counts: shared by entries."""
+def _heads(flags: int, counts: tuple[int, int, int]) -> tuple[bytes, ...]:
+    """`Entry.heads` for these flags and counts: shared by entries."""
     heads = []
-    heads_opt = []
-    for variant in range(4):
-        bits = flags | (_RD if variant & 1 else 0) | (_CD if variant & 2 else 0)
-        heads.append(_HEAD.pack(bits, 1, *counts))
-        heads_opt.append(_HEAD.pack(bits, 1, counts[0], counts[1], counts[2] + 1))
-    return tuple(heads), tuple(heads_opt)
+    for opt in (0, 1):
+        for variant in range(4):
+            bits = flags | (_RD if variant & 1 else 0) | (_CD if variant & 2 else 0)
+            heads.append(_HEAD.pack(bits, 1, counts[0], counts[1], counts[2] + opt))
+    return tuple(heads)
+
+
+def _entry(flags: int, counts: tuple[int, int, int], body: bytes,
+           spots: tuple[tuple[int, int, int], ...], ends: tuple[int, ...]) -> Entry:
+    size = 12 + len(body)
+    if size > 256:  # CPython shares the smaller ints already
+        size = _intern(size)
+    return Entry(_heads(flags, counts), body, size, _intern(spots) if spots else (),
+                 _intern(Shape(ends, counts, flags)))
 
 
 _INTERNED: dict[Any, Any] = {}
 
 
 def _intern(value: Any) -> Any:
-    """One shared copy of an immutable value (entries' `spots`, `ends`, `counts` repeat)."""
-    found = _INTERNED.get(value)
+    """One shared copy of an immutable value (entries' sizes, spots and shapes repeat)."""
+    key = (type(value), value)  # a Shape equals a plain tuple of the same items
+    found = _INTERNED.get(key)
     if found is None:
         if len(_INTERNED) >= 1 << 16:
             _INTERNED.clear()  # bounded: sharing is lost for a while, nothing else
-        found = _INTERNED.setdefault(value, value)
+        found = _INTERNED.setdefault(key, value)
     return found
 
 
@@ -289,7 +331,7 @@ class _Writer:
             # A literal copy (SRV targets), written in one go. The first suffix that is the
             # question's is remembered (to re-spell); it and every shorter suffix are in
             # `offsets` already, so only the longer ones are registered.
-            encoded = wire(name)
+            encoded = _literal(name)
             start = at = len(buf)
             for i, label in enumerate(name):
                 suffix = name[i:] if i else name
@@ -383,11 +425,8 @@ def encode(question: Name, response: Response, question_wire: bytes | None = Non
     lowered = question_wire.lower()
     for at, qoffset, length in writer.spots:
         body[at:at + length] = lowered[qoffset - 12:qoffset - 12 + length]
-    flags = _flags(response, ra)
     counts = (len(response.answer), len(response.authority), len(response.additional))
-    heads, heads_opt = _heads(flags, counts)
-    return Entry(heads, heads_opt, bytes(body), 12 + len(body), _intern(tuple(writer.spots)),
-                 _intern(tuple(ends)), _intern(counts), flags)
+    return _entry(_flags(response, ra), counts, bytes(body), tuple(writer.spots), tuple(ends))
 
 
 def _encode_addresses(response: Response, answer: tuple[Record, ...], ra: bool) -> Entry:
@@ -401,12 +440,7 @@ def _encode_addresses(response: Response, answer: tuple[Record, ...], ra: bool) 
         parts.append(b"\xc0\x0c" + pack(1, CLASS_IN, record.ttl, 4) + pton(af, record.data.address))
         size += 16
         ends.append(size)
-    body = b"".join(parts)
-    flags = _flags(response, ra)
-    counts = (len(answer), 0, 0)
-    heads, heads_opt = _heads(flags, counts)
-    return Entry(heads, heads_opt, body, 12 + size, (), _intern(tuple(ends)), _intern(counts),
-                 flags)
+    return _entry(_flags(response, ra), (len(answer), 0, 0), b"".join(parts), (), tuple(ends))
 
 
 def encode_shuffled(question: Name, response: Response, question_wire: bytes, *,
@@ -491,6 +525,50 @@ def _labels_of(name_wire: bytes) -> Name:
     return tuple(out)
 
 
+def _shard_count(services: int) -> int:
+    """Shards per lookup dict: a power of two near half the number of services (shards of
+    some 30 names), so that a changed service copies a few small shards."""
+    return min(MAX_SHARDS, max(64, 1 << (services // 2).bit_length()))
+
+
+def _changed_keys(old: Mapping[ServiceKey, Service], new: Mapping[ServiceKey, Service]
+                  ) -> list[ServiceKey]:
+    """The keys whose service differs between two catalogs (added, removed or changed).
+
+    Catalogs of consecutive passes list their services in the same order and keep the
+    unchanged ones as the same objects: both are walked side by side (identity checks)
+    while their keys agree, and only the rest is compared by key look-ups.
+    """
+    changed: list[ServiceKey] = []
+    news, olds = iter(new.items()), iter(old.items())
+    rest_new: list[tuple[ServiceKey, Service]] = []
+    rest_old: list[tuple[ServiceKey, Service]] = []
+    for key, service in news:
+        pair = next(olds, None)
+        if pair is None:
+            rest_new.append((key, service))
+            break
+        before_key, before = pair
+        if before is service and before_key is key:
+            continue
+        if before_key is key or before_key == key:
+            if before != service:
+                changed.append(key)
+            continue
+        rest_new.append((key, service))
+        rest_old.append(pair)
+        break
+    rest_new += news
+    rest_old += olds
+    get = old.get
+    for key, service in rest_new:  # none of these keys is in the walked part of `old`
+        before = get(key)
+        if before is not service and before != service:
+            changed.append(key)
+    changed += [key for key, _ in rest_old if key not in new]
+    return changed
+
+
 class _Settings(NamedTuple):
     """What a table is built with besides the catalog: `update` builds the next one alike."""
 
@@ -539,12 +617,19 @@ class Table:
         self.udp_payload = max(MIN_UDP_PAYLOAD, udp_payload)
         self._opt = (_opt_record(self.udp_payload, False), _opt_record(self.udp_payload, True))
         self._use(answerer, consul_answerer)
-        self.entries: dict[bytes, Entry] = {}  # lower-case wire name + qtype + class
-        self.defaults: dict[bytes, Entry] = {}  # lower-case wire name: any other qtype
-        # Defaults of names with shuffled or chased answers: never served by the fast path.
-        self.slow_defaults: dict[bytes, Entry] = {}
-        self.shuffled: dict[bytes, Shuffled] = {}  # like `entries`: answers in random order
-        self.chases: set[bytes] = set()  # like `entries`: ExternalName targets to chase
+        # The lookup dicts, in shards by key hash (`CowMap`): `update` shares them with the
+        # next table, which copies the shards it writes to.
+        shards = _shard_count(len(catalog.services))
+        # lower-case wire name + qtype + class -> the answer, where not the name's default
+        self._entries: CowMap[bytes, Entry] = CowMap(shards=shards)
+        # lower-case wire name -> the answer for any qtype without an entry of its own
+        self._defaults: CowMap[bytes, Entry] = CowMap(shards=shards)
+        # The same for names with shuffled or chased answers: never used by the fast path.
+        self._slow_defaults: CowMap[bytes, Entry] = CowMap(shards=shards)
+        self._shuffled: CowMap[bytes, Shuffled] = CowMap(shards=shards)  # random order
+        self._chases: CowMap[bytes, None] = CowMap(shards=shards)  # ExternalNames to chase
+        self._special = False  # True once a name has gone to the three dicts above
+        self._bind()
         self._skipped: dict[Name, str] = {}  # names that could not be encoded (not fatal)
         self._refused = encode((), REFUSED, ra=forwarding)
         self._servfail = encode((), SERVFAIL, ra=forwarding)
@@ -578,6 +663,39 @@ class Table:
         return _Zone(answerer, answerer.zone, wire(answerer.zone),
                      tuple(upper(label) for label in answerer.zone), pods)
 
+    def _bind(self) -> None:
+        # What the fast path reads, one attribute each.
+        self._entry_shards = self._entries._shards
+        self._default_shards = self._defaults._shards
+        self._mask = self._entries._mask
+
+    # Merged views of the lookup dicts (copies: for tests and diagnostics, not for serving).
+
+    @property
+    def entries(self) -> dict[bytes, Entry]:
+        """lower-case wire name + qtype + class -> the answer, where not the default."""
+        return dict(self._entries.items())
+
+    @property
+    def defaults(self) -> dict[bytes, Entry]:
+        """lower-case wire name -> the answer for any qtype without an entry."""
+        return dict(self._defaults.items())
+
+    @property
+    def slow_defaults(self) -> dict[bytes, Entry]:
+        """`defaults` of names with shuffled or chased answers: not for the fast path."""
+        return dict(self._slow_defaults.items())
+
+    @property
+    def shuffled(self) -> dict[bytes, Shuffled]:
+        """Like `entries`: answers served in random order (Consul)."""
+        return dict(self._shuffled.items())
+
+    @property
+    def chases(self) -> set[bytes]:
+        """Like `entries`: keys of ExternalName targets to chase through the upstream."""
+        return set(self._chases)
+
     @property
     def skipped(self) -> list[str]:
         """Names that could not be encoded, with the reason (reported, not fatal)."""
@@ -605,17 +723,9 @@ class Table:
         if self._nested or catalog.ready != previous.ready:
             return self.rebuilt(catalog)
         old, new = previous.services, catalog.services
-        changed: list[ServiceKey] = []
-        added = 0
-        get = old.get
-        for key, service in new.items():
-            before = get(key)
-            if before is not service and before != service:
-                changed.append(key)
-                added += before is None
-        if len(old) > len(new) - added:  # some services went
-            changed += [key for key in old if key not in new]
-        if len(changed) > max(FULL_BUILD_MIN, len(new) * FULL_BUILD_SHARE):
+        changed = _changed_keys(old, new)
+        if len(changed) > max(FULL_BUILD_MIN, len(new) * FULL_BUILD_SHARE) or \
+                _shard_count(len(new)) > 4 * (self._mask + 1):  # grown much: bigger shards
             return self.rebuilt(catalog)
         derived = self.answerer.derive(catalog, previous, changed)
         if derived is None:
@@ -641,14 +751,15 @@ class Table:
         table.catalog = catalog
         table.generation = catalog.generation
         table._use(answerer, consul)
-        table.entries = dict(self.entries)
-        table.defaults = dict(self.defaults)
-        table.slow_defaults = dict(self.slow_defaults)
-        table.shuffled = dict(self.shuffled)
-        table.chases = set(self.chases)
+        table._entries = self._entries.derive()  # shards shared until written
+        table._defaults = self._defaults.derive()
+        table._slow_defaults = self._slow_defaults.derive()
+        table._shuffled = self._shuffled.derive()
+        table._chases = self._chases.derive()
+        table._bind()
         table._skipped = dict(self._skipped)
         table._shared = dict(self._shared)
-        table._by_id = dict(self._by_id)
+        table._by_id = {}
         # Absent names answer the same (same zones, serial and readiness); pod names are
         # answered from the catalog, so those are asked again.
         table._negatives = dict(self._negatives)
@@ -678,24 +789,25 @@ class Table:
                     self._add_name(index, name)
 
     def _forget_all(self, names: Iterable[Name]) -> None:
-        entries, shuffled, chases = self.entries, self.shuffled, self.chases
-        suffixes = tuple(_SUFFIXES.values())
         for name in names:
             self._skipped.pop(name, None)
             try:
                 lname = wire(name)
             except ValueError:
                 continue  # never stored
-            if self.defaults.pop(lname, None) is None and \
-                    self.slow_defaults.pop(lname, None) is None:
-                continue  # not stored (skipped): no key to remove
-            for suffix in suffixes:
-                key = lname + suffix
-                entries.pop(key, None)
-                if shuffled:
-                    shuffled.pop(key, None)
-                if chases:
-                    chases.discard(key)
+            self._forget(lname)
+
+    def _forget(self, lname: bytes) -> None:
+        """Remove every key of name `lname`, if it is stored (`CowMap.pop` copies only the
+        shards that hold one)."""
+        if self._defaults.pop(lname) is None and self._slow_defaults.pop(lname) is None:
+            return  # not stored (skipped, or gone already): no key to remove
+        entries, shuffled, chases = self._entries, self._shuffled, self._chases
+        for suffix in tuple(_SUFFIXES.values()):
+            key = lname + suffix
+            entries.pop(key)
+            shuffled.pop(key)
+            chases.pop(key)
 
     # --- encoding names -----------------------------------------------------------------
 
@@ -740,40 +852,50 @@ class Table:
             question = wire(spelled)
             default, by_type = self._encode_answers(spelled, question, zone, answers)
         except (ValueError, struct.error) as exc:
-            name = tuple(label.lower() for label in spelled)
+            name = tuple(map(lower, spelled))  # as the answerer lists it
             self._skipped[name] = f"{'.'.join(name)}: {exc}"
             return
         lname = question.lower()
-        if lname in self.defaults or lname in self.slow_defaults:
-            self._forget_all((_labels_of(lname),))  # listed again (nested zones): last wins
+        mask = self._mask
+        at = hash(lname) & mask
+        if lname in self._default_shards[at] or lname in self._slow_defaults._shards[at]:
+            self._forget(lname)  # listed again (nested zones): the last one wins
         refused = self._refused
         special = any(type(e) is Shuffled for e in by_type.values()) or (
             self.forwarding and any(r.chase is not None for r in answers.by_type.values()))
         if not special:  # the common case, kept lean: the build is paid on every change
-            self.defaults[lname] = default
-            entries = self.entries
-            for qtype, entry in by_type.items():
-                if entry is not default and (entry is not refused or
-                                             qtype not in _TRANSFER_QTYPES):
-                    entries[lname + (_SUFFIXES.get(qtype) or _suffix(qtype))] = entry
+            stored = [(lname + (_SUFFIXES.get(qtype) or _suffix(qtype)), entry)
+                      for qtype, entry in by_type.items()
+                      if entry is not default and (entry is not refused or
+                                                   qtype not in _TRANSFER_QTYPES)]
             if default is not refused:  # transfers not named: the default, not REFUSED
-                for qtype in _TRANSFER_QTYPES:
-                    if qtype not in by_type:
-                        entries[lname + _SUFFIXES[qtype]] = default
+                stored += [(lname + _SUFFIXES[qtype], default)
+                           for qtype in _TRANSFER_QTYPES if qtype not in by_type]
+            if self._entries._owned is None:  # a full build: every shard is this table's
+                self._default_shards[at][lname] = default
+                shards = self._entry_shards
+                for key, entry in stored:
+                    shards[hash(key) & mask][key] = entry
+            else:
+                self._defaults[lname] = default
+                for key, entry in stored:
+                    self._entries[key] = entry
             return
-        self.slow_defaults[lname] = default
+        entries = self._entries
+        self._special = True  # `_miss` looks in the slow dicts from now on
+        self._slow_defaults[lname] = default
         for qtype in {**by_type, **dict.fromkeys(_TRANSFER_QTYPES)}:
             encoded = by_type.get(qtype, default)
             full = lname + _suffix(qtype)
             if isinstance(encoded, Shuffled):
-                self.shuffled[full] = encoded
+                self._shuffled[full] = encoded
             elif self.forwarding and answers.get(qtype).chase is not None:
-                self.chases.add(full)
+                self._chases[full] = None
             elif qtype in _TRANSFER_QTYPES:
                 if encoded is not refused:
-                    self.entries[full] = encoded
+                    entries[full] = encoded
             elif encoded is not default:
-                self.entries[full] = encoded
+                entries[full] = encoded
 
     def _encode_answers(self, spelled: Name, question: bytes, zone: Name, answers: Answers
                         ) -> tuple[Entry, dict[int, Entry | Shuffled]]:
@@ -840,31 +962,33 @@ class Table:
             # A stored key is a valid uncompressed name, so if the bytes from offset 12
             # equal one, a proper label walk ends at the same place: no walk needed here.
             name = packet[12:end].lower()
-            entry = self.entries.get(name + packet[end:end + 4])
+            tail = packet[end:end + 4]
+            key = name + tail
+            entry = self._entry_shards[hash(key) & self._mask].get(key)
             if entry is None:
                 # No entry of its own for this qtype: the name's default (class IN only;
                 # transfers are REFUSED, in `_miss`).
-                entry = self.defaults.get(name)
-                if entry is not None and (packet[end + 2:end + 4] != _IN or
-                                          packet[end:end + 2] in _TRANSFERS):
-                    entry = None
-            if entry is not None:
-                qend = end + 4
-                count = packet[10:12]
-                if count == _NO_AR and len(packet) == qend:
-                    opt = b""
-                    limit = TCP_LIMIT if tcp else MIN_UDP_PAYLOAD
-                elif count == _ONE_AR and (edns := self._edns(packet, qend)) is not None:
-                    opt, limit = edns
-                    if tcp:
-                        limit = TCP_LIMIT
-                else:
+                if not tail.endswith(_IN) or tail in _TRANSFER_TAILS:
                     return self._miss(packet, tcp)
-                if entry.spots or entry.size + qend - 12 + len(opt) > limit:
-                    return self._emit(packet, qend, entry, opt, limit)
-                variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
-                head = entry.heads_opt[variant] if opt else entry.heads[variant]
-                return packet[:2] + head + packet[12:qend] + entry.body + opt
+                entry = self._default_shards[hash(name) & self._mask].get(name)
+                if entry is None:
+                    return self._miss(packet, tcp, end)
+            qend = end + 4
+            count = packet[10:12]
+            if count == _NO_AR and len(packet) == qend:
+                opt = b""
+                limit = TCP_LIMIT if tcp else MIN_UDP_PAYLOAD
+            elif count == _ONE_AR and (edns := self._edns(packet, qend)) is not None:
+                opt, limit = edns
+                if tcp:
+                    limit = TCP_LIMIT
+            else:
+                return self._miss(packet, tcp)
+            if entry.spots or entry.size + qend - 12 + len(opt) > limit:
+                return self._emit(packet, qend, entry, opt, limit)
+            variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
+            return packet[:2] + entry.heads[(variant | 4) if opt else variant] + \
+                packet[12:qend] + entry.body + opt
         return self._miss(packet, tcp)
 
     def _edns(self, packet: bytes, at: int) -> tuple[bytes, int] | None:
@@ -908,20 +1032,36 @@ class Table:
             return end, offsets, edns[0], TCP_LIMIT if tcp else edns[1]
         return None
 
-    def _miss(self, packet: bytes, tcp: bool) -> bytes | NotOurs | Chase | None:
+    def _miss(self, packet: bytes, tcp: bool, missed: int = 0
+              ) -> bytes | NotOurs | Chase | None:
+        """`respond` for whatever the fast path did not answer. `missed`: where the question
+        name ends if the fast path found neither an entry nor a default for it."""
         scanned = self._scan(packet, tcp)
         if scanned is None:
             return self.respond_slow(packet, tcp)
         end, offsets, opt, limit = scanned
         lname = packet[12:end].lower()
         key = lname + packet[end:end + 4]
-        entry: Entry | Shuffled | None = self.entries.get(key)
+        # The raw shards (the CowMaps' methods cost a Python call each); every lookup dict
+        # of a table has the same number of shards.
+        mask = self._mask
+        looked = missed == end  # the same name (a label may hold a zero byte) and key
+        entry: Entry | Shuffled | None = None
+        if not looked:
+            entry = self._entry_shards[hash(key) & mask].get(key)
         if entry is None:
-            entry = self.shuffled.get(key)
-            if entry is None:
-                if key in self.chases:
+            special = self._special
+            if special:
+                at = hash(key) & mask
+                entry = self._shuffled._shards[at].get(key)
+                if entry is None and key in self._chases._shards[at]:
                     return CHASE
-                entry = self.defaults.get(lname) or self.slow_defaults.get(lname)
+            if entry is None:
+                at = hash(lname) & mask
+                if not looked:
+                    entry = self._default_shards[at].get(lname)
+                if entry is None and special:
+                    entry = self._slow_defaults._shards[at].get(lname)
                 if entry is None:
                     entry = self._absent(packet, end, offsets, lname)
                     if entry is None:
@@ -995,17 +1135,17 @@ class Table:
                 body = bytes(patched)
         variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
         if entry.size + qend - 12 + len(opt) <= limit:
-            head = entry.heads_opt[variant] if opt else entry.heads[variant]
-            return packet[:2] + head + packet[12:qend] + body + opt
+            return packet[:2] + entry.heads[(variant | 4) if opt else variant] + \
+                packet[12:qend] + body + opt
         # 56: keep the longest prefix of whole RRs that fits and set TC. Compression
         # pointers only point backwards, so every kept RR stays valid.
-        keep = bisect_right(entry.ends, limit - qend - len(opt))
-        answer, authority, _ = entry.counts
+        ends, (answer, authority, _), flags = entry.shape
+        keep = bisect_right(ends, limit - qend - len(opt))
         an = min(answer, keep)
         ns = min(authority, keep - an)
         ar = keep - an - ns + (1 if opt else 0)
-        flags = entry.flags | _TC | (_RD if variant & 1 else 0) | (_CD if variant & 2 else 0)
-        cut = entry.ends[keep - 1] if keep else 0
+        flags |= _TC | (_RD if variant & 1 else 0) | (_CD if variant & 2 else 0)
+        cut = ends[keep - 1] if keep else 0
         return packet[:2] + _HEAD.pack(flags, 1, an, ns, ar) + packet[12:qend] + \
             body[:cut] + opt
 

@@ -338,3 +338,62 @@ def test_full_build_threshold_is_a_share_of_the_services(monkeypatch):
     key = keys[3]
     changed = with_service(changed, headless(key, "10.6.0.9"), key, 2)
     assert not table.update(changed).incremental  # 4 of 9
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 30), max_size=25), st.lists(st.integers(0, 30), max_size=25),
+       st.sets(st.integers(0, 30)), st.booleans())
+def test_changed_keys_agree_with_a_plain_comparison(before: list[int], after: list[int],
+                                                    modified: set[int], copy_keys: bool):
+    """Side by side while the orders agree, by key after: the same answer as comparing
+    every key, whatever the order, insertions and removals."""
+    def make(i: int, version: int) -> Service:
+        key = ServiceKey("ns", f"s{i}")
+        return Service(key, ServiceType.HEADLESS, ports=(Port("p", version),))
+
+    old_objects = {i: make(i, 1) for i in before}
+    old = {ServiceKey("ns", f"s{i}"): old_objects[i] for i in dict.fromkeys(before)}
+    new = {}
+    for i in dict.fromkeys(after):
+        service = make(i, 2) if i in modified else old_objects.get(i) or make(i, 1)
+        key = ServiceKey("ns", f"s{i}") if copy_keys or i not in old_objects else service.key
+        new[key] = service
+    expected = {key for key in {**old, **new} if old.get(key) != new.get(key)}
+    found = table_module._changed_keys(MappingProxyType(old), MappingProxyType(new))
+    assert sorted(found) == sorted(expected)
+    assert len(found) == len(set(found))
+
+
+def test_address_answers_encode_as_the_general_writer_does():
+    """`encode`'s shortcut for A answers of the question's name writes what `_Writer` does."""
+    from bridge.dns.answer import A, Rcode, Record, Response
+    question = ("WEB", "DEFAULT", "SVC", "CLUSTER", "LOCAL")
+    for count in (1, 2, 5):
+        response = Response(Rcode.NOERROR, tuple(Record(question, 30 + i, A(f"10.0.{i}.{i + 1}"))
+                                                 for i in range(count)))
+        fast = table_module.encode(question, response)
+        writer = table_module._Writer(question, wire(question))
+        ends = []
+        for record in response.answer:
+            writer.record(record)
+            ends.append(len(writer.buf))
+        assert fast.body == bytes(writer.buf)
+        assert fast.ends == tuple(ends) and fast.counts == (count, 0, 0) and not fast.spots
+
+
+def test_cow_maps_share_shards_until_written():
+    from bridge.dns.answer import CowMap
+    base: CowMap[str, int] = CowMap(((f"k{i}", i) for i in range(100)), shards=8)
+    derived = base.derive()
+    derived["k1"] = -1
+    derived.pop("k2")
+    derived["new"] = 7
+    assert base.get("k1") == 1 and "k2" in base and "new" not in base and len(base) == 100
+    assert derived.get("k1") == -1 and "k2" not in derived and derived["new"] == 7
+    assert len(derived) == 100
+    shared = sum(a is b for a, b in zip(base._shards, derived._shards, strict=True))
+    assert shared >= 8 - 3  # at most the three shards written were copied
+    assert dict(derived.items()) == {**{f"k{i}": i for i in range(100) if i != 2}, "k1": -1,
+                                     "new": 7}
+    with pytest.raises(ValueError):
+        CowMap(shards=6)
