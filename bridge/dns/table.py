@@ -720,7 +720,10 @@ class Table:
         previous = self.catalog
         if catalog is previous:
             return self
-        if self._nested or catalog.ready != previous.ready:
+        if self._nested or catalog.ready != previous.ready \
+                or (not previous.ready and not previous.services):
+            # The start-up placeholder: deriving from it saves nothing, and the first real
+            # catalog should carry its own generation as the serial.
             return self.rebuilt(catalog)
         old, new = previous.services, catalog.services
         changed = _changed_keys(old, new)
@@ -850,7 +853,7 @@ class Table:
         self.encoded += 1
         try:
             question = wire(spelled)
-            default, by_type = self._encode_answers(spelled, question, zone, answers)
+            default, by_type, special = self._encode_answers(spelled, question, zone, answers)
         except (ValueError, struct.error) as exc:
             name = tuple(map(lower, spelled))  # as the answerer lists it
             self._skipped[name] = f"{'.'.join(name)}: {exc}"
@@ -861,8 +864,6 @@ class Table:
         if lname in self._default_shards[at] or lname in self._slow_defaults._shards[at]:
             self._forget(lname)  # listed again (nested zones): the last one wins
         refused = self._refused
-        special = any(type(e) is Shuffled for e in by_type.values()) or (
-            self.forwarding and any(r.chase is not None for r in answers.by_type.values()))
         if not special:  # the common case, kept lean: the build is paid on every change
             stored = [(lname + (_SUFFIXES.get(qtype) or _suffix(qtype)), entry)
                       for qtype, entry in by_type.items()
@@ -898,24 +899,33 @@ class Table:
                 entries[full] = encoded
 
     def _encode_answers(self, spelled: Name, question: bytes, zone: Name, answers: Answers
-                        ) -> tuple[Entry, dict[int, Entry | Shuffled]]:
+                        ) -> tuple[Entry, dict[int, Entry | Shuffled], bool]:
+        """(default, entries by qtype, special): special when an answer is served in random
+        order, or (forwarding) is an ExternalName chased through the upstream."""
         prefix = len(question) - _wire_length(zone)
+        forwarding = self.forwarding
+        special = False
         # Keyed by identity: the responses stay alive in `answers` for the whole loop.
         done: dict[int, Entry | Shuffled] = {}
-        for response in (answers.default, *answers.by_type.values()):
-            if id(response) not in done:
+        by_type: dict[int, Entry | Shuffled] = {}
+        for qtype, response in answers.by_type.items():
+            entry = done.get(id(response))
+            if entry is None:
                 if response.shuffle:
-                    done[id(response)] = encode_shuffled(spelled, response, question,
-                                                         ra=self.forwarding)
+                    special = True
+                    entry = encode_shuffled(spelled, response, question, ra=forwarding)
                 else:
-                    done[id(response)] = self._encode_for(spelled, question, prefix, zone,
-                                                          response)
-        default = done[id(answers.default)]
-        if isinstance(default, Shuffled):
+                    entry = self._encode_for(spelled, question, prefix, zone, response)
+                done[id(response)] = entry
+            if forwarding and response.chase is not None:
+                special = True
+            by_type[qtype] = entry
+        default = done.get(id(answers.default))
+        if default is None or type(default) is Shuffled:
             default = self._encode_for(spelled, question, prefix, zone,
                                        shuffled(answers.default))
-        return default, {qtype: done[id(response)]
-                         for qtype, response in answers.by_type.items()}
+        assert type(default) is Entry
+        return default, by_type, special
 
     def _encode_for(self, spelled: Name, question: bytes, prefix: int, zone: Name,
                     response: Response) -> Entry:
@@ -1097,7 +1107,7 @@ class Table:
             query = parse(spelled, self.answerer.zone)
             answers = self.answerer.answers_query(query)
             assert isinstance(answers, Answers)
-            default, by_type = self._encode_answers(spelled, lname, query.zone, answers)
+            default, by_type, _ = self._encode_answers(spelled, lname, query.zone, answers)
             if len(self._computed) >= MAX_COMPUTED:
                 self._computed.clear()
             found = self._computed[lname] = (by_type, default)
@@ -1115,8 +1125,8 @@ class Table:
             question = _filler(prefix) + zone.upper
             answers, spelled_zone = self._answers(zone, question)
             assert isinstance(answers, Answers)
-            default, by_type = self._encode_answers(question, wire(question), spelled_zone,
-                                                    answers)
+            default, by_type, _ = self._encode_answers(question, wire(question), spelled_zone,
+                                                       answers)
             found = self._negatives[(index, prefix)] = (by_type, default)
         return found
 
