@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 import urllib.request
 
 import dns.message
@@ -71,9 +72,15 @@ def test_dig_shows_the_two_records(demo):
 
 
 def test_consul_catalog_lists_the_mirrored_instances(demo):
-    with urllib.request.urlopen(f"{demo['consul']}/v1/catalog/service/php-apache-svc",
-                                timeout=5) as response:
-        entries = json.load(response)
+    # Readiness is about DNS; the Consul write follows on its own schedule: poll for it.
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(f"{demo['consul']}/v1/catalog/service/php-apache-svc",
+                                    timeout=5) as response:
+            entries = json.load(response)
+        if {e["ServiceAddress"] for e in entries} == PODS or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert {e["ServiceAddress"] for e in entries} == PODS, entries
     for entry in entries:
         assert entry["Node"] == "k8s-sync-demo"
