@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import struct
 from types import MappingProxyType
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -191,22 +192,28 @@ ABSENT: list[Name] = [
 ]
 
 
+@pytest.mark.parametrize("fold", [False, True], ids=["layered", "folded"])
 @pytest.mark.parametrize("option", sorted(OPTIONS))
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(history=histories())
-def test_updated_table_equals_a_table_built_from_scratch(option: str,
+def test_updated_table_equals_a_table_built_from_scratch(option: str, fold: bool,
                                                          history: list[Catalog]) -> None:
     options = OPTIONS[option]
     table = Table(history[0], ZONE, 30, **options)
-    for catalog in history[1:]:
-        previous = table
-        before = (dict(previous.entries), dict(previous.defaults))
-        table = table.update(catalog)
-        # Readers may still use the previous table: it never changes.
-        assert (previous.entries, previous.defaults) == before
-        assert table.incremental or table.catalog is previous.catalog
-        assert table.serial == history[0].generation  # kept across incremental updates
+    # `fold`: every update folds its recent changes into a new base (else none does).
+    with mock.patch.object(table_module, "FOLD_MIN", 0 if fold else 1 << 30), \
+            mock.patch.object(table_module, "FOLD_SHARE", 0 if fold else 1):
+        for catalog in history[1:]:
+            previous = table
+            before = (dict(previous.entries), dict(previous.defaults))
+            table = table.update(catalog)
+            # Readers may still use the previous table: it never changes.
+            assert (previous.entries, previous.defaults) == before
+            assert table.incremental or table.catalog is previous.catalog
+            assert table.serial == history[0].generation  # kept across incremental updates
+            if fold:
+                assert not table._entries.recent and not table._defaults.recent
     scratch = Table(history[-1], ZONE, 30, serial=table.serial, **options)
     assert_same(table, scratch, ABSENT)
 
@@ -397,3 +404,31 @@ def test_cow_maps_share_shards_until_written():
                                      "new": 7}
     with pytest.raises(ValueError):
         CowMap(shards=6)
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(history=histories())
+def test_shortcut_encodings_equal_the_general_writer(option: str, history: list[Catalog]):
+    """`encode` writes the usual answers (addresses, one PTR, SRV with glue) directly: the
+    same bytes as `_Writer`, for every response of every name of a catalog."""
+    options = OPTIONS[option]
+    table = Table(history[-1], ZONE, 30, **options)
+    compared = 0
+    for name in every_name(table):
+        spelled = tuple(upper(label) for label in name)
+        for zone in table._zones:
+            answers, _ = table._answers(zone, spelled)
+            if isinstance(answers, Answers):
+                break
+        else:
+            continue
+        question = wire(spelled)
+        for response in (answers.default, *answers.by_type.values()):
+            for ra in (False, True):
+                assert table_module.encode(spelled, response, question, ra=ra) == \
+                    table_module._encode_written(spelled, question, response, ra), (name,
+                                                                                    response)
+                compared += 1
+    assert compared or not every_name(table)
