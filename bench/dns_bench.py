@@ -882,18 +882,21 @@ CONSUL_MODES = {
 }
 
 
-def bridge_config(mode: str) -> str:
+def bridge_config(mode: str, workers: int | None = None) -> str:
     to_consul, from_consul = CONSUL_MODES[mode]
-    return (f"sync:\n  to_consul: {str(to_consul).lower()}\n"
+    text = (f"sync:\n  to_consul: {str(to_consul).lower()}\n"
             f"  from_consul: {str(from_consul).lower()}\n")
+    if workers is not None:
+        text += f"dns:\n  workers: {workers}\n"
+    return text
 
 
 class Bridge:
     def __init__(self, workdir: Path, kubeconfig: str, consul: str, mode: str = "sync",
-                 switch_interval: float | None = None) -> None:
+                 switch_interval: float | None = None, workers: int | None = None) -> None:
         self.log_path = workdir / "bridge.log"
         config = workdir / "bridge.yaml"
-        config.write_text(bridge_config(mode))
+        config.write_text(bridge_config(mode, workers))
         command = [str(VENV_BIN / "bridge")]
         if switch_interval:
             # An experiment, not the product: the same CLI with another GIL switch interval.
@@ -947,19 +950,41 @@ class Bridge:
             return False
 
     def memory(self) -> dict[str, int]:
-        """VmRSS, VmHWM (kB) and Threads from /proc."""
+        """Summed over the bridge and its child processes (DNS workers): VmRSS, VmHWM and
+        Pss (kB), Threads, and Processes, from /proc."""
         out: dict[str, int] = {}
         if self.proc is None:
             return out
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM", "Threads"):
-                    out[key] = int(value.split()[0])
+        for pid in process_tree(self.proc.pid):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key in ("VmRSS", "VmHWM", "Threads"):
+                        out[key] = out.get(key, 0) + int(value.split()[0])
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key == "Pss":
+                        out["Pss"] = out.get("Pss", 0) + int(value.split()[0])
+                out["Processes"] = out.get("Processes", 0) + 1
         return out
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and its descendants, from the parent pids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, grace: float = 10.0) -> None:
@@ -1396,7 +1421,7 @@ def bench_one(n: int, args: argparse.Namespace, root: Path) -> RunReport:
         unbound = Unbound(workdir, services)
         unbound.start()
         bridge = Bridge(workdir, info["kubeconfig"], info["consul"], args.consul,
-                        args.switch_interval)
+                        args.switch_interval, args.workers)
         started = time.monotonic()
         bridge.start(timeout=60)
         say(f"N={n}: bridge pid {bridge.proc.pid if bridge.proc else '?'}: dns 127.0.0.1:"
@@ -1538,7 +1563,10 @@ def summary(reports: Sequence[RunReport]) -> str:
         for when, mem in r.memory.items():
             if mem:
                 lines.append(f"  bridge memory {when:<13}: VmRSS {mem.get('VmRSS', 0) / 1024:.0f} MB, "
-                             f"VmHWM {mem.get('VmHWM', 0) / 1024:.0f} MB, threads {mem.get('Threads', 0)}")
+                             f"VmHWM {mem.get('VmHWM', 0) / 1024:.0f} MB, "
+                             f"Pss {mem.get('Pss', 0) / 1024:.0f} MB, "
+                             f"{mem.get('Processes', 1)} processes, threads {mem.get('Threads', 0)} "
+                             f"(sums over the processes)")
         for note in r.notes:
             lines.append(f"  note: {note}")
     lines += ["", "TARGETS (issue 8)"]
@@ -1607,6 +1635,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="after the last change, seconds to wait for DNS to show all")
     parser.add_argument("--switch-interval", type=float, metavar="S",
                         help="experiment: run the bridge with sys.setswitchinterval(S)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="the bridge's dns.workers (default: the bridge's default)")
     parser.add_argument("--sample", type=int, default=500, help="answers checked per server")
     parser.add_argument("--timeout", type=float, default=600, help="deadline for each setup step")
     parser.add_argument("--seed", type=int, default=8)

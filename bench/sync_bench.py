@@ -238,164 +238,6 @@ def check_cluster(kube: KubeAPIServer, services: list[Svc]) -> dict[str, Any]:
             "headless": headless}
 
 
-class _NodeChecks(list):  # type: ignore[type-arg]
-    """One node's checks in check-ID order, also filed by service ID."""
-
-    node_level: list[Any]
-    by_service: dict[str, list[Any]]
-
-
-class _TablesIndex:
-    """Secondary indexes of one committed `Tables` value (committed tables are never
-    modified in place: every write commits a new copy), each built on first use."""
-
-    def __init__(self, tables: Any) -> None:
-        self.tables = tables
-        self._keys_by_name: dict[str, list[Any]] | None = None
-        self._named: dict[str, list[Any]] = {}
-        self._node_checks: dict[str, _NodeChecks] = {}
-
-    def named(self, name: str) -> list[Any]:
-        """Instances of a service name, in key order (as `catalog.services_named`)."""
-        wanted = name.lower()
-        found = self._named.get(wanted)
-        if found is None:
-            if self._keys_by_name is None:
-                by_name: dict[str, list[Any]] = defaultdict(list)
-                for key, svc in self.tables.services.items():
-                    by_name[svc["ServiceName"].lower()].append(key)
-                self._keys_by_name = by_name
-            keys = sorted(self._keys_by_name.get(wanted, ()))
-            found = self._named[wanted] = [self.tables.services[k] for k in keys]
-        return found
-
-    def checks_of(self, node: str) -> _NodeChecks | None:
-        """One node's checks in check-ID order (as `catalog.checks_by_node`), filed by service."""
-        if node not in self._node_checks:
-            checks = _NodeChecks(self.tables.checks[k]
-                                 for k in sorted(k for k in self.tables.checks if k[0] == node))
-            checks.node_level = [c for c in checks if not c["ServiceID"]]
-            checks.by_service = defaultdict(list)
-            for c in checks:
-                if c["ServiceID"]:
-                    checks.by_service[c["ServiceID"].lower()].append(c)
-            self._node_checks[node] = checks
-        found = self._node_checks[node]
-        return found if found else None
-
-
-def index_consul(consul: ConsulServer) -> Callable[[list[str]], bool]:
-    """Make the Consul test server's `/v1/health/service/<name>` cost what it costs in Consul.
-
-    The test server wakes every blocked query on every write (one Condition) and each one
-    re-runs its whole query: a scan of every service, a sort of every check of the node,
-    and a scan of the node's checks per instance. A bridge that keeps one blocking query
-    per Consul service (as the bridge did at 611ad2e: 2,000 here, on 10,000 instances)
-    then costs ~2,000 x O(10,000) work per txn in this process, and the first sync did not
-    finish in 10 minutes. Consul's memdb wakes only the watchers whose index moved.
-
-    Here, in the `api_health` module only: `services_named`, `checks_by_node` and
-    `checks_of_instance` answer from `_TablesIndex` (same records, same order), and a woken
-    `/v1/health/service/<name>` query first computes its index exactly as the endpoint
-    does and goes back to sleep, without re-rendering, while it has not passed the
-    client's index. Answers and indexes are unchanged; returns a checker comparing the
-    indexed helpers with the originals for some service names.
-    """
-    from bridge.testing.consul import api_health, catalog, query
-    from bridge.testing.consul.errors import Abort
-
-    cache: list[_TablesIndex | None] = [None]
-    lock = threading.Lock()
-
-    def index_of(tables: Any) -> _TablesIndex:
-        with lock:
-            current = cache[0]
-            if current is None or current.tables is not tables:
-                current = cache[0] = _TablesIndex(tables)
-            return current
-
-    def services_named(tables: Any, name: str) -> list[Any]:
-        return list(index_of(tables).named(name))
-
-    def checks_by_node(tables: Any, nodes: set[str]) -> dict[str, list[Any]]:
-        index = index_of(tables)
-        found = {node: index.checks_of(node) for node in sorted(nodes)}
-        return {node: checks for node, checks in found.items() if checks is not None}
-
-    def checks_of_instance(node_checks: list[Any], service_id: str) -> list[Any]:
-        if isinstance(node_checks, _NodeChecks):
-            return node_checks.node_level + node_checks.by_service.get(service_id.lower(), [])
-        return catalog.checks_of_instance(node_checks, service_id)
-
-    def service_index(tables: Any, name: str) -> int:
-        # health_service's `evaluate` (no ?tag): the index it reports, and nothing else.
-        instances = services_named(tables, name)
-        if instances:
-            names = {s["ServiceName"] for s in instances}
-            return max(catalog.index_for_service(tables, n, True, checks=True) for n in names)
-        return catalog.index_for_service(tables, name, False, checks=True)
-
-    def run_query(api: Any, req: Any, opts: Any, evaluate: Callable[[Any], Any]) -> Any:
-        prefix = "/v1/health/service/"
-        if not req.path.startswith(prefix) or req.has("tag") or opts.min_index == 0:
-            return query.run_query(api, req, opts, evaluate)
-        name = req.path.removeprefix(prefix)
-        store, faults = api.store, api.faults
-        # query.run_query, with one addition marked below.
-        with store.cond:
-            result = query._evaluate(store.tables, evaluate)
-            if result.index > opts.min_index:
-                return result
-            started = time.monotonic()
-            deadline = started + query.query_timeout(api, opts.wait_ns)
-            drop_generation = faults.drop_generation
-            while True:
-                if store.closing or req.conn.closed or faults.drop_generation != drop_generation:
-                    raise Abort()
-                now = time.monotonic()
-                drop_after = faults.drop_blocking_after
-                if drop_after is not None and now - started >= drop_after:
-                    raise Abort()
-                remaining = deadline - now
-                if remaining <= 0:
-                    return result
-                if drop_after is not None:
-                    remaining = min(remaining, started + drop_after - now)
-                store.cond.wait(remaining)
-                # Added: the index alone first; the full query only once it moved.
-                if max(service_index(store.tables, name), 1) <= opts.min_index:
-                    continue
-                result = query._evaluate(store.tables, evaluate)
-                if result.index > opts.min_index:
-                    return result
-
-    api_health.services_named = services_named
-    api_health.checks_by_node = checks_by_node
-    api_health.checks_of_instance = checks_of_instance
-    api_health.run_query = run_query
-
-    def same(names: list[str]) -> bool:
-        state = consul.state
-        with state.lock:
-            tables = state.tables
-            for name in names:
-                if services_named(tables, name) != catalog.services_named(tables, name):
-                    return False
-                nodes = {s["Node"].lower() for s in catalog.services_named(tables, name)}
-                ours, theirs = checks_by_node(tables, nodes), catalog.checks_by_node(tables, nodes)
-                if ours != theirs:
-                    return False
-                for node, checks in theirs.items():
-                    for svc in catalog.services_named(tables, name):
-                        if svc["Node"].lower() == node and checks_of_instance(
-                                ours[node], svc["ServiceID"]) != catalog.checks_of_instance(
-                                checks, svc["ServiceID"]):
-                            return False
-        return True
-
-    return same
-
-
 # ========================================================================================
 # Consul: what it holds, what it was asked
 # ========================================================================================
@@ -1047,9 +889,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per phase")
     p.add_argument("--no-index", action="store_true",
                    help="leave the test server's store unindexed (its live() sorts every table)")
-    p.add_argument("--no-consul-index", action="store_true",
-                   help="leave the Consul test server's health queries unindexed (every write "
-                        "re-runs every blocked query in full)")
     p.add_argument("--profile", action="store_true",
                    help="cProfile the reconciler's passes in each phase and print the top entries")
     p.add_argument("--bridge-process", action="store_true",
@@ -1100,7 +939,6 @@ def main(argv: list[str]) -> int:
         stack.callback(kube.stop)
         consul = ConsulServer(host="127.0.0.1", port=0, jitter=False).start()
         stack.callback(consul.stop)
-        consul_same = None if args.no_consul_index else index_consul(consul)
         txn_times = TxnTimes(consul)
         say(f"test servers up: kube {kube.url}, consul {consul.url}")
 
@@ -1145,10 +983,6 @@ def main(argv: list[str]) -> int:
         say(f"convergence: {marks}; {good}/{expected} instances exactly right")
         for line in problems[:10]:
             say(f"  problem: {line}")
-        sample = [svc.name for svc in services[:: max(1, len(services) // 20)]] + ["consul"]
-        consul_order_ok = consul_same(sample) if consul_same else None
-        say(f"Consul health index answers = original ones for {len(sample)} names: "
-            f"{consul_order_ok}")
         time.sleep(5)  # what the bridge keeps doing right after
         w1b = Window.now(consul, kube)
         if args.profile and isinstance(bridge, InProcessBridge):
@@ -1258,9 +1092,6 @@ def main(argv: list[str]) -> int:
               f"{load_s:.1f}s ("
               + (f"namespace-indexed live(), order checked: {order_ok})" if same_order
                  else "unindexed)"))
-        print("consul test server: " + (
-            "/v1/health/service blocking queries indexed (see index_consul), answers checked "
-            f"equal to the unindexed ones: {consul_order_ok}" if consul_same else "unindexed"))
         if extra:
             print(f"bridge settings changed from the defaults: {extra}")
         print()

@@ -7,15 +7,18 @@ Concurrency model (threads; both client libraries are synchronous):
 - `consul-services` plus one `consul-<name>` thread per Consul service: each owns one
   blocking query and one entry of the Consul source's map, also replaced whole.
 - `dns-publisher`: the only thread that merges the sources into an immutable `Catalog`
-  and publishes it to DNS. Sources wake it through its own coalescing `Trigger` (5 ms
-  quiet, 50 ms at most), so DNS never waits behind a write to Consul or Kubernetes.
+  and publishes it to DNS. Sources wake it through its own coalescing `Trigger` (10 ms
+  quiet, 40 ms at most), so DNS never waits behind a write to Consul or Kubernetes.
 - `reconciler`: the only thread that plans and writes (Consul, and Kubernetes with
   `to_k8s`). Sources wake it through a second `Trigger` (`sync.quiet_period`,
   `sync.max_delay`); both read the sources' current caches (no locks: each is one
   reference, replaced whole).
-- DNS: `DnsServer.publish()` updates the wire-answer table in the publisher's thread and
-  swaps one reference; the UDP/TCP serving threads read that reference per query and
-  never lock, so a query sees one whole catalog state, old or new.
+- DNS: with `dns.workers` > 0 (the default, 1), worker processes answer on sockets this
+  process binds (`dns/workers.py`): the publisher sends them the services that changed,
+  each derives its own table, and all switch to it before `publish()` returns. With 0,
+  `DnsServer.publish()` updates the table in the publisher's thread and swaps one
+  reference, and the UDP/TCP threads of this process answer from it. Either way a query
+  sees one whole catalog state, old or new, and readers never lock.
 - `dns-forwarder`: one thread owns every query forwarded upstream (names outside our
   zones, ExternalName targets); it sends UDP replies itself and queues TCP replies to
   the DNS TCP thread.
@@ -38,6 +41,7 @@ from bridge.consul.client import ConsulClient
 from bridge.consul.sink import ConsulSink
 from bridge.consul.source import ConsulSource
 from bridge.dns.server import DnsServer
+from bridge.dns.workers import DnsWorkers
 from bridge.http import HealthServer
 from bridge.kube.client import KubeClient
 from bridge.kube.sink import KubeSink
@@ -54,7 +58,10 @@ class App:
         self.settings = settings
         self.stop_event = threading.Event()
         self.trigger = Trigger(settings.sync.quiet_period, settings.sync.max_delay)
-        self.dns = DnsServer(settings.dns)
+        self.dns: DnsServer | DnsWorkers = DnsServer(settings.dns)
+        if settings.dns.workers:
+            self.dns = DnsWorkers(settings.dns, settings.dns.workers,
+                                  log_level=settings.log.level, log_format=settings.log.format)
         self._catalog_ready = threading.Event()
         self.kube_client = KubeClient(settings.kubernetes)
         sync = settings.sync
@@ -123,8 +130,8 @@ class App:
         return not self.waiting_for()
 
     def start(self) -> None:
-        self.dns.publish(Catalog())
         self.dns.start()
+        self.dns.publish(Catalog())
         self._dns_bound = True
         self.http.start()
         self.publisher.start()

@@ -173,9 +173,9 @@ class SyncSettings:
                                        "same namespace and name (default: both are answered)")
     consul_namespace: str = _setting("consul", "namespace that Consul services without a "
                                                "Kubernetes origin appear in", check=_dns_label)
-    quiet_period: float = _setting(0.1, "seconds without change before a burst is applied",
+    quiet_period: float = _setting(0.02, "seconds without change before a burst is applied",
                                    check=_not_negative)
-    max_delay: float = _setting(1.0, "seconds a continuous burst may delay a write at most",
+    max_delay: float = _setting(0.1, "seconds a continuous burst may delay a write at most",
                                 check=_positive)
     resync_period: int = _setting(300, "seconds between full resyncs that repair drift",
                                   check=_positive)
@@ -220,6 +220,9 @@ class DnsSettings:
                                         check=_positive)
     ns_addresses: tuple[str, ...] = _setting([], "addresses published for ns.dns.<zone> and the apex "
                                                  "NS glue; empty means the listen address if specific")
+    workers: int = _setting(1, "processes that answer DNS, apart from the sync work (each holds "
+                               "its own copy of the answers); 0 answers in the main process",
+                            check=_not_negative)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ periodic resyncs write nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 OWNER_META = "bridge-owner"
 EXTERNAL_SOURCE = "kubernetes"
@@ -39,11 +39,19 @@ class Registration:
         return f"{self.namespace}/{self.service_id}"
 
 
+    def same_service(self, other: Registration) -> bool:
+        """Equal but for the check's status: a readiness flip, one check write."""
+        return self.check_id == other.check_id and \
+            replace(self, check_status=other.check_status) == other
+
+
 @dataclass(frozen=True)
 class Plan:
     create: tuple[Registration, ...] = ()
     update: tuple[Registration, ...] = ()
     delete: tuple[Registration, ...] = ()
+    # service ID -> what Consul holds now, for each update (so a write can be the minimum)
+    replaced: Mapping[str, Registration] = field(default_factory=dict, compare=False)
 
     @property
     def empty(self) -> bool:
@@ -55,7 +63,15 @@ class Plan:
 
 def diff(wanted: Mapping[str, Registration], actual: Mapping[str, Registration]) -> Plan:
     """Only the writes that make `actual` equal `wanted`."""
-    create = [r for sid, r in wanted.items() if sid not in actual]
-    update = [r for sid, r in wanted.items() if sid in actual and actual[sid] != r]
+    create: list[Registration] = []
+    update: list[Registration] = []
+    replaced: dict[str, Registration] = {}
+    for sid, reg in wanted.items():
+        held = actual.get(sid)
+        if held is None:
+            create.append(reg)
+        elif held is not reg and held != reg:  # the same object after our own write: equal
+            update.append(reg)
+            replaced[sid] = held
     delete = [r for sid, r in actual.items() if sid not in wanted]
-    return Plan(tuple(sorted(create)), tuple(sorted(update)), tuple(sorted(delete)))
+    return Plan(tuple(sorted(create)), tuple(sorted(update)), tuple(sorted(delete)), replaced)

@@ -21,7 +21,7 @@ Where this module departs from consul-k8s it says so; each departure is a bug of
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from bridge.catalog.model import (
@@ -335,19 +335,63 @@ def registrations_for(service: Service, options: SyncOptions,
     return out
 
 
-def desired(snapshot: Snapshot, options: SyncOptions) -> dict[str, Registration]:
-    """Every registration this cluster should have, by service ID."""
+class Memo:
+    """What `desired()` computed per Service last time, to reuse for a Service that is the
+    same object with the same context (the sources keep an unchanged Service as the same
+    object between snapshots): a pass over 2,000 Services then costs a look-up each, not
+    their registrations again. Bound to one `SyncOptions`: other options start afresh."""
+
+    def __init__(self) -> None:
+        self.options: SyncOptions | None = None
+        # key -> (Service, context it was computed with, registrations, skip reasons)
+        self.entries: dict[ServiceKey, tuple[Service, object, tuple[Registration, ...],
+                                             tuple[str, ...]]] = {}
+
+
+def _context(service: Service, nodes: dict[str, Node],
+             routes: Sequence[IngressRoute]) -> object:
+    """What besides the Service its registrations depend on: its nodes for NodePort
+    Services, the Ingress routes to it."""
+    if service.type is ServiceType.NODE_PORT:
+        return tuple(nodes.get(i.node_name) for i in service.instances), tuple(routes)
+    return tuple(routes)
+
+
+def desired(snapshot: Snapshot, options: SyncOptions,
+            memo: Memo | None = None) -> dict[str, Registration]:
+    """Every registration this cluster should have, by service ID. With a `memo`, the
+    Services unchanged since its last use are not computed again."""
     nodes = dict(snapshot.nodes)
     routes: dict[ServiceKey, list[IngressRoute]] = {}
     if options.ingress:
         for route in snapshot.ingresses:
             routes.setdefault(route.service_key, []).append(route)
+    if memo is not None and memo.options != options:
+        memo.options, memo.entries = options, {}
+    previous = memo.entries if memo is not None else {}
+    kept: dict[ServiceKey, tuple[Service, object, tuple[Registration, ...], tuple[str, ...]]] = {}
     wanted: dict[str, Registration] = {}
+    skipped = options.skipped
     for key in sorted(snapshot.services):
-        for registration in registrations_for(snapshot.services[key], options, nodes,
-                                              routes.get(key, ())):
+        service = snapshot.services[key]
+        own_routes = routes.get(key, ())
+        known = previous.get(key)
+        # Without ingress routes, only NodePort Services depend on more than themselves.
+        context = _context(service, nodes, own_routes) \
+            if routes or service.type is ServiceType.NODE_PORT else ()
+        if known is not None and known[0] is service and known[1] == context:
+            registrations, reasons = known[2], known[3]
+            skipped.extend(reasons)
+        else:
+            before = len(skipped)
+            registrations = tuple(registrations_for(service, options, nodes, own_routes))
+            reasons = tuple(skipped[before:])
+        kept[key] = (service, context, registrations, reasons)
+        for registration in registrations:
             if registration.service_id in wanted:
-                options.skipped.append(f"{key}: duplicate service ID {registration.service_id}")
+                skipped.append(f"{key}: duplicate service ID {registration.service_id}")
                 continue
             wanted[registration.service_id] = registration
+    if memo is not None:
+        memo.entries = kept
     return wanted

@@ -134,24 +134,35 @@ def node_operation(node: str, cluster_id: str) -> dict[str, Any]:
     }}}
 
 
-def _set_operations(node: str, reg: Registration, *, update: bool) -> list[dict[str, Any]]:
+def _set_operations(node: str, reg: Registration, held: Registration | None = None, *,
+                    update: bool) -> list[dict[str, Any]]:
+    """The service op, then the check's. `held` (what Consul has, on update) spares the
+    check delete when neither had one, and removes a check left under another ID."""
     service = {"ID": reg.service_id, "Service": reg.name, "Address": reg.address,
                "Port": reg.port, "Tags": list(reg.tags), "Meta": dict(reg.meta),
                "Weights": {"Passing": reg.weight, "Warning": 1}}
     ops: list[dict[str, Any]] = [{"Service": {"Verb": "set", "Node": node, "Service": service}}]
+    # On update with nothing known of before, a check may be left from another type.
+    had_check = update and (held is None or bool(held.check_status))
+    if reg.check_status or had_check:
+        ops.append(_check_operation(node, reg))
+    if held is not None and held.check_status and held.check_id != reg.check_id:
+        ops.append({"Check": {"Verb": "delete",
+                              "Check": {"Node": node, "CheckID": held.check_id}}})
+    return ops
+
+
+def _check_operation(node: str, reg: Registration) -> dict[str, Any]:
+    """The txn op that gives `reg` its readiness check as desired (none: deleted)."""
     if not reg.check_status:
-        if update:
-            # The registration may have had a check before (its Service changed type).
-            ops.append({"Check": {"Verb": "delete", "Check": {"Node": node, "CheckID": reg.check_id}}})
-        return ops
+        return {"Check": {"Verb": "delete", "Check": {"Node": node, "CheckID": reg.check_id}}}
     check = {"Node": node, "CheckID": reg.check_id, "Name": CHECK_NAME, "Type": CHECK_TYPE,
              "Status": reg.check_status, "ServiceID": reg.service_id,
              # Consul's txn ACL check authorises a service check by its ServiceName.
              "ServiceName": reg.name,
              "Output": "Kubernetes health checks "
                        + ("passing" if reg.check_status == "passing" else "failing")}
-    ops.append({"Check": {"Verb": "set", "Check": check}})
-    return ops
+    return {"Check": {"Verb": "set", "Check": check}}
 
 
 def plan_operations(plan: Plan, node: str) -> list[list[dict[str, Any]]]:
@@ -161,7 +172,11 @@ def plan_operations(plan: Plan, node: str) -> list[list[dict[str, Any]]]:
     for reg in plan.create:
         groups.append(_set_operations(node, reg, update=False))
     for reg in plan.update:
-        groups.append(_set_operations(node, reg, update=True))
+        held = plan.replaced.get(reg.service_id)
+        if held is not None and held.same_service(reg):
+            groups.append([_check_operation(node, reg)])  # a readiness flip: the check alone
+            continue
+        groups.append(_set_operations(node, reg, held, update=True))
     for reg in plan.delete:
         # Deleting a service deletes its checks with it. Consul vets every service op, a
         # delete too, and refuses an ID without a name.

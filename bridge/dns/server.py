@@ -61,7 +61,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from bridge.catalog.model import Catalog
+from bridge.catalog.model import Catalog, ServiceKey
 from bridge.config import DnsSettings, parse_hostport
 from bridge.dns.answer import NOT_OURS, Rcode
 from bridge.dns.consul import ConsulOptions
@@ -118,6 +118,16 @@ class _Connection:
         self.closing = False  # the client half-closed: finish writing, then close
         self.pending = 0  # forwarded queries whose reply has not come back yet
         self.events = selectors.EVENT_READ  # what the selector watches; 0 = unregistered
+
+
+def addresses_of(sockets: Sequence[socket.socket]) -> list[tuple[str, int]]:
+    """(host, port) of each socket bound, without repeats, in order."""
+    seen: dict[tuple[str, int], None] = {}
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            host, port = sock.getsockname()[:2]
+            seen[(host, port)] = None
+    return list(seen)
 
 
 def _pick(override: T | None, setting: T) -> T:
@@ -187,9 +197,18 @@ class DnsServer:
     def publish(self, catalog: Catalog) -> Table:
         """Make the table for `catalog` in the caller's thread (derived from the current
         one, see `Table.update`), then swap it in atomically."""
-        table = self._table.update(catalog)
-        self._table = table
+        table = self.prepare(catalog)
+        self.swap(table)
         return table
+
+    def prepare(self, catalog: Catalog, changed: Sequence[ServiceKey] | None = None) -> Table:
+        """The table for `catalog`, derived from the one served now; not served yet.
+        `changed`: the keys that differ from the served catalog, if known."""
+        return self._table.update(catalog, changed)
+
+    def swap(self, table: Table) -> None:
+        """Serve `table` from the next packet on (one reference assignment)."""
+        self._table = table
 
     @property
     def table(self) -> Table:
@@ -197,11 +216,14 @@ class DnsServer:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Bind UDP and TCP on the same port (port 0: a free one) and start serving."""
+    def start(self, sockets: tuple[list[socket.socket], list[socket.socket]] | None = None
+              ) -> None:
+        """Bind UDP and TCP on the same port (port 0: a free one) and start serving; or
+        serve `sockets` (UDP, TCP listeners) bound elsewhere (`bind`), which other
+        processes may serve too."""
         if self._serving:
             raise RuntimeError("already started")
-        self._udp, self._tcp = self._bind()
+        self._udp, self._tcp = self.bind() if sockets is None else sockets
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -240,7 +262,8 @@ class DnsServer:
         plans.append([(socket.AF_INET, "0.0.0.0", "")])
         return plans
 
-    def _bind(self) -> tuple[list[socket.socket], list[socket.socket]]:
+    def bind(self) -> tuple[list[socket.socket], list[socket.socket]]:
+        """New UDP and TCP sockets (listening) for the settings' address; `port` is set."""
         plans = self._plans()
         for number, plan in enumerate(plans):
             try:
@@ -280,12 +303,7 @@ class DnsServer:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """(host, port) of every bound socket; UDP and TCP share each pair."""
-        seen: dict[tuple[str, int], None] = {}
-        for sock in self._udp + self._tcp:
-            with contextlib.suppress(OSError):
-                host, port = sock.getsockname()[:2]
-                seen[(host, port)] = None
-        return list(seen)
+        return addresses_of(self._udp + self._tcp)
 
     def stop(self) -> None:
         """Stop serving: wake and join every thread (within about a second), close sockets."""

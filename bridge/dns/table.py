@@ -740,7 +740,7 @@ def _shard_count(services: int) -> int:
     return min(MAX_SHARDS, max(64, 1 << (services // 2).bit_length()))
 
 
-def _changed_keys(old: Mapping[ServiceKey, Service], new: Mapping[ServiceKey, Service]
+def changed_keys(old: Mapping[ServiceKey, Service], new: Mapping[ServiceKey, Service]
                   ) -> list[ServiceKey]:
     """The keys whose service differs between two catalogs (added, removed or changed).
 
@@ -930,10 +930,12 @@ class Table:
 
     # --- the next catalog ---------------------------------------------------------------
 
-    def update(self, catalog: Catalog) -> Table:
+    def update(self, catalog: Catalog, changed: Sequence[ServiceKey] | None = None) -> Table:
         """The table for `catalog`, derived from this one: only what changed is encoded
         again (see the module's docstring). This table does not change; the caller swaps
         the new one in. Builds afresh when deriving does not pay or does not apply.
+        `changed`: the keys whose service differs from this table's catalog, when the
+        caller knows them (else they are found by comparing the two catalogs).
         """
         previous = self.catalog
         if catalog is previous:
@@ -944,7 +946,8 @@ class Table:
             # catalog should carry its own generation as the serial.
             return self.rebuilt(catalog)
         old, new = previous.services, catalog.services
-        changed = _changed_keys(old, new)
+        if changed is None:
+            changed = changed_keys(old, new)
         if len(changed) > max(FULL_BUILD_MIN, len(new) * FULL_BUILD_SHARE):
             return self.rebuilt(catalog)
         derived = self.answerer.derive(catalog, previous, changed)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import fnmatch
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
-from bridge.catalog.model import Service, Snapshot
+from bridge.catalog.model import Service, ServiceKey, Snapshot
 from bridge.config import KubernetesSettings
 from bridge.kube.client import ENDPOINT_SLICES, INGRESSES, NODES, SERVICES, KubeClient
 from bridge.kube.objects import (
@@ -28,6 +28,8 @@ from bridge.kube.objects import (
     slice_from_raw,
 )
 from bridge.kube.watch import Reflector
+
+ServiceRef = tuple[str, str]  # (namespace, name) of a Service or an EndpointSlice
 
 
 def namespace_allowed(namespace: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> bool:
@@ -56,7 +58,17 @@ class KubeSource:
         self.ingresses = Reflector(kube, INGRESSES, ingress_from_raw, on_change,
                                    watch_timeout=settings.watch_timeout,
                                    stop=stop) if watch_ingresses else None
-        self._joined: dict[tuple[str, str], tuple[Service, tuple[Slice, ...], Service]] = {}
+        # The incremental join (see `snapshot`), guarded by `_lock`: both the DNS publisher
+        # and the reconciler take snapshots.
+        self._lock = threading.Lock()
+        self._joined: dict[ServiceRef, tuple[Service, tuple[Slice, ...], Service]] = {}
+        self._result: dict[ServiceKey, Service] = {}  # joined, in first-seen order
+        self._slice_owner: dict[ServiceRef, ServiceRef] = {}  # slice key -> its Service's key
+        self._slices_of: dict[ServiceRef, dict[ServiceRef, Slice]] = {}
+        self._pending_slices: set[ServiceRef] = set()
+        self._namespaces: dict[str, bool] = {}  # namespace -> allowed (wildcards cost)
+        self._last: Snapshot | None = None
+        self._last_key: tuple[tuple[int, ...], bool] = ((), False)
         self._reflectors = [r for r in (self.services, self.slices, self.nodes, self.ingresses)
                             if r is not None]
 
@@ -73,36 +85,114 @@ class KubeSource:
         return self.services.items, self.slices.items
 
     def snapshot(self) -> Snapshot:
-        services = self.services.items
-        slices = self.slices.items
-        by_service: dict[tuple[str, str], list[Slice]] = defaultdict(list)
-        for sl in slices.values():
-            if sl.service:
-                by_service[(sl.namespace, sl.service)].append(sl)
-        allow, deny = self._settings.namespaces, self._settings.deny_namespaces
-        joined: list[Service] = []
-        cache: dict[tuple[str, str], tuple[Service, tuple[Slice, ...], Service]] = {}
-        for key, svc in services.items():
-            if not namespace_allowed(svc.key.namespace, allow, deny) \
-                    or svc.label(MANAGED_BY_LABEL) == MANAGED_BY_VALUE:
-                continue
-            own = tuple(by_service.get(key, ()))
-            previous = self._joined.get(key)
-            # Reflectors replace only what changed, so unchanged inputs are the same objects:
-            # reusing the join keeps a pass over 10,000 Services cheap, and keeps unchanged
-            # Services identical for the DNS table's incremental update.
-            if previous is not None and previous[0] is svc and len(previous[1]) == len(own) \
-                    and all(a is b for a, b in zip(previous[1], own, strict=True)):
-                result = previous[2]
+        """The joined Services of one cache state of each reflector. Redoes only the
+        Services whose Service or slices changed since the last call (both the DNS
+        publisher and the reconciler call it, often); the same Snapshot while nothing did."""
+        with self._lock:
+            states = tuple(r.state for r in self._reflectors)
+            synced = self.synced
+            key = (tuple(version for version, _ in states), synced)
+            if self._last is not None and self._last_key == key:
+                return self._last
+            services, slices = states[0][1], states[1][1]
+            seen = self._last_key[0] if self._last is not None else None
+            dirty = self._dirty(seen, key[0]) if seen is not None else None
+            if dirty is None:
+                self._rejoin_all(services, slices)
             else:
-                result = join(svc, own, self._cluster_id)
-            cache[key] = (svc, own, result)
-            joined.append(result)
-        self._joined = cache
-        nodes = {node.name: node for node in self.nodes.items.values()} if self.nodes else {}
-        routes = []
-        if self.ingresses:
-            cached = self.ingresses.items
-            routes = [route for key in sorted(cached) for route in cached[key]
-                      if namespace_allowed(route.namespace, allow, deny)]
-        return Snapshot.of(joined, self.synced, nodes, routes)
+                self._rejoin(dirty, services, slices)
+            nodes = {node.name: node for node in self.nodes.items.values()} if self.nodes else {}
+            routes = []
+            if self.ingresses:
+                cached = self.ingresses.items
+                allowed = self._allowed
+                routes = [route for key_ in sorted(cached) for route in cached[key_]
+                          if allowed(route.namespace)]
+            snap = Snapshot(MappingProxyType(dict(self._result)), synced,
+                            MappingProxyType(nodes), tuple(routes))
+            self._last, self._last_key = snap, key
+            return snap
+
+    def _allowed(self, namespace: str) -> bool:
+        allowed = self._namespaces.get(namespace)
+        if allowed is None:
+            allowed = self._namespaces[namespace] = namespace_allowed(
+                namespace, self._settings.namespaces, self._settings.deny_namespaces)
+        return allowed
+
+    def _dirty(self, seen: tuple[int, ...], now: tuple[int, ...]) -> set[ServiceRef] | None:
+        """The Services whose join may differ between reflector versions `seen` and `now`;
+        None when that is not known."""
+        service_keys = self.services.changed_since(seen[0], now[0])
+        slice_keys = self.slices.changed_since(seen[1], now[1])
+        if service_keys is None or slice_keys is None:
+            return None
+        dirty: set[ServiceRef] = set(service_keys)  # type: ignore[arg-type]
+        for slice_key in slice_keys:
+            owner = self._slice_owner.get(slice_key)  # type: ignore[call-overload]
+            if owner is not None:
+                dirty.add(owner)  # the Service it belonged to; its new one: `_rejoin`
+            self._pending_slices.add(slice_key)  # type: ignore[arg-type]
+        return dirty
+
+    def _rejoin_all(self, services: Mapping[ServiceRef, Service],
+                    slices: Mapping[ServiceRef, Slice]) -> None:
+        self._slice_owner, self._slices_of = {}, {}
+        self._pending_slices.clear()
+        for slice_key, sl in slices.items():
+            self._index_slice(slice_key, sl)
+        joined, result = self._joined, {}
+        self._joined = {}
+        for key, svc in services.items():
+            one = self._join_one(key, svc, joined.get(key))
+            if one is not None:
+                result[one.key] = one
+        self._result = result
+
+    def _rejoin(self, dirty: set[ServiceRef], services: Mapping[ServiceRef, Service],
+                slices: Mapping[ServiceRef, Slice]) -> None:
+        for slice_key in self._pending_slices:
+            owner = self._slice_owner.pop(slice_key, None)
+            if owner is not None:
+                self._slices_of.get(owner, {}).pop(slice_key, None)
+            sl = slices.get(slice_key)
+            if sl is not None:
+                self._index_slice(slice_key, sl)
+                dirty.add((sl.namespace, sl.service))
+        self._pending_slices.clear()
+        result = self._result
+        for key in dirty:
+            svc = services.get(key)
+            previous = self._joined.pop(key, None)
+            joined = self._join_one(key, svc, previous) if svc is not None else None
+            if previous is not None and (joined is None or joined.key != previous[2].key):
+                result.pop(previous[2].key, None)
+            if joined is not None:
+                # In place when the key stays: the order of the result holds, so consumers
+                # comparing two snapshots side by side stay on their fast path.
+                result[joined.key] = joined
+
+    def _index_slice(self, slice_key: ServiceRef, sl: Slice) -> None:
+        if sl.service:
+            owner = (sl.namespace, sl.service)
+            self._slice_owner[slice_key] = owner
+            self._slices_of.setdefault(owner, {})[slice_key] = sl
+
+    def _join_one(self, key: ServiceRef, svc: Service,
+                  previous: tuple[Service, tuple[Slice, ...], Service] | None) -> Service | None:
+        """`svc` joined with its slices (None if its namespace is not exposed, or it is
+        one we materialised), recorded for the next pass."""
+        if not self._allowed(svc.key.namespace) \
+                or svc.label(MANAGED_BY_LABEL) == MANAGED_BY_VALUE:
+            return None
+        own = tuple(self._slices_of.get(key, {}).values())
+        # Unchanged inputs are the same objects (reflectors replace only what changed):
+        # reusing the join keeps unchanged Services identical for the sinks' memo and the
+        # DNS table's incremental update.
+        if previous is not None and previous[0] is svc and len(previous[1]) == len(own) \
+                and all(a is b for a, b in zip(previous[1], own, strict=True)):
+            joined = previous[2]
+        else:
+            joined = join(svc, own, self._cluster_id)
+        self._joined[key] = (svc, own, joined)
+        return joined

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
@@ -32,11 +33,17 @@ SKIPPED = Counter("bridge_kube_objects_skipped_total", "Objects skipped as malfo
 ERRORS = Counter("bridge_kube_errors_total", "Failed list or watch calls", ["resource"])
 
 PAGE_SIZE = 500
+CHANGE_LOG = 8192  # recent changed keys kept for `changed_since`; older: a full recompute
 
 
 class Reflector(Generic[T]):
     """Mirrors one collection through `convert` into `items`, calling `on_change` after each
-    change. `synced` is set once the first complete list has been applied."""
+    change. `synced` is set once the first complete list has been applied.
+
+    Every change gets the next `version`; `state` pairs it with the items it produced (one
+    attribute, so a reader gets both of one moment), and `changed_since` names the keys
+    changed between two versions, so a reader can redo only what those keys touch.
+    """
 
     def __init__(self, kube: KubeClient, resource: Resource, convert: Callable[[Any], T],
                  on_change: Callable[[], None], *, watch_timeout: int,
@@ -52,6 +59,10 @@ class Reflector(Generic[T]):
         self.items: Mapping[tuple[str, str], T] = MappingProxyType(self._items)
         self.synced = threading.Event()
         self.resource_version = ""
+        self.version = 0
+        self.state: tuple[int, Mapping[tuple[str, str], T]] = (0, self.items)
+        self._changes: deque[tuple[int, tuple[str, str]]] = deque(maxlen=CHANGE_LOG)
+        self._floor = 0  # a relist at this version: what changed in it is not logged
         self.thread = threading.Thread(target=self._run, name=f"reflector-{resource.plural}",
                                        daemon=True)
 
@@ -110,8 +121,8 @@ class Reflector(Generic[T]):
                 self.resource_version = str(meta.get("resourceVersion") or "")
                 break
         changed = self._items != fresh
-        self._items = fresh
-        self.items = MappingProxyType(fresh)
+        if changed:
+            self._publish(fresh, None)
         first = not self.synced.is_set()
         self.synced.set()
         log.debug("%s: listed %d at resourceVersion %s", self._resource.plural, len(fresh),
@@ -154,6 +165,27 @@ class Reflector(Generic[T]):
                     continue
                 updated = current.copy()
                 updated[key] = value
-            self._items = updated
-            self.items = MappingProxyType(updated)
+            self._publish(updated, key)
             self._on_change()
+
+    def _publish(self, items: dict[tuple[str, str], T], key: tuple[str, str] | None) -> None:
+        """Make `items` the cache: `key` changed, or (None) anything may have."""
+        version = self.version + 1
+        if key is None:
+            self._floor = version
+        else:
+            self._changes.append((version, key))
+        self._items = items
+        self.items = MappingProxyType(items)
+        self.version = version
+        self.state = (version, self.items)  # last: readers of `state` see a logged change
+
+    def changed_since(self, since: int, upto: int) -> set[Hashable] | None:
+        """The keys changed after version `since` up to `upto` (a version read from
+        `state`); None when that is not known (a relist, or a log outgrown): all may have."""
+        if since < self._floor:
+            return None
+        log_copy = list(self._changes)  # one C-level copy: the writer may append meanwhile
+        if since < upto and (not log_copy or log_copy[0][0] > since + 1):
+            return None
+        return {key for version, key in log_copy if since < version <= upto}

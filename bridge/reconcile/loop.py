@@ -20,7 +20,7 @@ from prometheus_client import Counter, Histogram
 
 from bridge.catalog.model import Snapshot
 from bridge.catalog.plan import Plan, Registration, diff
-from bridge.catalog.to_consul import SyncOptions, desired
+from bridge.catalog.to_consul import Memo, SyncOptions, desired
 from bridge.errors import BridgeError
 from bridge.kube.sink import KubeSink
 from bridge.reconcile.trigger import Trigger
@@ -73,6 +73,7 @@ class Reconciler:
         self._stop = stop
         self._resync = resync_period
         self._actual: dict[str, Registration] | None = None
+        self._memo = Memo()  # registrations of the Services unchanged since the last pass
         self.last_plan: Plan | None = None
         self.in_sync = False  # the last pass left Consul as desired (nothing failed or pending)
         self._kube_sink = kube_sink
@@ -130,7 +131,7 @@ class Reconciler:
     def _sync_consul(self, kube: Snapshot, *, reread: bool, since: float | None) -> None:
         assert self._sink is not None
         self._options.skipped.clear()
-        wanted = desired(kube, self._options)
+        wanted = desired(kube, self._options, self._memo)
         self._report_skips()
         self.in_sync = False
         if reread or self._actual is None:
@@ -144,10 +145,11 @@ class Reconciler:
         plan = diff(wanted, self._actual)
         if self._mode.upsert_only and plan.delete:
             log.info("upsert-only: keeping %d registrations Kubernetes no longer has", len(plan.delete))
-            plan = Plan(plan.create, plan.update, ())
+            plan = Plan(plan.create, plan.update, (), plan.replaced)
         self.last_plan = plan
         self.in_sync = plan.empty
         if plan.empty:
+            self._actual = _settled(wanted, self._actual)
             self._backoff.reset()
             return
         PLANNED.labels("create").inc(len(plan.create))
@@ -173,7 +175,7 @@ class Reconciler:
         if written and since is not None:
             LAG.observe(max(0.0, time.monotonic() - since))
         # After a failure our record may be wrong: reread before the next plan.
-        self._actual = None if result.failed else actual
+        self._actual = None if result.failed else _settled(wanted, actual)
         if result.failed:
             log.warning("%d registrations failed", len(result.failed))
             self._retry_later()
@@ -193,3 +195,13 @@ class Reconciler:
         timer = threading.Timer(delay, self._trigger.poke)
         timer.daemon = True
         timer.start()
+
+
+def _settled(wanted: dict[str, Registration], actual: dict[str, Registration]
+             ) -> dict[str, Registration]:
+    """Our record of Consul once it holds all of `wanted`: `wanted`'s own objects, so that
+    the next diff finds the unchanged ones by identity rather than field by field, plus
+    what Consul holds beyond them (what upsert-only keeps)."""
+    if len(actual) == len(wanted):
+        return dict(wanted)
+    return {**wanted, **{sid: reg for sid, reg in actual.items() if sid not in wanted}}

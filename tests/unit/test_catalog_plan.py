@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from bridge.catalog.model import (
     IngressRoute,
     Instance,
+    Node,
     Origin,
     OriginKind,
     Port,
@@ -27,6 +28,7 @@ from bridge.catalog.to_consul import (
     PORT_ANNOTATION,
     SYNC_ANNOTATION,
     TAGS_ANNOTATION,
+    Memo,
     SyncOptions,
     desired,
     ingress_address,
@@ -528,3 +530,64 @@ def test_desired_passes_each_service_its_ingress_routes():
         ("api", "api.example.com", 443), ("web", "10.0.0.1", 8080), ("web", "10.0.0.2", 8080)]
     plain = desired(snap, opts())
     assert ("api", "10.0.1.1", 8080) in {(r.name, r.address, r.port) for r in plain.values()}
+
+
+# --- desired with a memo ------------------------------------------------------------------
+
+
+def test_memo_recomputes_only_the_services_that_are_new_objects(monkeypatch):
+    from bridge.catalog import to_consul
+
+    calls: list[ServiceKey] = []
+    original = to_consul.registrations_for
+
+    def counting(svc, *args, **kw):
+        calls.append(svc.key)
+        return original(svc, *args, **kw)
+
+    monkeypatch.setattr(to_consul, "registrations_for", counting)
+    web, api = service("web"), service("api", instances=(pod("10.0.1.1", "api-0"),))
+    memo = Memo()
+    first = desired(Snapshot.of([web, api], synced=True), opts(), memo)
+    assert sorted(calls) == [api.key, web.key]
+    calls.clear()
+    changed = service("api", instances=(pod("10.0.1.1", "api-0", ready=False),))
+    second = desired(Snapshot.of([web, changed], synced=True), opts(), memo)
+    assert calls == [changed.key], f"only the changed Service is computed again, got {calls}"
+    assert second == desired(Snapshot.of([web, changed], synced=True), opts())
+    assert second != first
+    calls.clear()
+    desired(Snapshot.of([web, changed], synced=True), opts(tag="other"), memo)
+    assert sorted(calls) == [changed.key, web.key], "other options start afresh"
+
+
+def test_memo_follows_nodes_and_ingress_routes_of_unchanged_services():
+    nodeport = service("np", stype=ServiceType.NODE_PORT,
+                       ports=(Port("http", 80, node_port=30080),))
+    web = service("web")
+    memo = Memo()
+    options = opts(ingress=True)
+    nodes = {"node-1": Node("node-1", external_ips=("203.0.113.1",)),
+             "node-2": Node("node-2", external_ips=("203.0.113.2",))}
+    for step_nodes, routes in [
+        (nodes, []),
+        ({**nodes, "node-1": Node("node-1", external_ips=("203.0.113.9",))}, []),
+        ({**nodes, "node-1": Node("node-1", external_ips=("203.0.113.9",))},
+         [route("web.example.com", service="web")]),
+        (nodes, []),
+    ]:
+        snap = Snapshot.of([nodeport, web], synced=True, nodes=step_nodes, ingresses=routes)
+        with_memo = desired(snap, options, memo)
+        assert with_memo == desired(snap, options), (step_nodes, routes)
+
+
+def test_memo_replays_skip_reasons_of_unchanged_services():
+    bad = service("bad", stype=ServiceType.NODE_PORT, ports=(Port("http", 80),))
+    memo = Memo()
+    options = opts()
+    desired(Snapshot.of([bad], synced=True), options, memo)
+    first = list(options.skipped)
+    assert first, "a NodePort Service without a nodePort is reported"
+    options.skipped.clear()
+    desired(Snapshot.of([bad], synced=True), options, memo)
+    assert options.skipped == first

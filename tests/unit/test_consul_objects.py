@@ -380,3 +380,45 @@ def test_neighbours_on_the_same_consul_are_never_deleted():
     plan = diff({}, read_back(store))  # our world is now empty
     assert {r.service_id for r in plan.delete} == set(wanted)
     assert "web-neighbour" not in {r.service_id for r in plan.delete}
+
+
+def test_a_readiness_flip_is_one_check_write_and_round_trips():
+    store = FakeCatalog()
+    first = desired(world({"10.0.0.1": True, "10.0.0.2": True}), SyncOptions(cluster_id=CLUSTER))
+    store.apply(plan_operations(diff(first, read_back(store)), NODE))
+    flipped = desired(world({"10.0.0.1": False, "10.0.0.2": True}),
+                      SyncOptions(cluster_id=CLUSTER))
+    plan = diff(flipped, read_back(store))
+    groups = plan_operations(plan, NODE)
+    assert groups == [[{"Check": {"Verb": "set", "Check": groups[0][0]["Check"]["Check"]}}]], \
+        f"a readiness flip must be the check alone, got {groups}"
+    assert groups[0][0]["Check"]["Check"]["Status"] == "critical"
+    store.apply(groups)
+    assert read_back(store) == flipped
+    assert diff(flipped, read_back(store)).empty
+
+
+def test_an_update_without_what_consul_held_still_sets_service_and_check():
+    reg = next(iter(desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER)).values()))
+    ops = plan_operations(Plan(update=(reg,)), NODE)[0]
+    assert [next(iter(op)) for op in ops] == ["Service", "Check"]
+
+
+def test_a_check_under_another_id_is_removed_with_the_update():
+    reg = next(iter(desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER)).values()))
+    moved_meta = tuple((k, "other" if k == "external-k8s-ns" else v) for k, v in reg.meta)
+    held = dataclasses.replace(reg, meta=moved_meta)
+    assert held.check_id != reg.check_id
+    ops = plan_operations(diff({reg.service_id: reg}, {reg.service_id: held}), NODE)[0]
+    deleted = [op["Check"]["Check"]["CheckID"] for op in ops
+               if "Check" in op and op["Check"]["Verb"] == "delete"]
+    assert deleted == [held.check_id], ops
+
+
+def test_no_check_before_or_after_writes_no_check_op():
+    reg = dataclasses.replace(
+        next(iter(desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER)).values())),
+        check_status="")
+    held = dataclasses.replace(reg, port=reg.port + 1)
+    ops = plan_operations(diff({reg.service_id: reg}, {reg.service_id: held}), NODE)[0]
+    assert [next(iter(op)) for op in ops] == ["Service"], ops

@@ -366,7 +366,7 @@ def test_changed_keys_agree_with_a_plain_comparison(before: list[int], after: li
         key = ServiceKey("ns", f"s{i}") if copy_keys or i not in old_objects else service.key
         new[key] = service
     expected = {key for key in {**old, **new} if old.get(key) != new.get(key)}
-    found = table_module._changed_keys(MappingProxyType(old), MappingProxyType(new))
+    found = table_module.changed_keys(MappingProxyType(old), MappingProxyType(new))
     assert sorted(found) == sorted(expected)
     assert len(found) == len(set(found))
 

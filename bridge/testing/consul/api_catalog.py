@@ -4,7 +4,8 @@ Handlers follow Consul's HTTP + RPC path step by step so that the first failing 
 decides the error, as it would on a real agent: body decoding (400), datacenter,
 ACL token, `nodePreApply`/`servicePreApply` validation (500), ACL vetting, then the
 state-store apply. Reads go through the blocking-query loop with the per-endpoint
-index rules from catalog.py.
+index rules from catalog.py; each read hands the loop its index rule (`index_of`) apart
+from its `evaluate`, so a woken query whose index did not move renders nothing.
 """
 
 from __future__ import annotations
@@ -111,12 +112,18 @@ def prepare_service(ns: Record, authz: Authorizer) -> Record:
 def vet_register(tables: Tables, authz: Authorizer, req: Record) -> None:
     """`vetRegisterWithACL`; its node/service consistency checks run even without ACLs."""
     node = lookup_node(tables, req["Node"])
-    existing_services = {s["ServiceID"]: s for s in services_on_node(tables, node["Node"])} if node else None
+
+    def existing_service(service_id: str) -> Record | None:
+        # The node's instance with exactly this ID (the lookup is by key, so case-insensitive;
+        # Consul compares the IDs it listed, so the spelling must match too).
+        found = tables.services.get((node["Node"].lower(), service_id.lower())) if node else None
+        return found if found is not None and found["ServiceID"] == service_id else None
+
     if node is None or changes_node(req, node):
         authz.require("node", req["Node"], "write")
     service = req["Service"]
-    if service is not None and existing_services is not None:
-        other = existing_services.get(service["ServiceID"])
+    if service is not None and node is not None:
+        other = existing_service(service["ServiceID"])
         if other is not None and not authz.allowed("service", other["ServiceName"], "write"):
             raise HTTPError(403, "Permission denied")
     for check in req["Checks"]:
@@ -130,7 +137,7 @@ def vet_register(tables: Tables, authz: Authorizer, req: Record) -> None:
             continue
         if service is not None and service["ServiceID"] == check["ServiceID"]:
             continue
-        other = (existing_services or {}).get(check["ServiceID"])
+        other = existing_service(check["ServiceID"])
         if other is None:
             raise server_error(f"Unknown service ID '{check['ServiceID']}' for check ID '{check['CheckID']}'")
         authz.require("service", other["ServiceName"], "write")
@@ -212,12 +219,14 @@ def catalog_services(api: Api, req: Request) -> Response:
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, SERVICE_NODE_FIELDS)
 
+    def index_of(tables: Tables) -> int:
+        return tables.max_index("services", "nodes") if meta else tables.max_index("services")
+
     def evaluate(tables: Tables) -> QueryResult:
-        index = tables.max_index("services", "nodes") if meta else tables.max_index("services")
         matched = []
         filtered = False
-        for key in sorted(tables.services):
-            service = tables.services[key]
+        # No sort: the summary is sorted by name and tag whatever the input order.
+        for key, service in tables.services.items():
             node = tables.nodes[key[0]]
             if meta and not satisfies_meta(node["Meta"], meta):
                 continue
@@ -227,9 +236,9 @@ def catalog_services(api: Api, req: Request) -> Response:
             if predicate is not None and not predicate(render.catalog_service(service, node)):
                 continue
             matched.append(service)
-        return QueryResult(index, render.services_summary(matched), filtered)
+        return QueryResult(index_of(tables), render.services_summary(matched), filtered)
 
-    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate))
+    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate, index_of))
 
 
 @route("/v1/catalog/nodes", "GET")
@@ -238,6 +247,9 @@ def catalog_nodes(api: Api, req: Request) -> Response:
     meta = node_meta_filters(req)
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, NODE_FIELDS)
+
+    def index_of(tables: Tables) -> int:
+        return tables.max_index("nodes")
 
     def evaluate(tables: Tables) -> QueryResult:
         out = []
@@ -251,9 +263,9 @@ def catalog_nodes(api: Api, req: Request) -> Response:
             rendered = render.node(node)
             if predicate is None or predicate(rendered):
                 out.append(rendered)
-        return QueryResult(tables.max_index("nodes"), out, filtered)
+        return QueryResult(index_of(tables), out, filtered)
 
-    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate))
+    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate, index_of))
 
 
 @route("/v1/catalog/service/", "GET")
@@ -265,19 +277,20 @@ def catalog_service(api: Api, req: Request) -> Response:
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, SERVICE_NODE_FIELDS)
 
+    def index_of(tables: Tables) -> int:
+        # Existence is decided before any ?tag filter.
+        exists = bool(tables.services_by_name.get(name.lower()))
+        return index_for_service(tables, name, exists, checks=False)
+
     def evaluate(tables: Tables) -> QueryResult:
         instances = services_named(tables, name)
-        exists = bool(instances)
         if tags is not None:
             instances = [s for s in instances if tag_filter_passes(s, tags)]
-        else:
-            exists = bool(instances)
-        index = index_for_service(tables, name, exists, checks=False)
         visible, filtered = readable_instances(tables, instances, meta, authz)
         rendered = [render.catalog_service(service, node) for service, node in visible]
-        return QueryResult(index, [r for r in rendered if predicate is None or predicate(r)], filtered)
+        return QueryResult(index_of(tables), [r for r in rendered if predicate is None or predicate(r)], filtered)
 
-    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate))
+    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate, index_of))
 
 
 def _node_index(tables: Tables, name: str, node: Record | None) -> int:
@@ -311,6 +324,9 @@ def catalog_node(api: Api, req: Request) -> Response:
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, NODE_SERVICE_FIELDS)
 
+    def index_of(tables: Tables) -> int:
+        return _node_index(tables, name, lookup_node(tables, name))
+
     def evaluate(tables: Tables) -> QueryResult:
         node = lookup_node(tables, name)
         index = _node_index(tables, name, node)
@@ -322,7 +338,7 @@ def catalog_node(api: Api, req: Request) -> Response:
         ordered = {s["ID"]: s for s in sorted(services, key=lambda s: s["ID"])}
         return QueryResult(index, {"Node": render.node(node), "Services": ordered}, filtered)
 
-    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate))
+    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate, index_of))
 
 
 @route("/v1/catalog/node-services/", "GET")
@@ -331,6 +347,9 @@ def catalog_node_services(api: Api, req: Request) -> Response:
     name = path_suffix(req, "/v1/catalog/node-services/", "Missing node name")
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, NODE_SERVICE_FIELDS)
+
+    def index_of(tables: Tables) -> int:
+        return _node_index(tables, name, lookup_node(tables, name))
 
     def evaluate(tables: Tables) -> QueryResult:
         node = lookup_node(tables, name)
@@ -342,7 +361,7 @@ def catalog_node_services(api: Api, req: Request) -> Response:
         services, filtered = _node_services(tables, authz, node, predicate)
         return QueryResult(index, {"Node": render.node(node), "Services": services or None}, filtered)
 
-    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate))
+    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate, index_of))
 
 
 ROUTES: list[Route] = [

@@ -3,6 +3,9 @@
 `?passing` is validated and applied after the (possibly blocking) query, exactly where
 Consul's HTTP handler does it, so it never changes the reported index; a warning check
 counts as not passing and an entry with no checks counts as passing.
+
+Each blocking endpoint gives the query loop its index rule on its own (`index_of`), which
+its `evaluate` reuses, so a woken query whose index did not move costs no rendering.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from bridge.testing.consul.acl import Authorizer
 from bridge.testing.consul.bexpr import HEALTH_CHECK_FIELDS, SERVICE_ENTRY_FIELDS, compile_filter
 from bridge.testing.consul.catalog import (
     HEALTH_PASSING,
-    checks_by_node,
-    checks_of_instance,
+    checks_of_service_name,
+    checks_on_node,
     index_for_service,
+    instance_checks,
+    service_names_like,
     services_named,
     tag_filter_passes,
 )
@@ -59,29 +64,28 @@ def health_service(api: Api, req: Request) -> Response:
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, SERVICE_ENTRY_FIELDS)
 
+    def index_of(tables: Tables) -> int:
+        # Without ?tag every spelling of the name that has instances counts; with ?tag,
+        # whether the name exists is decided before the tag filter.
+        names = service_names_like(tables, name)
+        if tags is None and names:
+            return max(index_for_service(tables, n, True, checks=True) for n in names)
+        return index_for_service(tables, name, bool(names), checks=True)
+
     def evaluate(tables: Tables) -> QueryResult:
         instances = services_named(tables, name)
-        if tags is None:
-            if instances:
-                names = {s["ServiceName"] for s in instances}
-                index = max(index_for_service(tables, n, True, checks=True) for n in names)
-            else:
-                index = index_for_service(tables, name, False, checks=True)
-        else:
-            exists = bool(instances)
+        if tags is not None:
             instances = [s for s in instances if tag_filter_passes(s, tags)]
-            index = index_for_service(tables, name, exists, checks=True)
         entries = []
-        grouped = checks_by_node(tables, {s["Node"].lower() for s in instances})
         visible, filtered = readable_instances(tables, instances, meta, authz)
         for service, node in visible:
-            checks = checks_of_instance(grouped.get(node["Node"].lower(), []), service["ServiceID"])
+            checks = instance_checks(tables, node["Node"], service["ServiceID"])
             entry = render.service_entry(node, service, checks)
             if predicate is None or predicate(entry):
                 entries.append(entry)
-        return QueryResult(index, entries, filtered)
+        return QueryResult(index_of(tables), entries, filtered)
 
-    result = run_query(api, req, opts, evaluate)
+    result = run_query(api, req, opts, evaluate, index_of)
     if _passing_param(req):
         result.value = [e for e in result.value if all(c["Status"] == HEALTH_PASSING for c in e["Checks"])]
     return respond(api, req, opts, authz, result)
@@ -103,25 +107,25 @@ def _check_listing(api: Api, req: Request, select: str) -> Response:
     authz = resolve(api, opts)
     predicate = compile_filter(opts.filter, HEALTH_CHECK_FIELDS)
 
-    def wanted(check: Record) -> bool:
+    def selected(tables: Tables) -> list[Record]:
+        """The checks `select` picks, in (node, check ID) order."""
         if select == "service":
-            return check["ServiceName"].lower() == value.lower()
+            return checks_of_service_name(tables, value)
         if select == "node":
-            return check["Node"].lower() == value.lower()
-        return value == "any" or check["Status"] == value
+            return checks_on_node(tables, value)
+        everything = (tables.checks[key] for key in sorted(tables.checks))
+        return [check for check in everything if value == "any" or check["Status"] == value]
+
+    def index_of(tables: Tables) -> int:
+        if select == "service" and meta:
+            return index_for_service(tables, value, True, checks=True)
+        return tables.max_index("checks")
 
     def evaluate(tables: Tables) -> QueryResult:
-        if select == "service" and meta:
-            index = index_for_service(tables, value, True, checks=True)
-        else:
-            index = tables.max_index("checks")
         out = []
         filtered = False
-        for key in sorted(tables.checks):
-            check = tables.checks[key]
-            if not wanted(check):
-                continue
-            if meta and not satisfies_meta(tables.nodes[key[0]]["Meta"], meta):
+        for check in selected(tables):
+            if meta and not satisfies_meta(tables.nodes[check["Node"].lower()]["Meta"], meta):
                 continue
             if not _readable(authz, check):
                 filtered = True
@@ -129,9 +133,9 @@ def _check_listing(api: Api, req: Request, select: str) -> Response:
             rendered = render.health_check(check)
             if predicate is None or predicate(rendered):
                 out.append(rendered)
-        return QueryResult(index, out, filtered)
+        return QueryResult(index_of(tables), out, filtered)
 
-    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate))
+    return respond(api, req, opts, authz, run_query(api, req, opts, evaluate, index_of))
 
 
 @route("/v1/health/checks/", "GET")

@@ -13,6 +13,13 @@ queries observe, so they follow Consul precisely:
 
 Lookups are case-insensitive on node names, service IDs, service names and check IDs,
 as Consul's memdb indexes are.
+
+The functions here that write `services` and `checks` (`_put_service`, `_drop_service`,
+`_put_check`, `_drop_check`, through which every catalog write goes) are the only
+maintainers of the tables' secondary indexes (state.KeyIndex), and the read helpers
+answer from those indexes: a write or a per-service/per-node read costs what it touches,
+as with memdb's radix trees, not a scan of the catalog. Reads keep memdb's orders (by
+the primary key, i.e. node then ID), sorting only the few keys they select.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from bridge.testing.consul.sessions import (
     sessions_for_check,
     sessions_for_node,
 )
-from bridge.testing.consul.state import Record, Tables, WriteTxn
+from bridge.testing.consul.state import PairKey, Record, Tables, WriteTxn
 from bridge.testing.consul.wire import format_duration, go_quote
 
 EXTINCTION = "service_last_extinction"
@@ -80,13 +87,13 @@ class Catalog:
         node = tables.nodes.get(name.lower())
         if node is None:
             return
-        on_node = [svc for key, svc in tables.services.items() if key[0] == name.lower()]
+        on_node = services_on_node(tables, name)
         for svc in on_node:
             tables.bump(f"service.{svc['ServiceName']}", txn.idx)
             tables.bump(_kind_index(svc), txn.idx)
         for svc in on_node:
             self.delete_service(txn, name, svc["ServiceID"])
-        for key in [key for key in tables.checks if key[0] == name.lower()]:
+        for key in check_keys_on_node(tables, name):
             self.delete_check(txn, name, tables.checks[key]["CheckID"])
         del tables.nodes[name.lower()]
         tables.bump("nodes", txn.idx)
@@ -112,7 +119,7 @@ class Catalog:
             entry["ModifyIndex"] = txn.idx
         else:
             entry["CreateIndex"] = entry["ModifyIndex"] = txn.idx
-        tables.services[key] = entry
+        _put_service(tables, key, entry, existing)
         tables.bump("services", txn.idx)
         tables.bump(f"service.{entry['ServiceName']}", txn.idx)
         tables.bump(_kind_index(entry), txn.idx)
@@ -126,16 +133,16 @@ class Catalog:
         service = tables.services.get(key)
         if service is None:
             return False
-        for check_key in [k for k, c in tables.checks.items() if k[0] == key[0] and c["ServiceID"].lower() == key[1]]:
+        for check_key in sorted(tables.checks_by_instance.get(key)):
             self.delete_check(txn, node, tables.checks[check_key]["CheckID"])
         tables.bump("checks", txn.idx)
-        del tables.services[key]
+        _drop_service(tables, key, service)
         tables.bump("services", txn.idx)
         tables.bump(_kind_index(service), txn.idx)
         tables.bump("nodes", txn.idx)
         tables.bump(f"node.{node}", txn.idx)
         name = service["ServiceName"]
-        if any(s["ServiceName"].lower() == name.lower() for s in tables.services.values()):
+        if tables.services_by_name.get(name.lower()):
             tables.bump(f"service.{name}", txn.idx)
         else:
             tables.index.pop(f"service.{name}", None)
@@ -180,7 +187,7 @@ class Catalog:
         if not modified:
             return
         entry["ModifyIndex"] = txn.idx
-        tables.checks[key] = entry
+        _put_check(tables, key, entry, existing)
         tables.bump("checks", txn.idx)
 
     def delete_check(self, txn: WriteTxn, node: str, check_id: str) -> bool:
@@ -197,7 +204,7 @@ class Catalog:
         else:
             _bump_node_services(tables, check["Node"], txn.idx)
             tables.bump("services", txn.idx)
-        del tables.checks[key]
+        _drop_check(tables, key, check)
         tables.bump("checks", txn.idx)
         for session_id in sessions_for_check(tables, check["Node"], check["CheckID"]):
             delete_session(txn, session_id, self.lock_delays)
@@ -230,6 +237,56 @@ class Catalog:
                 self.ensure_check(txn, check)
             except ApplyError as exc:
                 raise ApplyError(f"failed inserting check on node {go_quote(check['Node'])}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------
+# The only writers of `services` / `checks`: each keeps the secondary indexes in step.
+# ---------------------------------------------------------------------------
+
+
+def _put_service(tables: Tables, key: PairKey, entry: Record, existing: Record | None) -> None:
+    tables.services[key] = entry
+    name = entry["ServiceName"].lower()
+    if existing is None:
+        tables.services_by_node.add(key[0], key)
+    elif existing["ServiceName"].lower() != name:
+        # A rename under the same ID; an unchanged name leaves the (maybe large) buckets alone.
+        tables.services_by_name.discard(existing["ServiceName"].lower(), key)
+    else:
+        return
+    tables.services_by_name.add(name, key)
+
+
+def _drop_service(tables: Tables, key: PairKey, service: Record) -> None:
+    del tables.services[key]
+    tables.services_by_node.discard(key[0], key)
+    tables.services_by_name.discard(service["ServiceName"].lower(), key)
+
+
+def _put_check(tables: Tables, key: PairKey, entry: Record, existing: Record | None) -> None:
+    tables.checks[key] = entry
+    if existing is not None:
+        if _check_filing(existing) == _check_filing(entry):
+            # The usual update (a status change): the buckets stay as they are, and are not copied.
+            return
+        # The check moved to another service (same CheckID).
+        _unfile_check(tables, key, existing)
+    tables.checks_by_instance.add((key[0], entry["ServiceID"].lower()), key)
+    tables.checks_by_service_name.add(entry["ServiceName"].lower(), key)
+
+
+def _drop_check(tables: Tables, key: PairKey, check: Record) -> None:
+    del tables.checks[key]
+    _unfile_check(tables, key, check)
+
+
+def _check_filing(check: Record) -> tuple[str, str]:
+    return check["ServiceID"].lower(), check["ServiceName"].lower()
+
+
+def _unfile_check(tables: Tables, key: PairKey, check: Record) -> None:
+    tables.checks_by_instance.discard((key[0], check["ServiceID"].lower()), key)
+    tables.checks_by_service_name.discard(check["ServiceName"].lower(), key)
 
 
 # ---------------------------------------------------------------------------
@@ -445,29 +502,51 @@ def sorted_nodes(tables: Tables) -> list[Record]:
 
 def services_named(tables: Tables, name: str) -> list[Record]:
     """Instances of a service name, in memdb order (node, then service ID)."""
-    wanted = name.lower()
-    keys = sorted(key for key, service in tables.services.items() if service["ServiceName"].lower() == wanted)
-    return [tables.services[key] for key in keys]
+    return [tables.services[key] for key in sorted(tables.services_by_name.get(name.lower()))]
+
+
+def service_names_like(tables: Tables, name: str) -> set[str]:
+    """The distinct spellings of `name` (case-insensitively) that have instances."""
+    return {tables.services[key]["ServiceName"] for key in tables.services_by_name.get(name.lower())}
 
 
 def services_on_node(tables: Tables, node: str) -> list[Record]:
+    """A node's service instances, in service-ID order."""
+    return [tables.services[key] for key in sorted(tables.services_by_node.get(node.lower()))]
+
+
+def instance_checks(tables: Tables, node: str, service_id: str) -> list[Record]:
+    """An instance's checks: the node-level ones first, then its own, each in check-ID
+    order, as `parseCheckServiceNodes` orders them."""
     node_key = node.lower()
-    return [tables.services[key] for key in sorted(key for key in tables.services if key[0] == node_key)]
+    node_level = sorted(tables.checks_by_instance.get((node_key, "")))
+    own = sorted(tables.checks_by_instance.get((node_key, service_id.lower())))
+    return [tables.checks[key] for key in node_level + own]
 
 
-def checks_by_node(tables: Tables, nodes: set[str]) -> dict[str, list[Record]]:
-    """Checks of the given node keys, grouped by node, each group in check-ID order."""
-    grouped: dict[str, list[Record]] = {}
-    for key in sorted(key for key in tables.checks if key[0] in nodes):
-        grouped.setdefault(key[0], []).append(tables.checks[key])
-    return grouped
+def check_keys_on_node(tables: Tables, node: str) -> list[PairKey]:
+    """The keys of a node's checks, in check-ID order.
+
+    Every service check belongs to an instance on its own node (ensure_check refuses any
+    other, delete_service takes an instance's checks along), so a node's checks are its
+    node checks plus its instances' checks; no per-node check index has to be kept (and
+    copied on write: the bridge puts every instance on one node).
+    """
+    node_key = node.lower()
+    keys = list(tables.checks_by_instance.get((node_key, "")))
+    for service_key in tables.services_by_node.get(node_key):
+        keys.extend(tables.checks_by_instance.get(service_key))
+    return sorted(keys)
 
 
-def checks_of_instance(node_checks: list[Record], service_id: str) -> list[Record]:
-    """Node-level checks first, then the instance's own, as `parseCheckServiceNodes` orders them."""
-    wanted = service_id.lower()
-    own = [c for c in node_checks if c["ServiceID"].lower() == wanted]
-    return [c for c in node_checks if not c["ServiceID"]] + own
+def checks_on_node(tables: Tables, node: str) -> list[Record]:
+    """A node's checks, in check-ID order."""
+    return [tables.checks[key] for key in check_keys_on_node(tables, node)]
+
+
+def checks_of_service_name(tables: Tables, name: str) -> list[Record]:
+    """Checks whose ServiceName is `name` (case-insensitively), in (node, check ID) order."""
+    return [tables.checks[key] for key in sorted(tables.checks_by_service_name.get(name.lower()))]
 
 
 def index_for_service(tables: Tables, name: str, exists: bool, *, checks: bool) -> int:
@@ -488,7 +567,9 @@ def tag_filter_passes(service: Record, tags: list[str]) -> bool:
 
 
 def _bump_node_services(tables: Tables, node: str, idx: int) -> None:
-    for service in services_on_node(tables, node):
+    # Order does not matter here (bumps only move forward), so skip the sort.
+    for key in tables.services_by_node.get(node.lower()):
+        service = tables.services[key]
         tables.bump(f"service.{service['ServiceName']}", idx)
         tables.bump(_kind_index(service), idx)
 

@@ -2,10 +2,16 @@
 
 Mirrors Consul's `parse()` (dc, token, filter, consistency, wait/index, in that order),
 `blockingquery.Query` and `setMeta`. The loop: no `index` (or 0) answers at once;
-otherwise it re-evaluates after every commit and returns as soon as the query's own
+otherwise it re-checks after every commit and returns as soon as the query's own
 index exceeds the client's, or when `wait` (default 5m, capped at 10m, plus up to
 wait/16 jitter) runs out - returning the current index even if it is lower than the
 client's. Waiting is a Condition wait; nothing polls.
+
+Every commit wakes every blocked query (one Condition), where Consul's watch sets wake
+only the queries whose data moved. To keep a wake that is not for us cheap, a woken
+query first asks its endpoint's `index` function alone (when the endpoint gives one) and
+goes back to waiting, without evaluating or rendering anything, while that index has not
+passed the client's; and it never re-evaluates tables it has already evaluated.
 """
 
 from __future__ import annotations
@@ -118,11 +124,22 @@ def query_timeout(api: Api, wait_ns: int) -> float:
     return seconds
 
 
-def run_query(api: Api, req: Request, opts: QueryOptions, evaluate: Callable[[Tables], QueryResult]) -> QueryResult:
-    """Evaluate a read, blocking per the options. `evaluate` runs under the store lock."""
+def run_query(
+    api: Api,
+    req: Request,
+    opts: QueryOptions,
+    evaluate: Callable[[Tables], QueryResult],
+    index: Callable[[Tables], int] | None = None,
+) -> QueryResult:
+    """Evaluate a read, blocking per the options. `evaluate` runs under the store lock.
+
+    `index`, if given, must return exactly the index `evaluate` would report for the same
+    tables (endpoints build `evaluate` on top of it), only cheaper: no rendering.
+    """
     store, faults = api.store, api.faults
     with store.cond:
-        result = _evaluate(store.tables, evaluate)
+        evaluated = store.tables
+        result = _evaluate(evaluated, evaluate)
         if opts.min_index == 0 or result.index > opts.min_index:
             return result
         started = time.monotonic()
@@ -137,11 +154,21 @@ def run_query(api: Api, req: Request, opts: QueryOptions, evaluate: Callable[[Ta
                 raise Abort()
             remaining = deadline - now
             if remaining <= 0:
+                # Answer from the current tables, as if every wake had re-evaluated.
+                if store.tables is not evaluated:
+                    result = _evaluate(store.tables, evaluate)
                 return result
             if drop_after is not None:
                 remaining = min(remaining, started + drop_after - now)
             store.cond.wait(remaining)
-            result = _evaluate(store.tables, evaluate)
+            tables = store.tables
+            # Committed tables are never modified in place: the same object means no commit.
+            if tables is evaluated:
+                continue
+            if index is not None and max(index(tables), 1) <= opts.min_index:
+                continue
+            evaluated = tables
+            result = _evaluate(tables, evaluate)
             if result.index > opts.min_index:
                 return result
 

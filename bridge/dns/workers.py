@@ -1,0 +1,298 @@
+"""DNS served by worker processes (`dns.workers` > 0), apart from the sync work.
+
+Why processes: in one process, every thread that computes (watch decoding, the join,
+table updates, Consul writes) holds the GIL the UDP loop needs after each `recvfrom`, so
+under a steady stream of changes a query waits behind them (measured: 60,000 queries per
+second idle, under 8,000 with 100 endpoint changes per second). A worker has its own
+interpreter and does nothing but answer, and several workers use several cores.
+
+Who owns what:
+
+- The parent binds the UDP and TCP sockets once (`DnsServer.bind`) and hands the same
+  sockets to every worker: the kernel gives each datagram and each connection to one of
+  the processes blocked on it, so one client's queries spread over all workers too.
+- Each worker runs a `DnsServer` on those sockets (its own UDP, TCP and forwarder
+  threads) and one thread reading its pipe. It keeps its own copy of the catalog and
+  its own `Table`, derived incrementally as in the single-process server.
+- `publish()` (the parent's publisher thread) sends each worker only the services that
+  changed since the last catalog it sent (`changed_keys`), in two phases: every worker
+  prepares the next table and says so, then every worker is told to serve it, and says
+  so. So no worker serves a catalog another cannot, the workers switch within a pipe
+  round trip of each other (so a client asking twice in a row does not see a name go back
+  from the new answer to the old), and `publish()` returns once all serve it: readiness
+  follows the workers.
+- A worker that dies is started again with the whole catalog; the others keep serving.
+- `stop()` tells each worker to stop, waits briefly, then terminates what is left, and
+  closes the sockets. A worker whose parent is gone sees its pipe close and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import pickle
+import signal
+import socket
+import threading
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from types import MappingProxyType
+from typing import Any
+
+from bridge.catalog.model import Catalog, Service, ServiceKey
+from bridge.config import DnsSettings
+from bridge.dns.server import DnsServer, addresses_of
+from bridge.dns.table import changed_keys
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 60.0  # a worker's start: an interpreter, imports, sockets
+PREPARE_TIMEOUT = 120.0  # a full table build of a large catalog takes seconds
+STOP_TIMEOUT = 3.0
+
+# Messages, parent -> worker: ("update", generation, ready, full, changes) where changes is
+# a list of (key, Service or None for gone); ("commit", generation); ("stop",).
+# Worker -> parent: ("started",); ("prepared", generation); ("committed", generation);
+# ("error", text).
+Changes = list[tuple[ServiceKey, Service | None]]
+
+
+class DnsWorkers:
+    """The `DnsServer` surface the app uses (`publish`, `start`, `stop`, `addresses`),
+    served by `count` worker processes."""
+
+    def __init__(self, settings: DnsSettings, count: int, *, log_level: str = "info",
+                 log_format: str = "text") -> None:
+        self.settings = settings
+        self.count = max(1, count)
+        self._log = (log_level, log_format)
+        self._binder = DnsServer(settings)  # binds; never serves
+        self._udp: list[socket.socket] = []
+        self._tcp: list[socket.socket] = []
+        self._context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+        self._workers: list[_Worker | None] = []
+        self._services: Mapping[ServiceKey, Service] = MappingProxyType({})  # as last sent
+        self._generation = 0
+        self._unsure = False  # True while a publish is under way (or ended in an exception)
+        self._lock = threading.Lock()  # one publish at a time, and not during stop
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return addresses_of(self._udp + self._tcp)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w is not None and w.process.pid]
+
+    def start(self) -> None:
+        self._udp, self._tcp = self._binder.bind()
+        # The workers learn the port actually bound (port 0 picks one): the forwarder must
+        # recognise this server among the resolvers it reads.
+        host, port = self._binder.host, self._binder.port
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.settings = dataclasses.replace(self.settings, listen=listen)
+        self._workers = [self._spawn(i) for i in range(self.count)]
+        for worker in self._workers:
+            assert worker is not None
+            worker.expect("started", START_TIMEOUT)
+
+    def _spawn(self, index: int) -> _Worker:
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(
+            target=_main, name=f"bridge-dns-{index}", daemon=True,
+            args=(self.settings, self._udp, self._tcp, child_end, self._log))
+        process.start()
+        child_end.close()
+        return _Worker(index, process, parent_end)
+
+    def publish(self, catalog: Catalog) -> None:
+        """Serve `catalog` in every worker; returns once all do."""
+        with self._lock:
+            full = self._unsure  # a publish that failed half-way: send everything
+            self._unsure = True
+            changes: Changes = list(catalog.services.items()) if full else \
+                [(key, catalog.services.get(key))
+                 for key in changed_keys(self._services, catalog.services)]
+            self._generation += 1
+            generation = self._generation
+            update = pickle.dumps(("update", generation, catalog.ready, full, changes),
+                                  pickle.HIGHEST_PROTOCOL)  # once for all workers
+            for index, worker in enumerate(self._workers):
+                try:
+                    if worker is None or not worker.alive():
+                        raise _WorkerGone("exited")
+                    worker.send_bytes(update)
+                except _WorkerGone:
+                    self._restart(index, catalog, generation)
+            for index, worker in enumerate(self._workers):
+                if worker is not None and worker.prepared != generation:
+                    if not worker.expect_prepared(generation, PREPARE_TIMEOUT):
+                        self._restart(index, catalog, generation)
+            committing = [w for w in self._workers if w is not None and w.prepared == generation]
+            for worker in committing:
+                worker.send(("commit", generation))
+            for worker in committing:
+                try:
+                    worker.expect("committed", PREPARE_TIMEOUT)
+                except _WorkerGone as exc:
+                    log.error("dns worker %d: %s", worker.index, exc)  # restarted next time
+            self._services = catalog.services
+            self._unsure = False
+
+    def _restart(self, index: int, catalog: Catalog, generation: int) -> None:
+        """Start worker `index` afresh and have it prepare `catalog` whole."""
+        old = self._workers[index]
+        if old is not None:
+            log.error("dns worker %d (pid %s) stopped answering; starting it again", index,
+                      old.process.pid)
+            old.kill()
+        worker = self._spawn(index)
+        self._workers[index] = worker
+        try:
+            worker.expect("started", START_TIMEOUT)
+            worker.send(("update", generation, catalog.ready, True,
+                         list(catalog.services.items())))
+            if not worker.expect_prepared(generation, PREPARE_TIMEOUT):
+                raise _WorkerGone("no table prepared")
+        except _WorkerGone as exc:
+            log.error("dns worker %d did not start: %s", index, exc)
+            worker.kill()
+            self._workers[index] = None
+
+    def stop(self) -> None:
+        with self._lock:
+            for worker in self._workers:
+                if worker is not None:
+                    with contextlib.suppress(_WorkerGone):
+                        worker.send(("stop",))
+            for worker in self._workers:
+                if worker is not None:
+                    worker.process.join(STOP_TIMEOUT)
+                    worker.kill()
+            self._workers = []
+            for sock in self._udp + self._tcp:
+                sock.close()
+            self._udp, self._tcp = [], []
+
+
+class _WorkerGone(Exception):
+    pass
+
+
+class _Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, index: int, process: Any, conn: Connection) -> None:
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self.prepared = -1
+
+    def alive(self) -> bool:
+        return bool(self.process.is_alive())
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        try:
+            self.conn.send(message)
+        except (OSError, ValueError) as exc:
+            raise _WorkerGone(str(exc)) from None
+
+    def send_bytes(self, message: bytes) -> None:
+        """A message pickled already (`conn.send` pickles the same way)."""
+        try:
+            self.conn.send_bytes(message)
+        except (OSError, ValueError) as exc:
+            raise _WorkerGone(str(exc)) from None
+
+    def expect(self, kind: str, timeout: float) -> tuple[Any, ...]:
+        try:
+            if not self.conn.poll(timeout):
+                raise _WorkerGone(f"no {kind!r} within {timeout:.0f}s")
+            message = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise _WorkerGone(f"pipe closed ({exc.__class__.__name__})") from None
+        if message[0] == "error":
+            raise _WorkerGone(str(message[1]))
+        if message[0] != kind:
+            raise _WorkerGone(f"expected {kind!r}, got {message[0]!r}")
+        return message
+
+    def expect_prepared(self, generation: int, timeout: float) -> bool:
+        try:
+            while self.prepared != generation:
+                self.prepared = self.expect("prepared", timeout)[1]
+        except _WorkerGone as exc:
+            log.error("dns worker %d: %s", self.index, exc)
+            return False
+        return True
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.close()
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(STOP_TIMEOUT)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(STOP_TIMEOUT)
+
+
+def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.socket],
+          conn: Connection, log_config: tuple[str, str]) -> None:
+    """A worker: serve the sockets, apply what the pipe says, until told to stop."""
+    import sys
+
+    from bridge import logs
+
+    # The parent decides when to stop (Ctrl-C reaches the whole process group).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logs.configure(*log_config)
+    sys.setswitchinterval(0.001)  # the pipe reader must not hold up the UDP loop long
+    for sock in udp:
+        sock.setblocking(True)
+    for sock in tcp:
+        sock.setblocking(False)
+    server = DnsServer(settings)
+    server.start((udp, tcp))
+    conn.send(("started",))
+    services: dict[ServiceKey, Service] = {}
+    pending: tuple[int, Any] | None = None
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return  # the parent is gone
+            kind = message[0]
+            if kind == "update":
+                _, generation, ready, full, changes = message
+                if full:
+                    services = {}
+                for key, service in changes:
+                    if service is None:
+                        services.pop(key, None)
+                    else:
+                        services[key] = service
+                catalog = Catalog(MappingProxyType(dict(services)), ready=ready,
+                                  generation=generation)
+                # Deltas are against the catalog the worker last prepared; after a missed
+                # commit (or a whole catalog) the table finds what differs itself.
+                known = None if full or pending is not None else [key for key, _ in changes]
+                try:
+                    pending = (generation, server.prepare(catalog, known))
+                except Exception as exc:  # a bug: say so rather than hang the parent
+                    logging.getLogger(__name__).exception("dns worker: table update failed")
+                    conn.send(("error", f"table update failed: {exc}"))
+                    return
+                conn.send(("prepared", generation))
+            elif kind == "commit":
+                if pending is not None and pending[0] == message[1]:
+                    server.swap(pending[1])
+                    pending = None
+                conn.send(("committed", message[1]))
+            elif kind == "stop":
+                return
+    finally:
+        server.stop()

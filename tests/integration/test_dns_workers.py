@@ -1,0 +1,126 @@
+"""DNS answered by worker processes (`dns.workers`), over real sockets.
+
+The workers share the parent's sockets, each keeps its own table, and a publish switches
+all of them to the new catalog before it returns. A worker that dies is started again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from types import MappingProxyType
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from bridge.catalog.model import (
+    Catalog,
+    Instance,
+    Origin,
+    OriginKind,
+    Port,
+    Service,
+    ServiceKey,
+    ServiceType,
+)
+from bridge.config import DnsSettings
+from bridge.dns.workers import DnsWorkers
+
+K8S = Origin(OriginKind.KUBERNETES, "east")
+HTTP = Port("http", 80)
+NAME = "web.default.svc.cluster.local."
+
+
+def catalog(generation: int, addresses: dict[str, list[str]], *, ready: bool = True) -> Catalog:
+    services = [Service(ServiceKey("default", name), ServiceType.HEADLESS, ports=(HTTP,),
+                        instances=tuple(Instance(a, (HTTP,), K8S) for a in ips))
+                for name, ips in addresses.items()]
+    return Catalog(MappingProxyType({s.key: s for s in services}), ready=ready,
+                   generation=generation)
+
+
+def ask(workers: DnsWorkers, name: str = NAME, *, tcp: bool = False) -> tuple[int, set[str]]:
+    host, port = workers.addresses[0]
+    query = dns.message.make_query(name, dns.rdatatype.A)
+    if tcp:
+        response = dns.query.tcp(query, host, port=port, timeout=5)
+    else:
+        response = dns.query.udp(query, host, port=port, timeout=5)
+    return response.rcode(), {r.address for rrset in response.answer for r in rrset}
+
+
+def wait_until(check, timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+@pytest.fixture
+def workers() -> Iterator[DnsWorkers]:
+    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf=""), 2)
+    pool.start()
+    yield pool
+    pool.stop()
+
+
+def test_two_workers_answer_over_udp_and_tcp_and_serve_each_publish_at_once(workers):
+    assert len(workers.pids) == 2 and os.getpid() not in workers.pids
+    assert ask(workers)[0] == dns.rcode.SERVFAIL, "nothing published yet: SERVFAIL"
+    workers.publish(catalog(1, {"web": ["10.0.0.1", "10.0.0.2"]}))
+    assert ask(workers) == (dns.rcode.NOERROR, {"10.0.0.1", "10.0.0.2"})
+    assert ask(workers, tcp=True) == (dns.rcode.NOERROR, {"10.0.0.1", "10.0.0.2"})
+    for step in range(2, 12):
+        new = f"10.0.1.{step}"
+        workers.publish(catalog(step, {"web": [new], "other": ["10.9.9.9"]}))
+        # publish() returns once every worker serves it: no query may see the old answer,
+        # whichever worker it reaches (fresh sockets: fresh source ports).
+        for _ in range(20):
+            assert ask(workers) == (dns.rcode.NOERROR, {new}), f"step {step}"
+    workers.publish(catalog(20, {"other": ["10.9.9.9"]}))
+    assert ask(workers)[0] == dns.rcode.NXDOMAIN
+
+
+def test_a_killed_worker_is_started_again_with_the_whole_catalog(workers):
+    workers.publish(catalog(1, {"web": ["10.0.0.1"], "api": ["10.0.0.7"]}))
+    victim = workers.pids[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not _alive(victim), what="worker killed")
+    # The other worker keeps answering meanwhile.
+    for _ in range(10):
+        assert ask(workers) == (dns.rcode.NOERROR, {"10.0.0.1"})
+    workers.publish(catalog(2, {"web": ["10.0.0.3"], "api": ["10.0.0.7"]}))
+    assert len(workers.pids) == 2 and victim not in workers.pids
+    for _ in range(20):
+        assert ask(workers) == (dns.rcode.NOERROR, {"10.0.0.3"})
+        # "api" did not change in this publish: the new worker has it from the whole catalog.
+        assert ask(workers, "api.default.svc.cluster.local.") == (dns.rcode.NOERROR, {"10.0.0.7"})
+
+
+def test_stop_ends_the_workers_and_frees_the_port():
+    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf=""), 2)
+    pool.start()
+    pool.publish(catalog(1, {"web": ["10.0.0.1"]}))
+    pids = pool.pids
+    host, port = pool.addresses[0]
+    pool.stop()
+    wait_until(lambda: not any(_alive(pid) for pid in pids), 10, "workers gone")
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind((host, port))  # raises if any worker still held it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
