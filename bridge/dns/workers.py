@@ -31,10 +31,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import pickle
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
@@ -71,7 +72,6 @@ class DnsWorkers:
         self._binder = DnsServer(settings)  # binds; never serves
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
-        self._context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
         self._workers: list[_Worker | None] = []
         self._services: Mapping[ServiceKey, Service] = MappingProxyType({})  # as last sent
         self._generation = 0
@@ -84,7 +84,7 @@ class DnsWorkers:
 
     @property
     def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w is not None and w.process.pid]
+        return [w.process.pid for w in self._workers if w is not None]
 
     def start(self) -> None:
         self._udp, self._tcp = self._binder.bind()
@@ -99,13 +99,20 @@ class DnsWorkers:
             worker.expect("started", START_TIMEOUT)
 
     def _spawn(self, index: int) -> _Worker:
-        parent_end, child_end = self._context.Pipe()
-        process = self._context.Process(
-            target=_main, name=f"bridge-dns-{index}", daemon=True,
-            args=(self.settings, self._udp, self._tcp, child_end, self._log))
-        process.start()
-        child_end.close()
-        return _Worker(index, process, parent_end)
+        """A new interpreter running `_main` (not a fork of this threaded process, and not
+        multiprocessing's spawn, which would import the parent's `__main__` again), given
+        the pipe and the sockets as inherited file descriptors."""
+        ours, theirs = socket.socketpair()
+        sockets = [*self._udp, *self._tcp]
+        fds = [theirs.fileno(), *(sock.fileno() for sock in sockets)]
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from bridge.dns.workers import main; main()",
+             *map(str, fds)], pass_fds=fds, stdin=subprocess.DEVNULL,
+            start_new_session=False)
+        theirs.close()
+        worker = _Worker(index, process, Connection(ours.detach()))
+        worker.send(("init", self.settings, len(self._udp), self._log))
+        return worker
 
     def publish(self, catalog: Catalog) -> None:
         """Serve `catalog` in every worker; returns once all do."""
@@ -169,7 +176,8 @@ class DnsWorkers:
                         worker.send(("stop",))
             for worker in self._workers:
                 if worker is not None:
-                    worker.process.join(STOP_TIMEOUT)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        worker.process.wait(STOP_TIMEOUT)
                     worker.kill()
             self._workers = []
             for sock in self._udp + self._tcp:
@@ -184,14 +192,14 @@ class _WorkerGone(Exception):
 class _Worker:
     """The parent's handle on one worker process."""
 
-    def __init__(self, index: int, process: Any, conn: Connection) -> None:
+    def __init__(self, index: int, process: subprocess.Popen[bytes], conn: Connection) -> None:
         self.index = index
         self.process = process
         self.conn = conn
         self.prepared = -1
 
     def alive(self) -> bool:
-        return bool(self.process.is_alive())
+        return self.process.poll() is None
 
     def send(self, message: tuple[Any, ...]) -> None:
         try:
@@ -231,19 +239,26 @@ class _Worker:
     def kill(self) -> None:
         with contextlib.suppress(OSError, ValueError):
             self.conn.close()
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(STOP_TIMEOUT)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(STOP_TIMEOUT)
+        for end in (self.process.terminate, self.process.kill):
+            if self.process.poll() is None:
+                end()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(STOP_TIMEOUT)
+
+
+def main() -> None:
+    """A worker's entry point: `python -c ... PIPE_FD SOCKET_FD...` (see `_spawn`)."""
+    fds = [int(arg) for arg in sys.argv[1:]]
+    conn = Connection(fds[0])
+    kind, settings, udp_count, log_config = conn.recv()
+    assert kind == "init"
+    sockets = [socket.socket(fileno=fd) for fd in fds[1:]]
+    _main(settings, sockets[:udp_count], sockets[udp_count:], conn, log_config)
 
 
 def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.socket],
           conn: Connection, log_config: tuple[str, str]) -> None:
     """A worker: serve the sockets, apply what the pipe says, until told to stop."""
-    import sys
-
     from bridge import logs
 
     # The parent decides when to stop (Ctrl-C reaches the whole process group).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -197,7 +198,7 @@ class Reconciler:
         timer.start()
 
 
-def _settled(wanted: dict[str, Registration], actual: dict[str, Registration]
+def _settled(wanted: Mapping[str, Registration], actual: Mapping[str, Registration]
              ) -> dict[str, Registration]:
     """Our record of Consul once it holds all of `wanted`: `wanted`'s own objects, so that
     the next diff finds the unchanged ones by identity rather than field by field, plus

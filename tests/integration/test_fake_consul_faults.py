@@ -203,6 +203,25 @@ def test_admin_http_api(server: ConsulServer, target: ConsulTarget) -> None:
     assert target.http("PUT", "/_admin/faults/outage", {}).status == 400  # needs "seconds"
 
 
+def test_admin_request_log_has_handling_times_and_reads_from_a_position(
+    server: ConsulServer, target: ConsulTarget
+) -> None:
+    target.register({"Node": "n", "Address": "10.0.0.1", "Service": {"ID": "a", "Service": "a"}})
+    target.http("GET", "/v1/catalog/node/n")
+    log = target.http("GET", "/_admin/requests").json()
+    assert [entry["path"] for entry in log] == ["/v1/catalog/register", "/v1/catalog/node/n"]
+    assert all(isinstance(entry["took"], float) and entry["took"] >= 0 for entry in log)
+    assert all(record.took >= 0 for record in server.requests.records())
+    tail = target.http("GET", "/_admin/requests?since=1").json()
+    assert [entry["path"] for entry in tail] == ["/v1/catalog/node/n"]
+    assert target.http("GET", "/_admin/requests?since=5").json() == []
+    assert target.http("GET", "/_admin/requests?since=-1").status == 400
+    counted = target.http("GET", "/_admin/state/node/N").json()
+    assert counted == {"Index": server.state.index, "Services": 1}
+    assert target.http("GET", "/_admin/state/node/nobody").json()["Services"] == 0
+    assert len(server.requests) == 2  # admin reads are not logged
+
+
 def test_admin_outage_is_acknowledged_then_takes_effect(server: ConsulServer, target: ConsulTarget) -> None:
     response = target.http("PUT", "/_admin/faults/outage", {"seconds": 0.5})
     assert (response.status, response.json()) == (200, True)

@@ -548,7 +548,7 @@ def test_memo_recomputes_only_the_services_that_are_new_objects(monkeypatch):
     monkeypatch.setattr(to_consul, "registrations_for", counting)
     web, api = service("web"), service("api", instances=(pod("10.0.1.1", "api-0"),))
     memo = Memo()
-    first = desired(Snapshot.of([web, api], synced=True), opts(), memo)
+    first = dict(desired(Snapshot.of([web, api], synced=True), opts(), memo))  # a view: copy
     assert sorted(calls) == [api.key, web.key]
     calls.clear()
     changed = service("api", instances=(pod("10.0.1.1", "api-0", ready=False),))
@@ -591,3 +591,34 @@ def test_memo_replays_skip_reasons_of_unchanged_services():
     options.skipped.clear()
     desired(Snapshot.of([bad], synced=True), options, memo)
     assert options.skipped == first
+
+
+def _variant(name: str, namespace: str, variant: int) -> Service:
+    """Small Services that collide on purpose: variant 2 takes the Consul name "shared",
+    and addresses repeat across Services."""
+    annotations = {"consul.hashicorp.com/service-name": "shared"} if variant == 2 else {}
+    if variant == 3:
+        annotations[SYNC_ANNOTATION] = "false"
+    return service(name, namespace, annotations=annotations,
+                   instances=(pod(f"10.0.0.{variant + 1}", f"{name}-0", ready=variant != 1),
+                              pod("10.0.0.9", f"{name}-1")))
+
+
+@given(steps=st.lists(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]),
+                                         st.sampled_from(["ns1", "ns2"]),
+                                         st.integers(0, 4)), max_size=5), max_size=12))
+def test_desired_with_a_memo_equals_desired_from_scratch(steps):
+    memo = Memo()
+    current: dict[tuple[str, str], Service] = {}
+    for step in steps:
+        for name, namespace, variant in step:
+            if variant == 4:
+                current.pop((namespace, name), None)
+            elif variant == 0 and (namespace, name) in current:
+                pass  # unchanged: the same object again
+            else:
+                current[(namespace, name)] = _variant(name, namespace, variant)
+        snap = Snapshot.of(list(current.values()), synced=True)
+        with_memo, plain = opts(), opts()
+        assert dict(desired(snap, with_memo, memo)) == desired(snap, plain)
+        assert sorted(with_memo.skipped) == sorted(plain.skipped)

@@ -4,7 +4,7 @@ Real Consul has nothing under `/_admin`, so these paths can never collide with t
 being emulated. They are not logged, never faulted (except by an outage, which closes
 everything) and need no token. Bodies and answers are JSON:
 
-    GET    /_admin/requests                      the request log
+    GET    /_admin/requests[?since=n]            the request log (from its n-th record on)
     DELETE /_admin/requests                      clear it
     GET    /_admin/faults                        current fault settings
     PUT    /_admin/faults/error                  {"status", "body", "count", "path_prefix", "methods"}
@@ -16,6 +16,7 @@ everything) and need no token. Bodies and answers are JSON:
     PUT    /_admin/faults/outage                 {"seconds"} (required: the listener is closed)
     PUT    /_admin/faults/clear
     GET    /_admin/state/index                   {"Index": n}
+    GET    /_admin/state/node/<node>             {"Index": n, "Services": instances on the node}
     PUT    /_admin/state/reset-index             {"index": n}
     PUT    /_admin/anti-entropy                  run one full agent anti-entropy pass
     PUT    /_admin/load                          a list of catalog register bodies
@@ -67,7 +68,10 @@ def _route(api: Api, req: Request) -> Response:
     path, method = req.path.removeprefix(PREFIX), req.method
     faults = api.faults
     if path == "requests" and method == "GET":
-        return _json([asdict(r) for r in api.requests.records()])
+        since = int(req.get("since") or 0)
+        if since < 0:
+            raise AdminError("since must be >= 0")
+        return _json([asdict(r) for r in api.requests.records()[since:]])
     if path == "requests" and method == "DELETE":
         api.requests.clear()
         return _json(True)
@@ -75,6 +79,12 @@ def _route(api: Api, req: Request) -> Response:
         return _json(faults.describe())
     if path == "state/index" and method == "GET":
         return _json({"Index": api.store.index})
+    if path.startswith("state/node/") and method == "GET":
+        # A count without rendering the node's records (cheap to poll, unlike /v1).
+        node = path.removeprefix("state/node/")
+        with api.store.lock:
+            count = len(api.store.tables.services_by_node.get(node.lower()))
+            return _json({"Index": api.store.index, "Services": count})
     if method != "PUT":
         return text_response(404, f"unknown admin endpoint {method} {req.path}")
     body = _body(req)

@@ -51,7 +51,8 @@ class RequestRecord:
     status: int
     token_source: str | None  # "query", "header", "bearer" or None
     body: str
-    at: float
+    at: float  # wall clock (time.time()) once the answer was built, just before it is sent
+    took: float = 0.0  # seconds from routing to the answer built (a blocking query's wait included)
 
 
 class RequestLog:

@@ -172,6 +172,7 @@ class ConsulServer:
         delay = self.faults.delay_for(req.path)
         if delay:
             self._stopping.wait(delay)
+        began = time.perf_counter()  # after any injected delay: `took` is the handling alone
         rule = self.faults.take_error(req.method, req.path)
         if rule is not None:
             response = text_response(rule.status, rule.body, rule.headers)
@@ -180,14 +181,15 @@ class ConsulServer:
             try:
                 response = self.router.dispatch(req)
             except Abort:
-                self._log(req, 0)  # status 0: the connection was dropped without a reply
+                # status 0: the connection was dropped without a reply
+                self._log(req, 0, time.perf_counter() - began)
                 raise
             except Exception as exc:  # a bug in the fake must not look like a network failure
                 response = text_response(500, f"fake consul internal error: {exc!r}")
-        self._log(req, response.status)
+        self._log(req, response.status, time.perf_counter() - began)
         return response
 
-    def _log(self, req: Request, status: int) -> None:
+    def _log(self, req: Request, status: int, took: float) -> None:
         _, source = request_token(req)
         self.requests.append(
             RequestRecord(
@@ -198,5 +200,6 @@ class ConsulServer:
                 token_source=source,
                 body=redact_body(req.body),
                 at=time.time(),
+                took=took,
             )
         )
