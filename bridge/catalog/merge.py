@@ -16,7 +16,8 @@ from bridge.catalog.model import Catalog, Service, Snapshot
 
 def merge(kube: Snapshot, consul: Snapshot, *, local_wins: bool = False,
           generation: int = 0) -> Catalog:
-    services: dict = dict(kube.services)
+    # `.copy()` of the read-only view copies its dict in C (`dict(view)` goes key by key).
+    services: dict = kube.services.copy()  # type: ignore[attr-defined]
     for key, remote in consul.services.items():
         local = services.get(key)
         if local is None:

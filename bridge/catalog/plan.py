@@ -8,7 +8,7 @@ periodic resyncs write nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 OWNER_META = "bridge-owner"
@@ -61,17 +61,26 @@ class Plan:
         return len(self.create) + len(self.update) + len(self.delete)
 
 
-def diff(wanted: Mapping[str, Registration], actual: Mapping[str, Registration]) -> Plan:
-    """Only the writes that make `actual` equal `wanted`."""
+def diff(wanted: Mapping[str, Registration], actual: Mapping[str, Registration],
+         only: Collection[str] | None = None) -> Plan:
+    """Only the writes that make `actual` equal `wanted`. `only`: the service IDs that can
+    differ (the caller knows the rest are equal); None: any."""
     create: list[Registration] = []
     update: list[Registration] = []
     replaced: dict[str, Registration] = {}
-    for sid, reg in wanted.items():
+    pairs = wanted.items() if only is None else \
+        [(sid, wanted[sid]) for sid in only if sid in wanted]
+    for sid, reg in pairs:
         held = actual.get(sid)
         if held is None:
             create.append(reg)
         elif held is not reg and held != reg:  # the same object after our own write: equal
             update.append(reg)
             replaced[sid] = held
-    delete = [r for sid, r in actual.items() if sid not in wanted]
+    if only is not None:
+        delete = [actual[sid] for sid in only if sid in actual and sid not in wanted]
+    elif len(wanted) - len(create) == len(actual):
+        delete = []  # every registration of `actual` matched one of `wanted`
+    else:
+        delete = [actual[sid] for sid in actual.keys() - wanted.keys()]  # a set operation in C
     return Plan(tuple(sorted(create)), tuple(sorted(update)), tuple(sorted(delete)), replaced)

@@ -357,6 +357,9 @@ class Memo:
         self.owner: dict[str, ServiceKey] = {}
         self.reasons: dict[ServiceKey, tuple[str, ...]] = {}  # only Services with some
         self.clean = False  # `wanted` is whole and has no duplicate ID: patch it
+        # Service IDs whose registration the last call added, changed or removed; None
+        # when it rebuilt everything.
+        self.touched: set[str] | None = None
 
 
 def _context(service: Service, nodes: dict[str, Node],
@@ -397,7 +400,9 @@ def desired(snapshot: Snapshot, options: SyncOptions,
         if known is None or known[0] is not service or known[1] != context:
             stale.append((key, context))
     gone = [key for key in entries if key not in services]
+    memo.touched = set()
     if not (memo.clean and _patch(memo, services, stale, gone, options, nodes, routes)):
+        memo.touched = None
         _rebuild(memo, services, stale, options, nodes, routes)
     for key in sorted(memo.reasons):
         options.skipped.extend(memo.reasons[key])
@@ -441,6 +446,7 @@ def _patch(memo: Memo, services: Mapping[ServiceKey, Service],
                 return False
             wanted[sid] = registration
             owner[sid] = key
+            memo.touched.add(sid)  # type: ignore[union-attr]
     return True
 
 
@@ -451,6 +457,8 @@ def _drop(memo: Memo, key: ServiceKey) -> None:
             if memo.owner.get(registration.service_id) == key:
                 del memo.owner[registration.service_id]
                 del memo.wanted[registration.service_id]
+                if memo.touched is not None:
+                    memo.touched.add(registration.service_id)
 
 
 def _rebuild(memo: Memo, services: Mapping[ServiceKey, Service],

@@ -75,6 +75,7 @@ class Reconciler:
         self._resync = resync_period
         self._actual: dict[str, Registration] | None = None
         self._memo = Memo()  # registrations of the Services unchanged since the last pass
+        self._actual_is_last = False  # `_actual` holds exactly the last `desired()` result
         self.last_plan: Plan | None = None
         self.in_sync = False  # the last pass left Consul as desired (nothing failed or pending)
         self._kube_sink = kube_sink
@@ -143,7 +144,11 @@ class Reconciler:
                 self._actual = None
                 self._retry_later()
                 return
-        plan = diff(wanted, self._actual)
+        # Our record equals the last result (`_settled`): only what the memo touched since
+        # can differ. Else (reread, first pass, upsert-only extras) compare everything.
+        only = self._memo.touched if self._actual_is_last and not reread else None
+        plan = diff(wanted, self._actual, only)
+        self._actual_is_last = False
         if self._mode.upsert_only and plan.delete:
             log.info("upsert-only: keeping %d registrations Kubernetes no longer has", len(plan.delete))
             plan = Plan(plan.create, plan.update, (), plan.replaced)
@@ -151,6 +156,7 @@ class Reconciler:
         self.in_sync = plan.empty
         if plan.empty:
             self._actual = _settled(wanted, self._actual)
+            self._actual_is_last = len(self._actual) == len(wanted)
             self._backoff.reset()
             return
         PLANNED.labels("create").inc(len(plan.create))
@@ -177,6 +183,7 @@ class Reconciler:
             LAG.observe(max(0.0, time.monotonic() - since))
         # After a failure our record may be wrong: reread before the next plan.
         self._actual = None if result.failed else _settled(wanted, actual)
+        self._actual_is_last = self._actual is not None and len(self._actual) == len(wanted)
         if result.failed:
             log.warning("%d registrations failed", len(result.failed))
             self._retry_later()
@@ -203,6 +210,7 @@ def _settled(wanted: Mapping[str, Registration], actual: Mapping[str, Registrati
     """Our record of Consul once it holds all of `wanted`: `wanted`'s own objects, so that
     the next diff finds the unchanged ones by identity rather than field by field, plus
     what Consul holds beyond them (what upsert-only keeps)."""
-    if len(actual) == len(wanted):
-        return dict(wanted)
-    return {**wanted, **{sid: reg for sid, reg in actual.items() if sid not in wanted}}
+    settled: dict[str, Registration] = wanted.copy()  # type: ignore[attr-defined]
+    if len(actual) != len(wanted):
+        settled.update((sid, reg) for sid, reg in actual.items() if sid not in wanted)
+    return settled

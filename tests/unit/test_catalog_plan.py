@@ -622,3 +622,17 @@ def test_desired_with_a_memo_equals_desired_from_scratch(steps):
         with_memo, plain = opts(), opts()
         assert dict(desired(snap, with_memo, memo)) == desired(snap, plain)
         assert sorted(with_memo.skipped) == sorted(plain.skipped)
+
+
+def test_diff_limited_to_the_ids_that_can_differ():
+    a, b, c = reg("10.0.0.1"), reg("10.0.0.2"), reg("10.0.0.3")
+    moved = dataclasses.replace(b, port=81)
+    wanted, actual = by_id(a, moved, c), by_id(a, b)
+    full = diff(wanted, actual)
+    assert [r.address for r in full.create] == ["10.0.0.3"]
+    assert full.update == (moved,)
+    only = diff(wanted, actual, only={c.service_id})
+    assert only.create == (c,) and not only.update, "IDs outside `only` are taken as equal"
+    gone = diff(by_id(a), actual, only={b.service_id})
+    assert gone.delete == (b,)
+    assert diff(by_id(a), by_id(a, b, c)).delete == (b, c), "deletes found without `only`"
