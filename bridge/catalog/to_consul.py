@@ -34,7 +34,6 @@ from bridge.catalog.model import (
     ServiceKey,
     ServiceType,
     Snapshot,
-    frozen_map,
 )
 from bridge.catalog.naming import SERVICE_NAME_ANNOTATION, consul_service_id, consul_service_name
 from bridge.catalog.plan import EXTERNAL_SOURCE, OWNER_META, Registration
@@ -195,6 +194,23 @@ def _service_meta(service: Service, cluster_id: str) -> dict[str, str]:
     return meta
 
 
+# Endpoint meta keys with few distinct values (not the pod name or hostname).
+_SHARED_META = frozenset({"external-k8s-ref-kind", "external-k8s-node-name",
+                          "external-k8s-topology-zone"})
+_PAIRS: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def _pair(key: str, value: str) -> tuple[str, str]:
+    """One shared (key, value) tuple per distinct pair; bounded: emptied when full."""
+    pair = (key, value)
+    found = _PAIRS.get(pair)
+    if found is None:
+        if len(_PAIRS) >= 1 << 16:
+            _PAIRS.clear()  # sharing is lost for a while, nothing else
+        found = _PAIRS.setdefault(pair, pair)
+    return found
+
+
 def _endpoint_meta(instance: Instance, node: Node | None = None) -> dict[str, str]:
     meta: dict[str, str] = {}
     if instance.target:
@@ -271,12 +287,20 @@ def registrations_for(service: Service, options: SyncOptions,
                                f"greater than 1, got {weight_text!r}; weight not applied")
     out: list[Registration] = []
 
+    # The meta as pairs, the Service's shared by all its instances (and repeated values
+    # shared across Services): 50,000 registrations hold some 450,000 pairs otherwise.
+    base_pairs = {key: _pair(key, value) for key, value in base.items() if key != OWNER_META}
+    owner = _pair(OWNER_META, options.cluster_id)
+
     def add(address: str, port: int, meta: dict[str, str], *, id_address: str | None = None,
             check: str = "", weighted: bool = False) -> None:
-        merged = {**base, **meta, OWNER_META: options.cluster_id}
+        pairs = base_pairs.copy()
+        for key, value in meta.items():
+            pairs[key] = _pair(key, value) if key in _SHARED_META else (key, value)
+        pairs[OWNER_META] = owner
         out.append(Registration(
             service_id=consul_service_id(name, id_address or address), name=name, address=address,
-            port=port, tags=tags, meta=frozen_map(merged), check_status=check,
+            port=port, tags=tags, meta=tuple(sorted(pairs.values())), check_status=check,
             weight=weight if weighted and weight else 1))
 
     if service.external_ips:
