@@ -117,6 +117,12 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+def shards_for(size: int) -> int:
+    """Shards for a CowMap of `size` keys: some 16 keys a shard (a write copies one), as a
+    power of two from 64 to 4,096."""
+    return min(4096, max(64, 1 << (size // 16).bit_length()))
+
+
 class CowMap(Generic[K, V]):
     """A mapping in shards by key hash, for copy on write between versions.
 
@@ -542,14 +548,14 @@ class Answerer:
                 services[(svc.namespace, svc.name)] = svc
                 if self._is_alias(svc):
                     aliases[(svc.namespace, svc.name)] = None
-        self._namespaces: CowMap[str, int] = CowMap(namespaces.items())
-        self._aliases: CowMap[tuple[str, str], None] = CowMap(aliases.items())
+        self._namespaces: CowMap[str, int] = CowMap(namespaces.items(), shards=shards_for(len(namespaces)))
+        self._aliases: CowMap[tuple[str, str], None] = CowMap(aliases.items(), shards=shards_for(len(aliases)))
         ptr, refs = self._reverse_index(services)
-        self._services: CowMap[tuple[str, str], _Svc] = CowMap(services.items())
-        self._ptr: CowMap[str, tuple[Name, ...]] = CowMap(ptr.items())
+        self._services: CowMap[tuple[str, str], _Svc] = CowMap(services.items(), shards=shards_for(len(services)))
+        self._ptr: CowMap[str, tuple[Name, ...]] = CowMap(ptr.items(), shards=shards_for(len(ptr)))
         # Which services carry each address, in key order: what `derive` reads to find an
         # address's PTR targets again.
-        self._refs: CowMap[str, tuple[tuple[str, str], ...]] = CowMap(refs.items())
+        self._refs: CowMap[str, tuple[tuple[str, str], ...]] = CowMap(refs.items(), shards=shards_for(len(refs)))
         # Namespace -> address -> how many Kubernetes instances of its services have it.
         self._pods: CowMap[str, CowMap[str, int]] = CowMap()
         if pods == PODS_VERIFIED:
