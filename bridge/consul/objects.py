@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from bridge.catalog.model import Instance, Origin, OriginKind, Port, frozen_map
@@ -168,18 +168,22 @@ def _check_operation(node: str, reg: Registration) -> dict[str, Any]:
 def plan_operations(plan: Plan, node: str) -> list[list[dict[str, Any]]]:
     """The plan as txn operations, grouped so one registration's service and check
     always land in the same transaction."""
-    groups: list[list[dict[str, Any]]] = []
+    return list(iter_plan_operations(plan, node))
+
+
+def iter_plan_operations(plan: Plan, node: str) -> Iterator[list[dict[str, Any]]]:
+    """`plan_operations` one group at a time, in the order of create, update, delete (a
+    first sync of 10,000 instances would otherwise hold 20,000 operations at once)."""
     for reg in plan.create:
-        groups.append(_set_operations(node, reg, update=False))
+        yield _set_operations(node, reg, update=False)
     for reg in plan.update:
         held = plan.replaced.get(reg.service_id)
         if held is not None and held.same_service(reg):
-            groups.append([_check_operation(node, reg)])  # a readiness flip: the check alone
+            yield [_check_operation(node, reg)]  # a readiness flip: the check alone
             continue
-        groups.append(_set_operations(node, reg, held, update=True))
+        yield _set_operations(node, reg, held, update=True)
     for reg in plan.delete:
         # Deleting a service deletes its checks with it. Consul vets every service op, a
         # delete too, and refuses an ID without a name.
-        groups.append([{"Service": {"Verb": "delete", "Node": node,
-                                    "Service": {"ID": reg.service_id, "Service": reg.name}}}])
-    return groups
+        yield [{"Service": {"Verb": "delete", "Node": node,
+                            "Service": {"ID": reg.service_id, "Service": reg.name}}}]

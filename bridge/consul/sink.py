@@ -23,7 +23,7 @@ from tenacity import (
 
 from bridge.catalog.plan import Plan, Registration
 from bridge.consul.client import ConsulClient
-from bridge.consul.objects import node_operation, plan_operations, registrations_on_node
+from bridge.consul.objects import iter_plan_operations, node_operation, registrations_on_node
 from bridge.errors import BridgeError, Transient
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class ConsulSink:
         items = [*plan.create, *plan.update, *plan.delete]
         kinds = ["create"] * len(plan.create) + ["update"] * len(plan.update) \
             + ["delete"] * len(plan.delete)
-        groups = plan_operations(plan, self._node)
+        groups = iter_plan_operations(plan, self._node)
         batch: list[dict[str, Any]] = []
         members: list[tuple[Registration, str]] = []
         if not self._node_known:

@@ -10,6 +10,7 @@ both sources have listed completely once.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -76,6 +77,7 @@ class Reconciler:
         self._actual: dict[str, Registration] | None = None
         self._memo = Memo()  # registrations of the Services unchanged since the last pass
         self._actual_is_last = False  # `_actual` holds exactly the last `desired()` result
+        self._heap_settled = False
         self.last_plan: Plan | None = None
         self.in_sync = False  # the last pass left Consul as desired (nothing failed or pending)
         self._kube_sink = kube_sink
@@ -190,6 +192,13 @@ class Reconciler:
         else:
             self.in_sync = True
             self._backoff.reset()
+            if not self._heap_settled:
+                # The first full sync made what lives long (registrations, our record of
+                # Consul): keep the collector's full passes off it, as the app does for the
+                # first catalog.
+                self._heap_settled = True
+                gc.collect()
+                gc.freeze()
 
     @property
     def converged(self) -> bool:

@@ -119,8 +119,11 @@ def test_stop_ends_the_workers_and_frees_the_port():
 
 
 def _alive(pid: int) -> bool:
+    """Any thread of `pid` still running. A killed process shows as a zombie as soon as its
+    first thread is gone, while another may still take a datagram it will never answer."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+            zombie = stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+        return not zombie or len(os.listdir(f"/proc/{pid}/task")) > 1
     except OSError:
         return False
