@@ -30,11 +30,11 @@ their clients, and all threads are daemons so the process never hangs on exit.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
 
+from bridge import heap
 from bridge.catalog.model import Catalog
 from bridge.catalog.to_consul import SyncOptions
 from bridge.config import Settings, parse_hostport
@@ -112,10 +112,7 @@ class App:
         if catalog.ready and not self._catalog_ready.is_set():
             self._catalog_ready.set()
             log.info("catalog ready: %d services", len(catalog.services))
-            # What is loaded now lives long: keep the collector's full passes off it (with
-            # 10,000 Services, a pass over them all pauses every thread for most of a second).
-            gc.collect()
-            gc.freeze()
+            heap.settle()  # what is loaded now lives long
 
     def waiting_for(self) -> list[str]:
         """What readiness still waits for; empty when ready."""

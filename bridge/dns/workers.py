@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import logging
 import pickle
 import signal
@@ -247,14 +246,6 @@ class _Worker:
                     self.process.wait(STOP_TIMEOUT)
 
 
-def _settle_heap() -> None:
-    """Keep the garbage collector off a table just built: a full collection walks every
-    object, and a table of 10,000 services holds millions (a pause of a second, seen as
-    answers late by as much under change). Refcounting still frees them when replaced."""
-    gc.collect()
-    gc.freeze()
-
-
 def main() -> None:
     """A worker's entry point: `python -c ... PIPE_FD SOCKET_FD...` (see `_spawn`)."""
     fds = [int(arg) for arg in sys.argv[1:]]
@@ -268,11 +259,12 @@ def main() -> None:
 def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.socket],
           conn: Connection, log_config: tuple[str, str]) -> None:
     """A worker: serve the sockets, apply what the pipe says, until told to stop."""
-    from bridge import logs
+    from bridge import heap, logs
 
     # The parent decides when to stop (Ctrl-C reaches the whole process group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure(*log_config)
+    heap.limit_arenas()
     sys.setswitchinterval(0.001)  # the pipe reader must not hold up the UDP loop long
     for sock in udp:
         sock.setblocking(True)
@@ -315,7 +307,7 @@ def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.sock
                 if pending is not None and pending[0] == message[1]:
                     server.swap(pending[1])
                     if not pending[1].incremental:
-                        _settle_heap()
+                        heap.settle()  # a table just built lives long
                     pending = None
                 conn.send(("committed", message[1]))
             elif kind == "stop":

@@ -10,7 +10,6 @@ both sources have listed completely once.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
+from bridge import heap
 from bridge.catalog.model import Snapshot
 from bridge.catalog.plan import Plan, Registration, diff
 from bridge.catalog.to_consul import Memo, SyncOptions, desired
@@ -194,11 +194,9 @@ class Reconciler:
             self._backoff.reset()
             if not self._heap_settled:
                 # The first full sync made what lives long (registrations, our record of
-                # Consul): keep the collector's full passes off it, as the app does for the
-                # first catalog.
+                # Consul), as the first catalog did for the app.
                 self._heap_settled = True
-                gc.collect()
-                gc.freeze()
+                heap.settle()
 
     @property
     def converged(self) -> bool:
