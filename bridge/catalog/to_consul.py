@@ -427,7 +427,7 @@ def desired(snapshot: Snapshot, options: SyncOptions,
     memo.touched = set()
     if not (memo.clean and _patch(memo, services, stale, gone, options, nodes, routes)):
         memo.touched = None
-        _rebuild(memo, services, stale, options, nodes, routes)
+        _rebuild(memo, services, stale, gone, options, nodes, routes)
     for key in sorted(memo.reasons):
         options.skipped.extend(memo.reasons[key])
     return memo.wanted if fresh else MappingProxyType(memo.wanted)
@@ -486,13 +486,13 @@ def _drop(memo: Memo, key: ServiceKey) -> None:
 
 
 def _rebuild(memo: Memo, services: Mapping[ServiceKey, Service],
-             stale: list[tuple[ServiceKey, object]], options: SyncOptions,
-             nodes: dict[str, Node], routes: dict[ServiceKey, list[IngressRoute]]) -> None:
+             stale: list[tuple[ServiceKey, object]], gone: list[ServiceKey],
+             options: SyncOptions, nodes: dict[str, Node],
+             routes: dict[ServiceKey, list[IngressRoute]]) -> None:
     """The whole result in key order, reusing what the memo has for unchanged Services."""
     contexts = dict(stale)
-    for key in [key for key in memo.entries if key not in services]:
-        del memo.entries[key]
-        memo.reasons.pop(key, None)
+    for key in gone:
+        memo.entries.pop(key, None)  # `_patch` may have dropped it already
     wanted: dict[str, Registration] = {}
     owner: dict[str, ServiceKey] = {}
     duplicates: dict[ServiceKey, list[str]] = {}

@@ -202,13 +202,10 @@ class _Worker:
         return self.process.poll() is None
 
     def send(self, message: tuple[Any, ...]) -> None:
-        try:
-            self.conn.send(message)
-        except (OSError, ValueError) as exc:
-            raise _WorkerGone(str(exc)) from None
+        self.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
     def send_bytes(self, message: bytes) -> None:
-        """A message pickled already (`conn.send` pickles the same way)."""
+        """A message pickled already (what `conn.recv` in the worker unpickles)."""
         try:
             self.conn.send_bytes(message)
         except (OSError, ValueError) as exc:

@@ -65,7 +65,6 @@ class KubeSource:
         self._result: dict[ServiceKey, Service] = {}  # joined, in first-seen order
         self._slice_owner: dict[ServiceRef, ServiceRef] = {}  # slice key -> its Service's key
         self._slices_of: dict[ServiceRef, dict[ServiceRef, Slice]] = {}
-        self._pending_slices: set[ServiceRef] = set()
         self._namespaces: dict[str, bool] = {}  # namespace -> allowed (wildcards cost)
         self._last: Snapshot | None = None
         self._last_key: tuple[tuple[int, ...], bool] = ((), False)
@@ -96,11 +95,11 @@ class KubeSource:
                 return self._last
             services, slices = states[0][1], states[1][1]
             seen = self._last_key[0] if self._last is not None else None
-            dirty = self._dirty(seen, key[0]) if seen is not None else None
-            if dirty is None:
+            changed = self._changed(seen, key[0]) if seen is not None else None
+            if changed is None:
                 self._rejoin_all(services, slices)
             else:
-                self._rejoin(dirty, services, slices)
+                self._rejoin(*changed, services, slices)
             nodes = {node.name: node for node in self.nodes.items.values()} if self.nodes else {}
             routes = []
             if self.ingresses:
@@ -120,25 +119,19 @@ class KubeSource:
                 namespace, self._settings.namespaces, self._settings.deny_namespaces)
         return allowed
 
-    def _dirty(self, seen: tuple[int, ...], now: tuple[int, ...]) -> set[ServiceRef] | None:
-        """The Services whose join may differ between reflector versions `seen` and `now`;
+    def _changed(self, seen: tuple[int, ...], now: tuple[int, ...]
+                 ) -> tuple[set[ServiceRef], set[ServiceRef]] | None:
+        """The Service and slice keys changed between reflector versions `seen` and `now`;
         None when that is not known."""
         service_keys = self.services.changed_since(seen[0], now[0])
         slice_keys = self.slices.changed_since(seen[1], now[1])
         if service_keys is None or slice_keys is None:
             return None
-        dirty: set[ServiceRef] = set(service_keys)  # type: ignore[arg-type]
-        for slice_key in slice_keys:
-            owner = self._slice_owner.get(slice_key)  # type: ignore[call-overload]
-            if owner is not None:
-                dirty.add(owner)  # the Service it belonged to; its new one: `_rejoin`
-            self._pending_slices.add(slice_key)  # type: ignore[arg-type]
-        return dirty
+        return service_keys, slice_keys  # type: ignore[return-value]
 
     def _rejoin_all(self, services: Mapping[ServiceRef, Service],
                     slices: Mapping[ServiceRef, Slice]) -> None:
         self._slice_owner, self._slices_of = {}, {}
-        self._pending_slices.clear()
         for slice_key, sl in slices.items():
             self._index_slice(slice_key, sl)
         joined, result = self._joined, {}
@@ -149,17 +142,21 @@ class KubeSource:
                 result[one.key] = one
         self._result = result
 
-    def _rejoin(self, dirty: set[ServiceRef], services: Mapping[ServiceRef, Service],
+    def _rejoin(self, service_keys: set[ServiceRef], slice_keys: set[ServiceRef],
+                services: Mapping[ServiceRef, Service],
                 slices: Mapping[ServiceRef, Slice]) -> None:
-        for slice_key in self._pending_slices:
+        """Join again the Services in `service_keys` and those a changed slice belonged to
+        before or belongs to now."""
+        dirty = set(service_keys)
+        for slice_key in slice_keys:
             owner = self._slice_owner.pop(slice_key, None)
             if owner is not None:
                 self._slices_of.get(owner, {}).pop(slice_key, None)
+                dirty.add(owner)
             sl = slices.get(slice_key)
             if sl is not None:
                 self._index_slice(slice_key, sl)
                 dirty.add((sl.namespace, sl.service))
-        self._pending_slices.clear()
         result = self._result
         for key in dirty:
             svc = services.get(key)

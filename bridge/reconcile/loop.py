@@ -157,8 +157,7 @@ class Reconciler:
         self.last_plan = plan
         self.in_sync = plan.empty
         if plan.empty:
-            self._actual = _settled(wanted, self._actual)
-            self._actual_is_last = len(self._actual) == len(wanted)
+            self._remember(wanted)
             self._backoff.reset()
             return
         PLANNED.labels("create").inc(len(plan.create))
@@ -173,23 +172,17 @@ class Reconciler:
         log.info("consul: %d to create, %d to update, %d to delete", len(plan.create),
                  len(plan.update), len(plan.delete))
         result = self._sink.apply(plan)
-        written = set(result.written)
-        actual = dict(self._actual)
-        for reg in (*plan.create, *plan.update):
-            if reg.service_id in written:
-                actual[reg.service_id] = reg
-        for reg in plan.delete:
-            if reg.service_id in written:
-                actual.pop(reg.service_id, None)
-        if written and since is not None:
+        if result.written and since is not None:
             LAG.observe(max(0.0, time.monotonic() - since))
-        # After a failure our record may be wrong: reread before the next plan.
-        self._actual = None if result.failed else _settled(wanted, actual)
-        self._actual_is_last = self._actual is not None and len(self._actual) == len(wanted)
         if result.failed:
+            # Our record may be wrong now: reread before the next plan.
+            self._actual = None
             log.warning("%d registrations failed", len(result.failed))
             self._retry_later()
         else:
+            for reg in plan.delete:  # everything was written: creates and updates are in
+                self._actual.pop(reg.service_id, None)  # `wanted`, the deletes are gone
+            self._remember(wanted)
             self.in_sync = True
             self._backoff.reset()
             if not self._heap_settled:
@@ -197,6 +190,12 @@ class Reconciler:
                 # Consul), as the first catalog did for the app.
                 self._heap_settled = True
                 heap.settle()
+
+    def _remember(self, wanted: Mapping[str, Registration]) -> None:
+        """Consul holds all of `wanted` now (see `_settled`)."""
+        assert self._actual is not None
+        self._actual = _settled(wanted, self._actual)
+        self._actual_is_last = len(self._actual) == len(wanted)
 
     @property
     def converged(self) -> bool:

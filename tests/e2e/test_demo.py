@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import urllib.request
 
 import dns.message
@@ -15,6 +14,7 @@ import dns.rdatatype
 import pytest
 
 from tests.e2e.proc import Proc
+from tests.integration.harness import eventually
 
 PODS = {"10.28.3.13", "10.28.5.15"}
 VMS = {"192.0.2.21", "192.0.2.22"}
@@ -72,16 +72,15 @@ def test_dig_shows_the_two_records(demo):
 
 
 def test_consul_catalog_lists_the_mirrored_instances(demo):
-    # Readiness is about DNS; the Consul write follows on its own schedule: poll for it.
-    deadline = time.monotonic() + 30
-    while True:
+    def mirrored() -> list[dict]:
         with urllib.request.urlopen(f"{demo['consul']}/v1/catalog/service/php-apache-svc",
                                     timeout=5) as response:
             entries = json.load(response)
-        if {e["ServiceAddress"] for e in entries} == PODS or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert {e["ServiceAddress"] for e in entries} == PODS, entries
+        assert {e["ServiceAddress"] for e in entries} == PODS, entries
+        return entries
+
+    # Readiness is about DNS; the Consul write follows on its own schedule: poll for it.
+    entries = eventually(mirrored, 30, "the demo's pods mirrored into Consul")
     for entry in entries:
         assert entry["Node"] == "k8s-sync-demo"
         assert entry["ServicePort"] == 80

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import time
 from collections.abc import Iterator
 from types import MappingProxyType
 
@@ -31,6 +30,7 @@ from bridge.catalog.model import (
 )
 from bridge.config import DnsSettings
 from bridge.dns.workers import DnsWorkers
+from tests.integration.harness import eventually
 
 K8S = Origin(OriginKind.KUBERNETES, "east")
 HTTP = Port("http", 80)
@@ -53,15 +53,6 @@ def ask(workers: DnsWorkers, name: str = NAME, *, tcp: bool = False) -> tuple[in
     else:
         response = dns.query.udp(query, host, port=port, timeout=5)
     return response.rcode(), {r.address for rrset in response.answer for r in rrset}
-
-
-def wait_until(check, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 @pytest.fixture
@@ -93,7 +84,7 @@ def test_a_killed_worker_is_started_again_with_the_whole_catalog(workers):
     workers.publish(catalog(1, {"web": ["10.0.0.1"], "api": ["10.0.0.7"]}))
     victim = workers.pids[0]
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: not _alive(victim), what="worker killed")
+    eventually(lambda: not _alive(victim), what="worker killed")
     # The other worker keeps answering meanwhile.
     for _ in range(10):
         assert ask(workers) == (dns.rcode.NOERROR, {"10.0.0.1"})
@@ -112,7 +103,7 @@ def test_stop_ends_the_workers_and_frees_the_port():
     pids = pool.pids
     host, port = pool.addresses[0]
     pool.stop()
-    wait_until(lambda: not any(_alive(pid) for pid in pids), 10, "workers gone")
+    eventually(lambda: not any(_alive(pid) for pid in pids), 10, "workers gone")
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
         with socket.socket(socket.AF_INET, kind) as sock:
             sock.bind((host, port))  # raises if any worker still held it
