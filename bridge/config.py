@@ -7,8 +7,8 @@ passed down; no other module reads the environment. Each field's `why` is the te
 
 Environment: the ecosystem's own variables (`KUBECONFIG`, `CONSUL_HTTP_ADDR`,
 `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
-`CONSUL_CLIENT_KEY`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_SSL_VERIFY`, and the in-cluster
-`KUBERNETES_SERVICE_HOST`) plus `BRIDGE_<SECTION>_<KEY>` for every setting
+`CONSUL_CLIENT_KEY`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_SSL_VERIFY`, and the kubelet's
+`KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT` in a pod) plus `BRIDGE_<SECTION>_<KEY>` for every setting
 (`BRIDGE_DNS_TTL=10`, `BRIDGE_CLUSTER_ID=east`). Bridge variables win over ecosystem ones.
 """
 
@@ -104,6 +104,8 @@ class LogSettings:
 
 @dataclass(frozen=True)
 class KubernetesSettings:
+    enabled: bool = _setting(True, "watch Kubernetes at all; false for a sidecar that answers "
+                                   "from Consul alone and holds no Kubernetes credentials")
     kubeconfig: str = _setting("", "kubeconfig file; empty means in-cluster when running in a "
                                    "pod, else ~/.kube/config (KUBECONFIG is honoured)")
     context: str = _setting("", "kubeconfig context to use; empty means its current-context")
@@ -116,6 +118,12 @@ class KubernetesSettings:
                                        "silently dead connection is noticed", check=_positive)
     in_cluster: bool = _setting(False, "set from KUBERNETES_SERVICE_HOST: use the pod's "
                                        "service account when no kubeconfig is given")
+    api_server: str = _setting("", "API server the service account talks to; set from "
+                                   "KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT in a pod",
+                               check=lambda v: None if v == "" else _url(v))
+    service_account_dir: str = _setting(
+        "/var/run/secrets/kubernetes.io/serviceaccount", "where the kubelet mounts the pod's "
+        "token, ca.crt and namespace; the token is reread when the kubelet rotates it")
 
 
 @dataclass(frozen=True)
@@ -375,8 +383,14 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
     if "consul.address" in found:
         found["consul.address"] = _consul_url(found["consul.address"],
                                               environ.get("CONSUL_HTTP_SSL", ""))
-    if environ.get("KUBERNETES_SERVICE_HOST"):
+    host = environ.get("KUBERNETES_SERVICE_HOST", "")
+    if host:
         found["kubernetes.in_cluster"] = "true"
+        port = environ.get("KUBERNETES_SERVICE_PORT", "")
+        if port:
+            # What client-go's rest.InClusterConfig builds: https://net.JoinHostPort(host, port).
+            found["kubernetes.api_server"] = f"https://[{host}]:{port}" if ":" in host \
+                else f"https://{host}:{port}"
     for key, _, _ in iter_settings():
         var = "BRIDGE_" + key.replace(".", "_").upper()
         if var in environ:
@@ -413,7 +427,21 @@ def build(*, config_file: str | None = None, environ: Mapping[str, str] | None =
             if problem:
                 raise ConfigError(key, raw, f"{problem} ({origin})")
             values[key] = value
-    return _assemble(values)
+    settings = _assemble(values)
+    _check_combination(settings)
+    return settings
+
+
+def _check_combination(settings: Settings) -> None:
+    """Settings that are valid alone but not together."""
+    if not settings.kubernetes.enabled:
+        # With no Kubernetes view, the sync would see this cluster as empty and deregister
+        # everything it owns in Consul; materialising needs the Kubernetes API.
+        for key, on in (("sync.to_consul", settings.sync.to_consul),
+                        ("sync.to_k8s", settings.sync.to_k8s)):
+            if on:
+                raise ConfigError("kubernetes.enabled", False,
+                                  f"{key} needs Kubernetes: set {key}: false as well")
 
 
 def _assemble(values: Mapping[str, Any]) -> Settings:

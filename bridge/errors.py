@@ -46,3 +46,8 @@ class Conflict(BridgeError):
 
 class Rejected(BridgeError):
     """The server refused a request as invalid or forbidden; retrying unchanged will not help."""
+
+
+class Denied(Rejected):
+    """The server refused the credentials (401) or the permission (403). The client has
+    logged it once already; loops retry it quietly, as a rule or a token may be fixed."""

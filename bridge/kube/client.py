@@ -4,6 +4,11 @@ This is the only module that imports `kubernetes`. Lists and watches are read as
 (`_preload_content=False`, `deserialize=False`): the pydantic models would reject objects a
 real API server does send (and cost a parse the bridge does not need); `objects.py` checks
 the fields the bridge uses instead.
+
+Credentials: a kubeconfig when one is set or when not in a pod; in a pod, the service
+account (`serviceaccount.py`): HTTPS to `kubernetes.api_server` verified with its ca.crt,
+and a bearer token read again whenever the kubelet rotates it. Requests the server refuses
+(401, 403) are logged once and held in `access` until they succeed.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from bridge.config import KubernetesSettings
-from bridge.errors import ConfigError, Conflict, Expired, Rejected, Transient
+from bridge.errors import ConfigError, Conflict, Denied, Expired, Rejected, Transient
+from bridge.kube.access import Access, Request, status_message
+from bridge.kube.serviceaccount import ServiceAccount
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,8 @@ def map_error(exc: BaseException, what: str) -> Exception:
             return Expired(f"{what}: {exc.reason}")
         if status == 429 or status >= 500 or status == 0:
             return Transient(f"{what}: HTTP {status} {exc.reason}", _retry_after(exc))
+        if status in (401, 403):
+            return Denied(f"{what}: HTTP {status} {status_message(exc.body, exc.reason)}")
         return Rejected(f"{what}: HTTP {status} {exc.reason}")
     if isinstance(exc, urllib3.exceptions.HTTPError | OSError | json.JSONDecodeError):
         return Transient(f"{what}: {type(exc).__name__}: {exc}")
@@ -71,30 +80,61 @@ class KubeClient:
 
     def __init__(self, settings: KubernetesSettings) -> None:
         self._settings = settings
-        self.api = self._connect(settings)
+        self.access = Access()
+        # The pod's namespace in a cluster (where a Lease would live), else ''.
+        self.namespace = ""
+        if settings.kubeconfig or not settings.in_cluster:
+            cfg = self._from_kubeconfig(settings)
+        else:
+            account = ServiceAccount(settings.service_account_dir)
+            self.namespace = account.namespace()
+            cfg = self._in_cluster(settings, account)
+        # Retries are ours (with backoff and Retry-After); urllib3's would hide outages.
+        cfg.retries = False
+        self.api = client.ApiClient(cfg)
         self._watches: set[watch.Watch] = set()
 
     @staticmethod
-    def _connect(settings: KubernetesSettings) -> client.ApiClient:
+    def _from_kubeconfig(settings: KubernetesSettings) -> client.Configuration:
+        cfg = client.Configuration()
         try:
-            if settings.kubeconfig or not settings.in_cluster:
-                cfg = client.Configuration()
-                config.load_kube_config(
-                    config_file=settings.kubeconfig or None,
-                    context=settings.context or None,
-                    client_configuration=cfg,
-                    persist_config=False,
-                )
-            else:
-                cfg = client.Configuration()
-                config.load_incluster_config(client_configuration=cfg)
+            config.load_kube_config(
+                config_file=settings.kubeconfig or None,
+                context=settings.context or None,
+                client_configuration=cfg,
+                persist_config=False,
+            )
         except (ConfigException, OSError, TypeError, ValueError) as exc:
-            key = "kubernetes.kubeconfig" if settings.kubeconfig else "kubernetes.in_cluster"
-            value = settings.kubeconfig or settings.in_cluster
-            raise ConfigError(key, value, f"cannot load Kubernetes credentials: {exc}") from None
-        # Retries are ours (with backoff and Retry-After); urllib3's would hide outages.
-        cfg.retries = False
-        return client.ApiClient(cfg)
+            raise ConfigError("kubernetes.kubeconfig", settings.kubeconfig,
+                              f"cannot load Kubernetes credentials: {exc}") from None
+        return cfg
+
+    @staticmethod
+    def _in_cluster(settings: KubernetesSettings, account: ServiceAccount) -> client.Configuration:
+        """What client-go's rest.InClusterConfig does, from settings instead of the
+        environment, with the token read at each request (see serviceaccount.py)."""
+        if not settings.api_server:
+            raise ConfigError("kubernetes.api_server", "", "in a pod, KUBERNETES_SERVICE_HOST "
+                              "and KUBERNETES_SERVICE_PORT name the API server; one is unset")
+        cfg = client.Configuration()
+        cfg.host = settings.api_server
+        cfg.verify_ssl = True
+        cfg.ssl_ca_cert = str(account.ca_path)
+        cfg.api_key_prefix["BearerToken"] = "Bearer"
+        cfg.api_key["BearerToken"] = account.token()
+
+        def refresh(cfg: client.Configuration) -> None:
+            cfg.api_key["BearerToken"] = account.token()
+
+        # Called by the client before every request it authenticates.
+        cfg.refresh_api_key_hook = refresh
+        return cfg
+
+    def _failed(self, exc: BaseException, request: Request, what: str) -> Exception:
+        """`exc` as one of ours; a refusal is also recorded (and logged once) in `access`."""
+        if isinstance(exc, ApiException) and exc.status in (401, 403):
+            self.access.refused(request, exc.status, status_message(exc.body, exc.reason))
+        return map_error(exc, what)
 
     def list_page(self, resource: Resource, *, limit: int, cont: str | None) -> dict[str, Any]:
         """One page of a list as raw JSON."""
@@ -103,11 +143,14 @@ class KubeClient:
                                   "_request_timeout": (10, 60)}
         if cont:
             kwargs["_continue"] = cont
+        request = Request("list", resource.plural)
         try:
             response = resource.list_method(self.api)(**kwargs)
-            return json.loads(response.data)
+            page = json.loads(response.data)
         except Exception as exc:
-            raise map_error(exc, what) from exc
+            raise self._failed(exc, request, what) from exc
+        self.access.allowed(request)
+        return page
 
     def watch(self, resource: Resource, resource_version: str,
               timeout_seconds: int) -> Iterator[dict[str, Any]]:
@@ -116,6 +159,7 @@ class KubeClient:
         Raises Expired on a 410 (as an ERROR event or a status), Transient on I/O errors.
         """
         what = f"watch {resource.plural}"
+        request = Request("watch", resource.plural)
         w = watch.Watch()
         self._watches.add(w)
         try:
@@ -128,9 +172,15 @@ class KubeClient:
                 # A read timeout past the server's own timeout notices a dead connection.
                 _request_timeout=(10, timeout_seconds + 30),
             )
-            yield from stream
+            opened = False
+            for event in stream:
+                if not opened:
+                    opened = True
+                    self.access.allowed(request)
+                yield event
+            self.access.allowed(request)
         except Exception as exc:
-            raise map_error(exc, what) from exc
+            raise self._failed(exc, request, what) from exc
         finally:
             self._watches.discard(w)
 
@@ -147,6 +197,8 @@ class KubeClient:
         Raises Conflict on 409 (the object changed or exists), Rejected or Transient."""
         api, kind = self._writer(plural)
         what = f"{verb} {plural} {namespace}/{name}"
+        # RBAC calls a replace (PUT) "update".
+        request = Request("update" if verb == "replace" else verb, plural, namespace)
         try:
             if verb == "create":
                 getattr(api, f"create_namespaced_{kind}")(namespace, body, _preload_content=False)
@@ -158,12 +210,14 @@ class KubeClient:
                 raise ValueError(f"unknown verb {verb}")
         except ApiException as exc:
             if verb == "delete" and exc.status == 404:
+                self.access.allowed(request)
                 return
             if exc.status == 409:
                 raise Conflict(f"{what}: {exc.reason}") from None
-            raise map_error(exc, what) from None
+            raise self._failed(exc, request, what) from None
         except Exception as exc:
             raise map_error(exc, what) from exc
+        self.access.allowed(request)
 
     def close(self) -> None:
         """Ends open watch streams so their threads return promptly."""

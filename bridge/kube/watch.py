@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
 
-from bridge.errors import Expired, Rejected, Transient
+from bridge.errors import Denied, Expired, Rejected, Transient
 from bridge.kube.client import KubeClient, Resource
 from bridge.kube.objects import BadObject, object_key
 from bridge.retry import Backoff
@@ -84,7 +84,9 @@ class Reflector(Generic[T]):
             except (Transient, Rejected) as exc:
                 ERRORS.labels(self._resource.plural).inc()
                 delay = self._backoff.next_delay(getattr(exc, "retry_after", None))
-                log.warning("%s: %s; retrying in %.1fs", self._resource.plural, exc, delay)
+                # A refusal was logged once by the client; repeating it per retry is noise.
+                level = logging.DEBUG if isinstance(exc, Denied) else logging.WARNING
+                log.log(level, "%s: %s; retrying in %.1fs", self._resource.plural, exc, delay)
                 self._stop.wait(delay)
             except Exception:
                 # A bug must not kill the mirror: log it, back off, and start over from a list.
