@@ -8,6 +8,7 @@ key and the value; no traceback reaches the user for an error they can fix.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -15,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ from bridge.errors import BridgeError, ConfigError
 
 log = logging.getLogger("bridge")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
+# The demo's data ships inside the package (examples/demo links here), so an installed
+# wheel runs `bridge demo` from any directory.
+DEMO_DATA = resources.files("bridge") / "demo"
 
 # Flag -> dotted setting, for `run` and `check-config`.
 SETTING_FLAGS: dict[str, tuple[str, str]] = {
@@ -124,8 +128,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     kube.start()
     consul.start()
     try:
-        kube.load_manifests(EXAMPLES / "kubernetes.yaml")
-        consul.load(EXAMPLES / "consul.yaml")
+        with contextlib.ExitStack() as files:
+            kube.load_manifests(files.enter_context(resources.as_file(DEMO_DATA / "kubernetes.yaml")))
+            consul.load(files.enter_context(resources.as_file(DEMO_DATA / "consul.yaml")))
         kubeconfig = workdir / "kubeconfig"
         kube.write_kubeconfig(kubeconfig)
         flags = {

@@ -18,11 +18,12 @@ BRIDGE = str(Path(sys.executable).with_name("bridge"))
 class Proc:
     """A `bridge` subprocess whose stdout lines are collected by a reader thread."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.args = [BRIDGE, *args]
+    def __init__(self, *args: str, env: dict[str, str] | None = None, program: str = BRIDGE,
+                 cwd: str | Path | None = None) -> None:
+        self.args = [program, *args]
         self.p = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {})}, cwd=cwd,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
