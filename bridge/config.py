@@ -453,7 +453,7 @@ def _assemble(values: Mapping[str, Any]) -> Settings:
             sections[section][name] = value
         else:
             top[key] = value
-    built = {name: f.default_factory(**sections[name])  # type: ignore[misc]
+    built = {name: f.default_factory(**sections[name])  # type: ignore[misc,operator]
              for name, f in _SECTIONS.items()}
     return Settings(**top, **built)
 

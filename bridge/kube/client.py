@@ -127,7 +127,7 @@ class KubeClient:
             cfg.api_key["BearerToken"] = account.token()
 
         # Called by the client before every request it authenticates.
-        cfg.refresh_api_key_hook = refresh
+        cfg.refresh_api_key_hook = refresh  # type: ignore[assignment]  # stubbed as None only
         return cfg
 
     def _failed(self, exc: BaseException, request: Request, what: str) -> Exception:

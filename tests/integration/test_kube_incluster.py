@@ -244,7 +244,11 @@ def test_a_token_rewritten_in_place_is_reread(server, mount):
     kube = KubeClient(in_cluster_settings(server.port, mount.root))
     try:
         list_services(kube)
-        mount.root.joinpath("token").resolve().write_text("bbbb")  # same size, same inode
+        token = mount.root.joinpath("token").resolve()
+        before = token.stat()
+        token.write_text("bbbb")  # same size, same inode
+        # A later write: the kernel's file clock is coarse (a tick), the test is not.
+        os.utime(token, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
         server.tokens = {"bbbb"}
         list_services(kube)
     finally:
