@@ -47,6 +47,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from bridge.dns.packet import question_end
+
 log = logging.getLogger(__name__)
 
 DNS_PORT = 53
@@ -155,21 +157,6 @@ def read_resolv_conf(path: str) -> str | None:
 
 
 # --- the forwarder ----------------------------------------------------------------------------
-
-def question_end(packet: bytes) -> int:
-    """Where the first question of `packet` ends (uncompressed names only), or 0."""
-    at = 12
-    size = len(packet)
-    while at < size:
-        length = packet[at]
-        if length == 0:
-            end = at + 5
-            return end if end <= size else 0
-        if length > 63:
-            return 0
-        at += length + 1
-    return 0
-
 
 @dataclass(eq=False)
 class _Query:

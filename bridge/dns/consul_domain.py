@@ -39,28 +39,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from bridge.catalog.model import Catalog, Instance, OriginKind, Service
-from bridge.dns.answer import (
-    NOT_OURS,
-    NS,
-    SOA,
-    SRV,
-    Address,
-    Answers,
-    NotOurs,
-    QType,
-    Rcode,
-    Record,
-    Response,
-    _address,
-    _data,
-    _family,
-)
+from bridge.dns.addresses import Address, address_record, address_records, ip_address, of_family
 from bridge.dns.query import Name, labels, lower, zone_labels
+from bridge.dns.records import NO_TRANSFER, NOT_OURS, NS, SOA, SRV, Answers, NotOurs, QType, Rcode, Record, Response
 
 DEFAULT_DATACENTER = "dc1"  # Consul's default datacenter name
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 3600, 600, 86400  # Consul's dns_config.soa defaults
-_REFUSE = Response(Rcode.REFUSED, authoritative=False)
-_NO_TRANSFER = {QType.AXFR: _REFUSE, QType.IXFR: _REFUSE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +114,12 @@ def _healthy(catalog: Catalog) -> dict[str, list[_Inst]]:
 def _inst(instance: Instance) -> _Inst | None:
     if instance.origin.kind is not OriginKind.CONSUL or not instance.ready:
         return None
-    ip = _address(instance.address)
+    ip = ip_address(instance.address)
     if ip is None:
         return None
     ports = tuple(dict.fromkeys(p.port for p in instance.ports if 0 < p.port < 65536))
     tags = tuple(dict.fromkeys(lower(tag) for tag in instance.tags if tag))
-    return _Inst(_data(ip), ip, ports, instance.node_name, tags)
+    return _Inst(address_record(ip), ip, ports, instance.node_name, tags)
 
 
 class ConsulAnswerer:
@@ -149,8 +133,7 @@ class ConsulAnswerer:
         self.limit = max(0, options.a_record_limit)
         self.ready = catalog.ready
         self.serial = (catalog.generation if serial is None else serial) & 0xFFFFFFFF
-        self.ns_addresses: tuple[Address, ...] = tuple(
-            _data(ip) for ip in map(_address, ns_addresses) if ip)
+        self.ns_addresses = address_records(ns_addresses)
         self._names: dict[Name, _Spec] = {(): _APEX, ("ns",): _NS_HOST}
         self._build(_healthy(catalog))
 
@@ -231,7 +214,7 @@ class ConsulAnswerer:
         nodata = Response(Rcode.NOERROR, authority=(soa,))
         # Consul answers an SOA question on any name of its domain with the SOA itself.
         by_type: dict[int, Response] = {QType.SOA: Response(Rcode.NOERROR, (soa,)),
-                                        **_NO_TRANSFER}
+                                        **NO_TRANSFER}
         spec = self._names.get(rest)
         if spec is None:
             missing = Rcode.NXDOMAIN if self.ready else Rcode.SERVFAIL
@@ -257,10 +240,10 @@ class ConsulAnswerer:
     def _addresses(self, name: Name, addresses: Sequence[Address], nodata: Response
                    ) -> dict[int, Response]:
         out: dict[int, Response] = {}
-        for qtype, found in ((QType.A, _family(addresses, QType.A)),
-                             (QType.AAAA, _family(addresses, QType.AAAA)),
-                             (QType.ANY, _family(addresses, QType.A)
-                              + _family(addresses, QType.AAAA))):
+        for qtype, found in ((QType.A, of_family(addresses, QType.A)),
+                             (QType.AAAA, of_family(addresses, QType.AAAA)),
+                             (QType.ANY, of_family(addresses, QType.A)
+                              + of_family(addresses, QType.AAAA))):
             out[qtype] = self._shuffled(tuple(Record(name, self.ttl, a) for a in found),
                                         (), self.limit, nodata)
         return out
