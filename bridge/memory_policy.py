@@ -1,11 +1,7 @@
-"""Process-wide memory settings for long-running bridge processes (main and DNS workers).
+"""How long-running bridge processes (the main one and DNS workers) use memory.
 
-Owns two choices. glibc gives each thread that allocates its own malloc arena (up to eight
-per core); the bridge's threads each allocate in bursts (a list page, a transaction body,
-a table update), and memory freed in one arena is not reused by the others, so resident
-memory grows with the thread count. Two arenas are enough for a process whose threads
-mostly wait. And `settle()` keeps the collector's full passes off a heap that was just
-loaded (see its docstring).
+Two choices: how many malloc arenas glibc may make (`limit_arenas`), and keeping the
+garbage collector's full passes off what was just loaded and will live long (`settle`).
 """
 
 from __future__ import annotations
@@ -19,7 +15,14 @@ _M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)
 
 def limit_arenas(count: int = 2) -> bool:
     """Cap glibc's malloc arenas for the threads started after this call; False where the
-    C library is not glibc (then nothing changes)."""
+    C library is not glibc (then nothing changes).
+
+    glibc gives each thread that allocates an arena of its own, up to a multiple of the
+    cores; the bridge's threads each allocate in bursts (a list page, a transaction body, a
+    table update), and memory freed in one arena is not reused by the others, so resident
+    memory grows with the thread count. Two arenas are enough for a process whose threads
+    mostly wait.
+    """
     name = ctypes.util.find_library("c")
     if not name:
         return False
@@ -32,7 +35,8 @@ def limit_arenas(count: int = 2) -> bool:
 
 def settle() -> None:
     """Keep the garbage collector's full passes off what is loaded now: a full collection
-    walks every object, and 10,000 Services make millions (a pause of most of a second).
-    Reference counting still frees them when they are replaced."""
+    walks every object, and a large catalog with its DNS table makes millions of them (a
+    pause clients would notice). Reference counting still frees them when they are
+    replaced."""
     gc.collect()
     gc.freeze()

@@ -1,46 +1,9 @@
-"""What the cluster DNS says: (catalog, question name, qtype) -> response (pure: no I/O).
+"""What the cluster zone says: (catalog, question name, qtype) -> response (pure: no I/O).
 
-This module owns the *meaning* of every answer: which names exist, which records they
-carry, and when the answer is NXDOMAIN, NODATA, SERVFAIL or REFUSED. It knows nothing of
-wire formats; `table.py` turns its responses into bytes and `server.py` moves the bytes.
-
-An `Answerer` indexes one immutable `Catalog` once (by service, endpoint name and address)
-so that each question is a few dictionary look-ups. It never changes once built, so any
-number of threads may use it. `derive` makes the answerer of a next catalog from the
-services that changed (copy on write: the indexes are copied, unchanged services shared),
-and says which names and addresses the change touches, for `table.py`'s incremental
-updates; `listed` gives every name with its answers without parsing names, for its builds.
-
-The SOA serial is the catalog's generation unless the caller fixes it (`serial`): `table.py`
-keeps it across incremental updates (see there).
-
-The rules follow the conformance checklist in `reference/kubernetes-dns.md` §5; the
-numbers in comments refer to it. Deliberate departures from CoreDNS:
-
-- `_<proto>.<svc>.<ns>.svc.<zone>` and `dns.<zone>` are empty non-terminals (NODATA), not
-  NXDOMAIN: they have names below them, and an NXDOMAIN there would let a resolver that
-  minimises query names (RFC 7816) or cuts below NXDOMAIN (RFC 8020) deny the SRV names
-  and `ns.dns.<zone>`.
-- `_<port>._<proto>` labels name SRV records only; CoreDNS also answers A on them.
-- An ExternalName whose target does not exist in the zone ends its chain with NXDOMAIN
-  (RFC 6604, the rcode of the last name); CoreDNS keeps NOERROR.
-- Reverse names of addresses the catalog does not know are `NOT_OURS` (like CoreDNS's
-  `fallthrough in-addr.arpa ip6.arpa` in both default Corefiles): the server forwards or
-  refuses them.
-- Pod records (`<a-b-c-d>.<ns>.pod.<zone>`): `pods="disabled"` (the default) answers
-  NXDOMAIN for every name below `pod.<zone>` (CoreDNS `pods disabled`, 49); `pods="insecure"`
-  answers the address written in the name for any namespace that exists (CoreDNS
-  `pods insecure`, kube-dns), dashed IPv6 too, and NODATA for `<ns>.pod.<zone>` (50);
-  `pods="verified"` answers only addresses of pods the catalog knows in that namespace
-  (51). The catalog knows the pods behind Service endpoints, ready or not, not every pod
-  as CoreDNS's pod watch does. Those names cannot be listed in advance:
-  `Answerer.names` says which are computed.
-- With `ignore_empty_service` a ClusterIP service with no ready endpoint does not exist
-  (CoreDNS `ignore empty_service`, 7), PTR of its cluster IP included.
-
-A namespace exists when the catalog holds a service in it (the catalog holds only the
-namespaces the settings expose, 35): a namespace with no service at all is NXDOMAIN, as a
-namespace that does not exist is.
+`Answerer` owns the *meaning* of every answer in the cluster zone and the reverse zones:
+which names exist, which records they carry, and when the answer is NXDOMAIN, NODATA,
+SERVFAIL or REFUSED. It knows nothing of wire formats: `table.py` encodes its responses.
+Numbers in comments are rules of the conformance checklist (see the README's DNS section).
 """
 
 from __future__ import annotations
@@ -105,7 +68,42 @@ def _matches(port: Port, name: str, protocol: str) -> bool:
 
 
 class Answerer:
-    """Answers questions about one catalog. Immutable once built; share it freely."""
+    """Answers questions about one catalog. Immutable once built; share it freely.
+
+    The catalog is indexed once (`ZoneIndex`: by service, endpoint name and address), so
+    that each question is a few look-ups. `derive` makes the answerer of a next catalog
+    from the services that changed and says which names the change touches, for the
+    table's incremental updates; `listed` gives every name with its answers without
+    parsing names, for its builds. The SOA serial is the catalog's generation unless the
+    caller fixes it (`serial`): the table keeps it across incremental updates.
+
+    Deliberate departures from CoreDNS:
+
+    - `_<proto>.<svc>.<ns>.svc.<zone>` and `dns.<zone>` are empty non-terminals (NODATA), not
+      NXDOMAIN: they have names below them, and an NXDOMAIN there would let a resolver that
+      minimises query names (RFC 7816) or cuts below NXDOMAIN (RFC 8020) deny the SRV names
+      and `ns.dns.<zone>`.
+    - `_<port>._<proto>` labels name SRV records only; CoreDNS also answers A on them.
+    - An ExternalName whose target does not exist in the zone ends its chain with NXDOMAIN
+      (RFC 6604, the rcode of the last name); CoreDNS keeps NOERROR.
+    - Reverse names of addresses the catalog does not know are `NOT_OURS` (like CoreDNS's
+      `fallthrough in-addr.arpa ip6.arpa` in both default Corefiles): the server forwards or
+      refuses them.
+    - Pod records (`<a-b-c-d>.<ns>.pod.<zone>`): `pods="disabled"` (the default) answers
+      NXDOMAIN for every name below `pod.<zone>` (CoreDNS `pods disabled`, 49); `pods="insecure"`
+      answers the address written in the name for any namespace that exists (CoreDNS
+      `pods insecure`, kube-dns), dashed IPv6 too, and NODATA for `<ns>.pod.<zone>` (50);
+      `pods="verified"` answers only addresses of pods the catalog knows in that namespace
+      (51). The catalog knows the pods behind Service endpoints, ready or not, not every pod
+      as CoreDNS's pod watch does. Those names cannot be listed in advance:
+      `Answerer.names` says which are computed.
+    - With `ignore_empty_service` a ClusterIP service with no ready endpoint does not exist
+      (CoreDNS `ignore empty_service`, 7), PTR of its cluster IP included.
+
+    A namespace exists when the catalog holds a service in it (the catalog holds only the
+    namespaces the settings expose, 35): a namespace with no service at all is NXDOMAIN, as a
+    namespace that does not exist is.
+    """
 
     def __init__(self, catalog: Catalog, zone: str, ttl: int, *,
                  ns_addresses: Sequence[str] = (), pods: str = PODS_DISABLED,

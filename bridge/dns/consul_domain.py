@@ -1,35 +1,9 @@
-"""Consul's DNS interface, answered from the Consul side of the catalog (pure: no I/O).
+"""The Consul domain: what a Consul agent's DNS interface answers, from our catalog (pure).
 
-When `dns.consul_domain` is set (e.g. `consul`), the server also answers what a Consul
-agent's DNS interface answers for services (reference/kubernetes-dns.md §4; checklist rules
-61-66), from the instances of the merged catalog whose origin is Consul:
-
-    [<tag>.]<svc>.service[.<dc>[.dc]].<domain>    A, AAAA, ANY; SRV when asked (61, 63, 65)
-    _<svc>._<tag>.service[.<dc>[.dc]].<domain>    the same; `_tcp` means no tag filter (64)
-    _<svc>._<tag>[.<dc>[.dc]].<domain>            SRV (`.service` may be left out, 64)
-    <hex address>.addr[.<dc>[.dc]].<domain>       the A/AAAA an SRV target names (65)
-    <domain>                                      SOA, and NS `ns.<domain>` with our address
-
-`<svc>` is the catalog's DNS label for the Consul service (its key name; instances of one
-label in several namespaces are one service, as in Consul), `<tag>` any of an instance's
-tags, matched case-insensitively (a tag with dots spans several labels, as Consul joins
-them). Only healthy instances are served (the Consul source marks an instance ready when
-its checks pass, warning included only if so configured): a service or tag with none is
-NXDOMAIN (62), a type it has no address of is NODATA.
-
-As Consul does: answers are in random order per query (the encoder shuffles responses
-marked `shuffle`); `a_record_limit` caps A/AAAA/ANY answers at N records picked at random,
-never SRV (66); SRV is `1 1 <port> <hex>.addr.<dc>.<domain>` with the address in the
-additional section, in the domain as the client spelled it; TTL and SOA minimum default to
-0; an SOA question on any name of the domain gets the SOA in the answer section.
-
-Deliberate departures from Consul: every SRV target is the `addr` form (the catalog keeps
-the address an instance is reached at, not whether it came from the service or the node);
-each named port of an instance gets its own SRV; a UDP answer that does not fit sets TC
-(Consul trims silently by default); `_<svc>._<tag>.<domain>` asked for another type than
-SRV is NODATA, not NXDOMAIN (the name exists); a datacenter other than ours is NXDOMAIN
-(Consul would ask that datacenter); `addr` names exist only for the addresses we serve;
-zone transfers are REFUSED; names of nodes and prepared queries are not served.
+When `dns.consul_domain` is set (e.g. `consul`), the server also answers
+`<svc>.service.<domain>` and the other names of Consul's DNS interface for services
+(checklist rules 61-66), from the instances of the merged catalog whose origin is Consul.
+`ConsulAnswerer` says what those names hold; the table encodes and serves them.
 """
 
 from __future__ import annotations
@@ -123,7 +97,37 @@ def _inst(instance: Instance) -> _Inst | None:
 
 
 class ConsulAnswerer:
-    """Answers questions in the Consul domain about one catalog. Immutable once built."""
+    """Answers questions in the Consul domain about one catalog. Immutable once built.
+
+    Names, with the checklist rules they follow:
+
+        [<tag>.]<svc>.service[.<dc>[.dc]].<domain>    A, AAAA, ANY; SRV when asked (61, 63, 65)
+        _<svc>._<tag>.service[.<dc>[.dc]].<domain>    the same; `_tcp` means no tag filter (64)
+        _<svc>._<tag>[.<dc>[.dc]].<domain>            SRV (`.service` may be left out, 64)
+        <hex address>.addr[.<dc>[.dc]].<domain>       the A/AAAA an SRV target names (65)
+        <domain>                                      SOA, and NS `ns.<domain>` with our address
+
+    `<svc>` is the catalog's DNS label for the Consul service (its key name; instances of one
+    label in several namespaces are one service, as in Consul), `<tag>` any of an instance's
+    tags, matched case-insensitively (a tag with dots spans several labels, as Consul joins
+    them). Only healthy instances are served (the Consul source marks an instance ready when
+    its checks pass, warning included only if so configured): a service or tag with none is
+    NXDOMAIN (62), a type it has no address of is NODATA.
+
+    As Consul does: answers are in random order per query (the encoder shuffles responses
+    marked `shuffle`); `a_record_limit` caps A/AAAA/ANY answers at N records picked at random,
+    never SRV (66); SRV is `1 1 <port> <hex>.addr.<dc>.<domain>` with the address in the
+    additional section, in the domain as the client spelled it; TTL and SOA minimum default to
+    0; an SOA question on any name of the domain gets the SOA in the answer section.
+
+    Deliberate departures from Consul: every SRV target is the `addr` form (the catalog keeps
+    the address an instance is reached at, not whether it came from the service or the node);
+    each named port of an instance gets its own SRV; a UDP answer that does not fit sets TC
+    (Consul trims silently by default); `_<svc>._<tag>.<domain>` asked for another type than
+    SRV is NODATA, not NXDOMAIN (the name exists); a datacenter other than ours is NXDOMAIN
+    (Consul would ask that datacenter); `addr` names exist only for the addresses we serve;
+    zone transfers are REFUSED; names of nodes and prepared queries are not served.
+    """
 
     def __init__(self, catalog: Catalog, options: ConsulOptions, *,
                  ns_addresses: Sequence[str] = (), serial: int | None = None) -> None:

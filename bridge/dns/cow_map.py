@@ -1,16 +1,8 @@
 """A mapping whose versions share their contents, copied on write (`CowMap`).
 
-The DNS indexes and tables change a few keys at a time, while readers keep using the
-version they hold: an update must neither copy a hundred thousand keys nor touch what a
-reader sees. A `CowMap` is a large `base` dict, shared by the versions derived from one
-another and never written once shared, plus a small `recent` dict of the changes since
-(`GONE` marks a key removed while the base still holds it). `derive()` makes the next
-version, sharing both dicts; its first write copies `recent` only. Once `recent` has grown
-to a share of the base (`FOLD_SHARE`, at least `FOLD_MIN` keys), `derive` merges the two
-into a new base, which the new version may write in place until it is derived from.
-
-A reader on a hot path may look in the two dicts itself: a value in `recent` wins (`GONE`:
-absent), else `base` answers. That shortcut needs values that are never None.
+The DNS indexes and tables change a few keys at a time while readers keep using the
+version they hold: the next version must neither copy every key nor change what a reader
+sees. The zone index (`zone_index.py`) and the table (`table.py`) are made of these.
 """
 
 from __future__ import annotations
@@ -35,7 +27,17 @@ _MISSING: Any = object()
 
 
 class CowMap(Generic[K, V]):
-    """A dict-like map for copy on write between versions (see the module docstring).
+    """A dict-like map for copy on write between versions.
+
+    A large `base` dict, shared by the versions derived from one another and never written
+    once shared, plus a small `recent` dict of the changes since (`GONE` marks a key removed
+    while the base still holds it). `derive()` makes the next version, sharing both dicts;
+    its first write copies `recent` only. Once `recent` has grown to a share of the base
+    (`FOLD_SHARE`, at least `FOLD_MIN` keys), `derive` merges the two into a new base, which
+    the new version may write in place until it is derived from.
+
+    A reader on a hot path may look in the two dicts itself: a value in `recent` wins (`GONE`:
+    absent), else `base` answers. That shortcut needs values that are never None.
 
     A version that was derived from must not be written any more. Iteration order is not
     insertion order.

@@ -1,25 +1,9 @@
 """Responses as wire bytes, ready to follow any question of the right shape.
 
-`encode` turns a `Response` into an `Entry`: the header flags and counts, and the answer,
-authority and additional sections as bytes, to be sent after the ID and the question the
-query itself carries. `encode_shuffled` makes a `Shuffled` instead, for answers served in a
-random order per query (Consul). The table (`table.py`) stores them; the fast path
-(`respond.py`) sends them.
-
-Owner names in the sections are compression pointers into the question, so the client's
-letter case comes back without any work (checklist 46). That works because the question is
-copied byte for byte and a case-only difference never changes its length. SRV targets may
-not be compressed (RFC 2782), so the zone inside them is a literal copy; its offsets are
-kept (`spots`) and patched with the client's spelling when it differs (47).
-
-To know which names came from the question, responses are encoded against the question
-spelled in UPPER case: the answerers repeat the question's spelling and write catalog names
-in lower case, so an exact-case match against an upper-case question suffix can only be a
-name derived from the question. The stored bytes are then lower-cased.
-
-`encode` writes the usual shapes (A records of the question's name, one PTR, SRV with its
-glue) directly, and anything else through the general `Writer`: the same bytes either way
-(a test compares them).
+`encode` turns a `Response` into an `Entry`: header flags and counts, and the answer,
+authority and additional sections as bytes, to be sent after the ID and the question that
+the query itself carries (`respond.py`). `encode_shuffled` makes a `Shuffled` instead, for
+answers served in a random order per query (Consul).
 """
 
 from __future__ import annotations
@@ -51,7 +35,7 @@ class Entry(NamedTuple):
     `heads[i]`/`heads[4 + i]` are flags + counts for i = RD | CD << 1 of the query, without
     and with our OPT record (shared between entries). `spots` are (body offset, question
     offset, length) of literal copies of a question suffix to re-spell. Five fields, the
-    rarely read ones in `shape`: a table holds some 200,000 entries.
+    rarely read ones in `shape`: a large table holds hundreds of thousands.
     """
 
     heads: tuple[bytes, ...]
@@ -270,6 +254,23 @@ def encode(question: Name, response: Response, question_wire: bytes | None = Non
 
     `question` is the spelling the response was computed for (upper case in tables); `ra`
     sets RA (recursion available: the server forwards what is not ours).
+
+    `encode` turns a `Response` into an `Entry`: the header flags and counts, and the answer,
+    authority and additional sections as bytes, to be sent after the ID and the question the
+    query itself carries. `encode_shuffled` makes a `Shuffled` instead, for answers served in a
+    random order per query (Consul). The table (`table.py`) stores them; the fast path
+    (`respond.py`) sends them.
+
+    Owner names in the sections are compression pointers into the question, so the client's
+    letter case comes back without any work (checklist 46). That works because the question is
+    copied byte for byte and a case-only difference never changes its length. SRV targets may
+    not be compressed (RFC 2782), so the zone inside them is a literal copy; its offsets are
+    kept (`spots`) and patched with the client's spelling when it differs (47).
+
+    To know which names came from the question, responses are encoded against the question
+    spelled in UPPER case: the answerers repeat the question's spelling and write catalog names
+    in lower case, so an exact-case match against an upper-case question suffix can only be a
+    name derived from the question. The stored bytes are then lower-cased.
     """
     if question_wire is None:
         question_wire = wire(question)

@@ -1,25 +1,9 @@
 """Serving a `Table`: the reply to one query packet, from the precomputed bytes.
 
-`Responder` is the part of `Table` that serves (`table.py` builds and updates the rest).
-`respond` does not parse the packet on its fast path. It checks the header bytes, finds
-the question name's end, looks the key up, and returns
-
-    query ID + precomputed flags/counts (RD and CD copied) + the query's own question bytes
-    + the precomputed answer/authority/additional bytes [+ our OPT record]
-
-(see `encode.py` for why the precomputed bytes fit any spelling of the question). It looks
-in `entries` (name + qtype + class) first, then in `defaults` (name alone: the answer for
-any other qtype); both are `CowMap`s, read through their two dicts directly.
-
-What the fast path does not find goes to `_miss`, which walks the question properly and
-looks further: answers served in random order (`Shuffled`, Consul), ExternalName targets to
-chase upstream (`CHASE`), zone transfers of existing names (REFUSED), absent names of a zone
-(its negative answers), pod records (`pods="insecure"`), else NOT_OURS. Anything else
-(several questions, opcode other than QUERY, class other than IN, EDNS version > 0, a
-compressed question, malformed bytes) goes to the slow path (`slow_path.py`).
-
-With several zones (the cluster zone, the Consul domain), the most specific zone that
-contains the name answers it.
+`Responder` is the part of `Table` that serves (`table.py` builds and updates the rest):
+a fast path for the usual query, a walk of the question for what it does not find, and
+the slow path (`slow_path.py`) for anything unusual. Also the queries and replies for
+ExternalName targets chased through the upstream (27, 28).
 """
 
 from __future__ import annotations
@@ -83,7 +67,28 @@ class Zone(NamedTuple):
 
 
 class Responder:
-    """The serving half of `Table`: what it reads is made by `table.py`."""
+    """The serving half of `Table`: what it reads is made by `table.py`.
+
+    `respond` does not parse the packet on its fast path. It checks the header bytes, finds
+    the question name's end, looks the key up, and returns
+
+        query ID + precomputed flags/counts (RD and CD copied) + the query's own question bytes
+        + the precomputed answer/authority/additional bytes [+ our OPT record]
+
+    (`encode.encode` says why the precomputed bytes fit any spelling of the question). It looks
+    in `entries` (name + qtype + class) first, then in `defaults` (name alone: the answer for
+    any other qtype); both are `CowMap`s, read through their two dicts directly.
+
+    What the fast path does not find goes to `_miss`, which walks the question properly and
+    looks further: answers served in random order (`Shuffled`, Consul), ExternalName targets to
+    chase upstream (`CHASE`), zone transfers of existing names (REFUSED), absent names of a zone
+    (its negative answers), pod records (`pods="insecure"`), else NOT_OURS. Anything else
+    (several questions, opcode other than QUERY, class other than IN, EDNS version > 0, a
+    compressed question, malformed bytes) goes to the slow path (`slow_path.py`).
+
+    With several zones (the cluster zone, the Consul domain), the most specific zone that
+    contains the name answers it.
+    """
 
     __slots__ = ()
 

@@ -1,48 +1,9 @@
-"""The DNS transport: UDP and TCP listeners serving the current `Table`, and the forwarder.
+"""The DNS transport: UDP and TCP listeners answering from the current `Table`.
 
-Settings: every field of `DnsSettings` is read here (listen, zone, ttl, pods, consul_domain,
-upstreams, resolv_conf, upstream_timeout, udp_payload, tcp_idle_timeout,
-max_tcp_connections, ns_addresses); constructor keywords override them for tests.
-
-Listeners: `listeners.py` makes the sockets, in `start()` (or takes sockets bound
-elsewhere: the worker processes of `workers.py` serve the same sockets).
-
-Threading model (who owns what):
-
-- The caller of `publish()` (the reconcile loop) makes the next `Table` from a `Catalog` in
-  its own thread (`Table.update`: derived from the current table, re-encoding only the
-  names of the services that changed; a full build when that does not pay), then assigns
-  it to `self._table`: a single reference assignment, atomic under the GIL. The current
-  table is never modified. Readers load `self._table` once per packet and never lock, so
-  a packet is answered entirely from one table; an old table lives until its last reader
-  drops it. One thread publishes at a time (`publish` is not reentrant).
-- One thread per UDP socket runs the hot loop: recvfrom -> `Table.respond` (header and
-  question scan, one dict look-up, byte patching) -> sendto. Blocking sockets, no per-packet
-  allocation beyond the reply. `recvfrom` and `sendto` release the GIL, so the loop
-  overlaps with other threads' work while waiting. More readers would only contend for the
-  GIL; scaling past one core means worker processes (`workers.py`).
-- One thread owns every TCP connection: a selector loop that accepts, reads 2-byte-framed
-  queries (several per connection: our own answers in order, forwarded ones when they
-  come back, as RFC 7766 allows), writes replies as the socket allows, and closes
-  connections idle longer than `tcp_idle_timeout`.
-- Questions that are not ours go to the forwarder (`upstream.py`) when there are upstreams:
-  the UDP/TCP loop hands the packet over and moves on; the forwarder thread sends the UDP
-  reply itself (`sendto` on the listening socket is thread-safe), and queues a TCP reply
-  for the TCP loop (a deque plus a byte on its wake-up socket pair), which frames it into
-  that connection's outbox. A connection waiting for a forwarded reply is neither expired
-  nor closed after a half-close until the reply is in. ExternalName targets outside our
-  zones are chased the same way (`Table.chase_query`, `Table.chase_reply`).
-- Counters are per thread (each thread writes only its own), summed when `stats` is read.
-- `stop()` clears `_serving`, wakes every loop (an empty datagram to each UDP socket, a
-  byte on the TCP loop's wake-up socket pair), joins the threads and closes the sockets.
-
-Nothing a client sends can stop a loop: `Table.respond` does not raise for any input (a
-fuzz test checks it), and each loop still catches everything around it, counts it as an
-error and answers SERVFAIL when the header allows. Packets without a readable header, and
-responses (QR set), are dropped and counted.
-
-Questions outside our zones are forwarded upstream; with no upstream they are answered
-REFUSED (checklist 57). `outside`, a synchronous handler, replaces the forwarder in tests.
+`DnsServer` serves the table of the catalog it was last given (`publish`) on the sockets
+it binds in `start()` (`listeners.py`) or is handed by `workers.py`; questions outside our
+zones go to the forwarder (`upstream.py`), or are REFUSED when there is no upstream
+(checklist 57).
 """
 
 from __future__ import annotations
@@ -121,7 +82,47 @@ def _pick(override: T | None, setting: T) -> T:
 
 
 class DnsServer:
-    """Serves the cluster zone (and the Consul domain) over UDP and TCP on one port."""
+    """Serves the cluster zone (and the Consul domain) over UDP and TCP on one port.
+
+    Settings: every field of `DnsSettings` but `workers` is read here (listen, zone, ttl,
+    pods, consul_domain, upstreams, resolv_conf, upstream_timeout, udp_payload,
+    tcp_idle_timeout, max_tcp_connections, ns_addresses); constructor keywords override
+    them for tests. `outside`, a synchronous handler, replaces the forwarder in tests.
+
+    Threading model (who owns what):
+
+    - The caller of `publish()` (the reconcile loop) makes the next `Table` from a `Catalog` in
+      its own thread (`Table.update`: derived from the current table, re-encoding only the
+      names of the services that changed; a full build when that does not pay), then assigns
+      it to `self._table`: a single reference assignment, atomic under the GIL. The current
+      table is never modified. Readers load `self._table` once per packet and never lock, so
+      a packet is answered entirely from one table; an old table lives until its last reader
+      drops it. One thread publishes at a time (`publish` is not reentrant).
+    - One thread per UDP socket runs the hot loop: recvfrom -> `Table.respond` (header and
+      question scan, one dict look-up, byte patching) -> sendto. Blocking sockets, no per-packet
+      allocation beyond the reply. `recvfrom` and `sendto` release the GIL, so the loop
+      overlaps with other threads' work while waiting. More readers would only contend for the
+      GIL; scaling past one core means worker processes (`workers.py`).
+    - One thread owns every TCP connection: a selector loop that accepts, reads 2-byte-framed
+      queries (several per connection: our own answers in order, forwarded ones when they
+      come back, as RFC 7766 allows), writes replies as the socket allows, and closes
+      connections idle longer than `tcp_idle_timeout`.
+    - Questions that are not ours go to the forwarder (`upstream.py`) when there are upstreams:
+      the UDP/TCP loop hands the packet over and moves on; the forwarder thread sends the UDP
+      reply itself (`sendto` on the listening socket is thread-safe), and queues a TCP reply
+      for the TCP loop (a deque plus a byte on its wake-up socket pair), which frames it into
+      that connection's outbox. A connection waiting for a forwarded reply is neither expired
+      nor closed after a half-close until the reply is in. ExternalName targets outside our
+      zones are chased the same way (`Table.chase_query`, `Table.chase_reply`).
+    - Counters are per thread (each thread writes only its own), summed when `stats` is read.
+    - `stop()` clears `_serving`, wakes every loop (an empty datagram to each UDP socket, a
+      byte on the TCP loop's wake-up socket pair), joins the threads and closes the sockets.
+
+    Nothing a client sends can stop a loop: `Table.respond` does not raise for any input (a
+    fuzz test checks it), and each loop still catches everything around it, counts it as an
+    error and answers SERVFAIL when the header allows. Packets without a readable header, and
+    responses (QR set), are dropped and counted.
+    """
 
     def __init__(self, settings: DnsSettings, *, udp_payload: int | None = None,
                  tcp_idle_timeout: float | None = None, max_tcp_connections: int | None = None,

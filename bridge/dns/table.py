@@ -1,45 +1,9 @@
 """The precomputed answers of one catalog (`Table`), built whole or derived from the last.
 
-A `Table` holds, for one catalog, the answer to every question that can be asked about
-every existing name, as wire bytes (`encode.py`); it serves them itself (`respond.py`).
-It never changes once built except for bounded caches of answers encoded on first use
-(plain dict writes, atomic under the GIL), so readers share it without locks.
-
-Storage: `defaults` maps each existing name (lower-cased, wire form) to its answer for any
-qtype its answers do not name (NODATA, mostly: one shared entry); `entries` maps
-(name + qtype + class) only where that qtype's answer is not the default (A, SRV, PTR...):
-HTTPS or MX on a name with no such record cost one more look-up instead of a stored key
-per (name, qtype). A and AAAA are the exception: stub resolvers ask both, so a name with
-addresses of one family has a key for the other family's NODATA as well. Zone transfers
-(AXFR, IXFR) of existing names are REFUSED without a key of their own. Names with answers
-in random order (Consul) or chased upstream have dicts of their own, off the fast path.
-All are `CowMap`s, shared with the tables derived from this one.
-
-Updates (`Table.update`): the next catalog's table is derived from the previous one. The
-answerer is derived for the services that changed (`Answerer.derive`), and only the names
-those services had or have are encoded again: the service, endpoint, `_proto` and
-`_port._proto` names, the reverse names of the addresses whose PTR changed, the names of
-namespaces that appeared or went, ExternalName services pointing into the zone (their
-answers follow their targets), and, when a changed service carries Consul instances, the
-Consul names whose instances changed (the Consul answerer is made again then). A full
-build is done instead when readiness changes, when the zones are nested, when keys are
-not lower case, or when more than a third of the services changed (`FULL_BUILD_SHARE`).
-The caller swaps the new table in with one reference assignment; a reply is always built
-from one table, so it never mixes states.
-
-SOA serial: negative answers (NXDOMAIN, NODATA) carry the zone's SOA, whose serial is the
-catalog generation *of the last full build* (`Table.serial`): incremental updates keep it,
-so the shared negative entries stay valid and an update never has to touch every name. A
-resolver only reads the serial to decide on zone transfers, which are refused here; the
-negative-caching TTL comes from the SOA's TTL and minimum, which do not change.
-
-Answers computed on first use: a name in a zone that is not in the table gets the zone's
-negative answers, which depend only on where the zone starts in the question (the SOA
-owner is a pointer there) and on the qtype (`Answerer.names` documents this contract):
-they are encoded once per offset, so no query can make the table grow beyond 254 such sets.
-The same holds for negative answers of existing names. Pod records (`pods="insecure"`):
-any address may be asked, so `<x>.<ns>.pod.<zone>` is answered on its first question and
-kept in a bounded cache.
+A `Table` holds the answer to every question about every existing name as wire bytes
+(`encode.py`) and serves them itself (`respond.py`). `Table.update` makes the table of the
+next catalog from the current one, encoding again only the names whose answers changed;
+the server swaps it in with one reference assignment.
 """
 
 from __future__ import annotations
@@ -160,10 +124,48 @@ class Table(Responder):
     """The precomputed answers for one catalog plus the packet handler serving them.
 
     `pods`, `ignore_empty_service`: see `answer.Answerer`. `consul`: also serve the Consul
-    domain (`consul_domain.py`). `forwarding`: the server forwards names that are not ours, so
-    replies say RA and ExternalName targets outside our zones are chased (`CHASE`).
+    domain (`consul_domain.py`). `forwarding`: the server forwards names that are not ours,
+    so replies say RA and ExternalName targets outside our zones are chased (`CHASE`).
     `serial`: the SOA serial, by default the catalog's generation. `update` derives the
-    table of a next catalog.
+    table of a next catalog. A table never changes once built except for bounded caches of
+    answers encoded on first use (plain dict writes, atomic under the GIL), so readers
+    share it without locks.
+
+    Storage: `defaults` maps each existing name (lower-cased, wire form) to its answer for any
+    qtype its answers do not name (NODATA, mostly: one shared entry); `entries` maps
+    (name + qtype + class) only where that qtype's answer is not the default (A, SRV, PTR...):
+    HTTPS or MX on a name with no such record cost one more look-up instead of a stored key
+    per (name, qtype). A and AAAA are the exception: stub resolvers ask both, so a name with
+    addresses of one family has a key for the other family's NODATA as well. Zone transfers
+    (AXFR, IXFR) of existing names are REFUSED without a key of their own. Names with answers
+    in random order (Consul) or chased upstream have dicts of their own, off the fast path.
+    All are `CowMap`s, shared with the tables derived from this one.
+
+    Updates (`Table.update`): the next catalog's table is derived from the previous one. The
+    answerer is derived for the services that changed (`Answerer.derive`), and only the names
+    those services had or have are encoded again: the service, endpoint, `_proto` and
+    `_port._proto` names, the reverse names of the addresses whose PTR changed, the names of
+    namespaces that appeared or went, ExternalName services pointing into the zone (their
+    answers follow their targets), and, when a changed service carries Consul instances, the
+    Consul names whose instances changed (the Consul answerer is made again then). A full
+    build is done instead when readiness changes, when the zones are nested, when keys are
+    not lower case, or when more than a third of the services changed (`FULL_BUILD_SHARE`).
+    The caller swaps the new table in with one reference assignment; a reply is always built
+    from one table, so it never mixes states.
+
+    SOA serial: negative answers (NXDOMAIN, NODATA) carry the zone's SOA, whose serial is the
+    catalog generation *of the last full build* (`Table.serial`): incremental updates keep it,
+    so the shared negative entries stay valid and an update never has to touch every name. A
+    resolver only reads the serial to decide on zone transfers, which are refused here; the
+    negative-caching TTL comes from the SOA's TTL and minimum, which do not change.
+
+    Answers computed on first use: a name in a zone that is not in the table gets the zone's
+    negative answers, which depend only on where the zone starts in the question (the SOA
+    owner is a pointer there) and on the qtype (`Answerer.names` documents this contract):
+    they are encoded once per offset, so no query can make the table grow beyond 254 such sets.
+    The same holds for negative answers of existing names. Pod records (`pods="insecure"`):
+    any address may be asked, so `<x>.<ns>.pod.<zone>` is answered on its first question and
+    kept in a bounded cache.
     """
 
     # Slots: the fast path reads attributes on every query, and a slot is the quickest

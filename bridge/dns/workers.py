@@ -1,29 +1,9 @@
 """DNS served by worker processes (`dns.workers` > 0), apart from the sync work.
 
-Why processes: in one process, every thread that computes (watch decoding, the join,
-table updates, Consul writes) holds the GIL the UDP loop needs after each `recvfrom`, so
-under a steady stream of changes a query waits behind them (measured: 60,000 queries per
-second idle, under 8,000 with 100 endpoint changes per second). A worker has its own
-interpreter and does nothing but answer, and several workers use several cores.
-
-Who owns what:
-
-- The parent binds the UDP and TCP sockets once (`listeners.bind`) and hands the same
-  sockets to every worker: the kernel gives each datagram and each connection to one of
-  the processes blocked on it, so one client's queries spread over all workers too.
-- Each worker runs a `DnsServer` on those sockets (its own UDP, TCP and forwarder
-  threads) and one thread reading its pipe. It keeps its own copy of the catalog and
-  its own `Table`, derived incrementally as in the single-process server.
-- `publish()` (the parent's publisher thread) sends each worker only the services that
-  changed since the last catalog it sent (`changed_keys`), in two phases: every worker
-  prepares the next table and says so, then every worker is told to serve it, and says
-  so. So no worker serves a catalog another cannot, the workers switch within a pipe
-  round trip of each other (so a client asking twice in a row does not see a name go back
-  from the new answer to the old), and `publish()` returns once all serve it: readiness
-  follows the workers.
-- A worker that dies is started again with the whole catalog; the others keep serving.
-- `stop()` tells each worker to stop, waits briefly, then terminates what is left, and
-  closes the sockets. A worker whose parent is gone sees its pipe close and exits.
+In one process, every thread that computes (watch decoding, the join, table updates,
+Consul writes) holds the GIL the UDP loop needs after each `recvfrom`, so under a steady
+stream of changes queries wait behind them. A worker has its own interpreter and does
+nothing but answer, and several workers use several cores. `DnsWorkers` runs them.
 """
 
 from __future__ import annotations
@@ -63,7 +43,27 @@ Changes = list[tuple[ServiceKey, Service | None]]
 
 class DnsWorkers:
     """The `DnsServer` surface the app uses (`publish`, `start`, `stop`, `addresses`),
-    served by `count` worker processes."""
+    served by `count` worker processes.
+
+    Who owns what:
+
+    - The parent binds the UDP and TCP sockets once (`listeners.bind`) and hands the same
+      sockets to every worker: the kernel gives each datagram and each connection to one of
+      the processes blocked on it, so one client's queries spread over all workers too.
+    - Each worker runs a `DnsServer` on those sockets (its own UDP, TCP and forwarder
+      threads) and one thread reading its pipe. It keeps its own copy of the catalog and
+      its own `Table`, derived incrementally as in the single-process server.
+    - `publish()` (the parent's publisher thread) sends each worker only the services that
+      changed since the last catalog it sent (`changed_keys`), in two phases: every worker
+      prepares the next table and says so, then every worker is told to serve it, and says
+      so. So no worker serves a catalog another cannot, the workers switch within a pipe
+      round trip of each other (so a client asking twice in a row does not see a name go back
+      from the new answer to the old), and `publish()` returns once all serve it: readiness
+      follows the workers.
+    - A worker that dies is started again with the whole catalog; the others keep serving.
+    - `stop()` tells each worker to stop, waits briefly, then terminates what is left, and
+      closes the sockets. A worker whose parent is gone sees its pipe close and exits.
+    """
 
     def __init__(self, settings: DnsSettings, count: int, *, log_level: str = "info",
                  log_format: str = "text") -> None:
