@@ -41,14 +41,15 @@ MAX_COMPUTED = 4096  # pod names answered on demand and kept: the cache is empti
 
 # qtype -> its bytes + class IN: the key suffixes a name may have in `entries`. Any other
 # qtype is added when first stored (`_suffix`), so `_forget` knows every key a name can have.
-_SUFFIXES: dict[int, bytes] = {int(q): int(q).to_bytes(2, "big") + CLASS_IN.to_bytes(2, "big")
+_IN = CLASS_IN.to_bytes(2, "big")
+_SUFFIXES: dict[int, bytes] = {int(q): int(q).to_bytes(2, "big") + _IN
                                for q in (QType.A, QType.AAAA, *TRANSFERS)}
 
 
 def _suffix(qtype: int) -> bytes:
     found = _SUFFIXES.get(qtype)
     if found is None:
-        found = _SUFFIXES.setdefault(qtype, qtype.to_bytes(2, "big") + CLASS_IN.to_bytes(2, "big"))
+        found = _SUFFIXES.setdefault(qtype, qtype.to_bytes(2, "big") + _IN)
     return found
 
 
