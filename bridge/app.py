@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 
-from bridge import heap
+from bridge import memory_policy
 from bridge.catalog.model import Catalog
 from bridge.catalog.to_consul import SyncOptions
 from bridge.config import Settings, parse_hostport
@@ -112,7 +112,7 @@ class App:
         if catalog.ready and not self._catalog_ready.is_set():
             self._catalog_ready.set()
             log.info("catalog ready: %d services", len(catalog.services))
-            heap.settle()  # what is loaded now lives long
+            memory_policy.settle()  # what is loaded now lives long
 
     def waiting_for(self) -> list[str]:
         """What readiness still waits for; empty when ready."""

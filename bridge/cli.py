@@ -88,7 +88,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _serve_app(settings: config.Settings, banner: Callable[[Any], None] | None = None) -> int:
-    from bridge import heap, logs
+    from bridge import logs, memory_policy
     from bridge.app import App
 
     logs.configure(settings.log.level, settings.log.format,
@@ -96,7 +96,7 @@ def _serve_app(settings: config.Settings, banner: Callable[[Any], None] | None =
     # The DNS threads wait on sockets and hand the GIL back constantly; with Python's default
     # 5 ms switch interval a busy sync thread would hold every query up for that long.
     sys.setswitchinterval(0.001)
-    heap.limit_arenas()
+    memory_policy.limit_arenas()
     app = App(settings)
     app.start()
     for host, port in app.dns.addresses:

@@ -1,28 +1,8 @@
-"""The query-name grammar of the cluster zone and the reverse zones (pure: no I/O).
+"""The question-name grammar of the cluster zone and the reverse zones (pure: no I/O).
 
-This module owns one decision: what a question name *is* — the zone apex, a service, an
-endpoint of a service, an SRV name, a reverse-lookup address, or something outside what we
-serve. It does not know the catalog; `answer.py` decides whether the parsed name exists.
-
-Grammar, read from the right of `<zone>` (kubernetes/dns specification, CoreDNS parse.go):
-
-    <zone>                                   APEX
-    dns-version.<zone>                       DNS_VERSION
-    dns.<zone>, ns.dns.<zone>                DNS_ROOT, NS_HOST (the name our NS record uses)
-    svc.<zone>, pod.<zone>                   SVC_ROOT, POD_ROOT
-    <ns>.pod.<zone>, <a-b-c-d>.<ns>.pod.<zone>   POD (`service` holds the dashed address)
-    <ns>.svc.<zone>                          NAMESPACE
-    <svc>.<ns>.svc.<zone>                    SERVICE
-    <endpoint>.<svc>.<ns>.svc.<zone>         ENDPOINT
-    _<proto>.<svc>.<ns>.svc.<zone>           PROTOCOL (empty non-terminal above SRV names)
-    _<port>._<proto>.<svc>.<ns>.svc.<zone>   PORT
-    <d>.<c>.<b>.<a>.in-addr.arpa, 32 nibbles.ip6.arpa   REVERSE
-    anything else inside the zone            INVALID (checklist 37, 38, 48: NXDOMAIN)
-
-Names are tuples of labels, leftmost first, without the root label. Labels keep the
-client's spelling so that answers can echo it (checklist 46, 47); matching lower-cases
-ASCII only, because DNS case-insensitivity is defined for ASCII letters alone (RFC 4343).
-Wildcard labels (`*`, `any`) get no special meaning (checklist 48).
+`parse` decides what a question name *is*: the zone apex, a service, an endpoint of a
+service, an SRV name, a reverse-lookup address, or something outside what we serve. It
+does not know the catalog: `answer.py` decides whether the parsed name exists.
 """
 
 from __future__ import annotations
@@ -127,7 +107,28 @@ def reverse_name(address: IPAddress) -> Name:
 
 
 def parse(name: str | Sequence[str | bytes], zone: Name) -> Query:
-    """Classify a question name against the served zone `zone` (lower-case labels)."""
+    """Classify a question name against the served zone `zone` (lower-case labels).
+
+    Grammar, read from the right of `<zone>` (kubernetes/dns specification, CoreDNS parse.go):
+
+        <zone>                                   APEX
+        dns-version.<zone>                       DNS_VERSION
+        dns.<zone>, ns.dns.<zone>                DNS_ROOT, NS_HOST (the name our NS record uses)
+        svc.<zone>, pod.<zone>                   SVC_ROOT, POD_ROOT
+        <ns>.pod.<zone>, <a-b-c-d>.<ns>.pod.<zone>   POD (`service` holds the dashed address)
+        <ns>.svc.<zone>                          NAMESPACE
+        <svc>.<ns>.svc.<zone>                    SERVICE
+        <endpoint>.<svc>.<ns>.svc.<zone>         ENDPOINT
+        _<proto>.<svc>.<ns>.svc.<zone>           PROTOCOL (empty non-terminal above SRV names)
+        _<port>._<proto>.<svc>.<ns>.svc.<zone>   PORT
+        <d>.<c>.<b>.<a>.in-addr.arpa, 32 nibbles.ip6.arpa   REVERSE
+        anything else inside the zone            INVALID (checklist 37, 38, 48: NXDOMAIN)
+
+    Names are tuples of labels, leftmost first, without the root label. Labels keep the
+    client's spelling so that answers can echo it (checklist 46, 47); matching lower-cases
+    ASCII only, because DNS case-insensitivity is defined for ASCII letters alone (RFC 4343).
+    Wildcard labels (`*`, `any`) get no special meaning (checklist 48).
+    """
     asked = labels(name)
     folded = tuple(lower(label) for label in asked)
     size = len(zone)

@@ -1,59 +1,15 @@
-"""The DNS transport: UDP and TCP listeners serving the current `Table`, and the forwarder.
+"""The DNS transport: UDP and TCP listeners answering from the current `Table`.
 
-Settings: every field of `DnsSettings` is read here (listen, zone, ttl, pods, consul_domain,
-upstreams, resolv_conf, upstream_timeout, udp_payload, tcp_idle_timeout,
-max_tcp_connections, ns_addresses); constructor keywords override them for tests.
-
-Listeners: a wildcard listen host (`0.0.0.0`, `::`, or empty as in `:53`) serves IPv4 and
-IPv6: one `::` socket with IPV6_V6ONLY off where the system allows it, else a `::` and a
-`0.0.0.0` socket, else IPv4 alone. An explicit host binds just that address. UDP and TCP
-always share the port (port 0: a free one, the same for every socket).
-
-Threading model (who owns what):
-
-- The caller of `publish()` (the reconcile loop) makes the next `Table` from a `Catalog` in
-  its own thread (`Table.update`: derived from the current table, re-encoding only the
-  names of the services that changed; a full build when that does not pay), then assigns
-  it to `self._table`: a single reference assignment, atomic under the GIL. The current
-  table is never modified. Readers load `self._table` once per packet and never lock, so
-  a packet is answered entirely from one table; an old table lives until its last reader
-  drops it. One thread publishes at a time (`publish` is not reentrant).
-- One thread per UDP socket runs the hot loop: recvfrom -> `Table.respond` (header and
-  question scan, one dict look-up, byte patching) -> sendto. Blocking sockets, no per-packet
-  allocation beyond the reply. `recvfrom` and `sendto` release the GIL, so the loop
-  overlaps with other threads' work while waiting. More readers would only contend for the
-  GIL; scaling past one core means SO_REUSEPORT sockets in worker processes (a later step;
-  the table is cheap to rebuild per process from the same catalog).
-- One thread owns every TCP connection: a selector loop that accepts, reads 2-byte-framed
-  queries (several per connection: our own answers in order, forwarded ones when they
-  come back, as RFC 7766 allows), writes replies as the socket allows, and closes
-  connections idle longer than `tcp_idle_timeout`.
-- Questions that are not ours go to the forwarder (`upstream.py`) when there are upstreams:
-  the UDP/TCP loop hands the packet over and moves on; the forwarder thread sends the UDP
-  reply itself (`sendto` on the listening socket is thread-safe), and queues a TCP reply
-  for the TCP loop (a deque plus a byte on its wake-up socket pair), which frames it into
-  that connection's outbox. A connection waiting for a forwarded reply is neither expired
-  nor closed after a half-close until the reply is in. ExternalName targets outside our
-  zones are chased the same way (`Table.chase_query`, `Table.chase_reply`).
-- Counters are per thread (each thread writes only its own), summed when `stats` is read.
-- `stop()` clears `_serving`, wakes every loop (an empty datagram to each UDP socket, a
-  byte on the TCP loop's wake-up socket pair), joins the threads and closes the sockets.
-
-Nothing a client sends can stop a loop: `Table.respond` does not raise for any input (a
-fuzz test checks it), and each loop still catches everything around it, counts it as an
-error and answers SERVFAIL when the header allows. Packets without a readable header, and
-responses (QR set), are dropped and counted.
-
-Questions outside our zones are forwarded upstream; with no upstream they are answered
-REFUSED (checklist 57). `outside`, a synchronous handler, replaces the forwarder in tests.
+`DnsServer` serves the table of the catalog it was last given (`publish`) on the sockets
+it binds in `start()` (`listeners.py`) or is handed by `workers.py`; questions outside our
+zones go to the forwarder (`upstream.py`), or are REFUSED when there is no upstream
+(checklist 57).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import errno
-import ipaddress
 import selectors
 import socket
 import threading
@@ -63,15 +19,17 @@ from typing import Any, TypeVar
 
 from bridge.catalog.model import Catalog, ServiceKey
 from bridge.config import DnsSettings, parse_hostport
-from bridge.dns.answer import NOT_OURS, Rcode
-from bridge.dns.consul import ConsulOptions
-from bridge.dns.table import CHASE, TCP_LIMIT, Table, header_only
+from bridge.dns import listeners
+from bridge.dns.consul_domain import ConsulOptions
+from bridge.dns.packet import TCP_LIMIT, client_udp_limit, header_only
+from bridge.dns.records import NOT_OURS, Rcode
+from bridge.dns.respond import CHASE
+from bridge.dns.table import Table
 from bridge.dns.upstream import (
     MAX_IN_FLIGHT,
     Forwarder,
     Upstream,
     is_local_address,
-    question_end,
     read_resolv_conf,
     upstreams_from,
 )
@@ -80,7 +38,6 @@ UDP_BUFFER = 4096  # larger queries are not legitimate; a cut datagram parses as
 TCP_READ = 65536
 TCP_MAX_PENDING = 1 << 20  # reply bytes queued for a client that does not read: then close
 JOIN_TIMEOUT = 1.0
-MIN_UDP = 512
 
 # What a thread counts, by index into its list (a list is the cheapest counter to bump).
 _QUERIES, _ANSWERED, _DROPPED, _TRUNCATED, _ERRORS, _CONNECTIONS, _FORWARDED = range(7)
@@ -120,22 +77,52 @@ class _Connection:
         self.events = selectors.EVENT_READ  # what the selector watches; 0 = unregistered
 
 
-def addresses_of(sockets: Sequence[socket.socket]) -> list[tuple[str, int]]:
-    """(host, port) of each socket bound, without repeats, in order."""
-    seen: dict[tuple[str, int], None] = {}
-    for sock in sockets:
-        with contextlib.suppress(OSError):
-            host, port = sock.getsockname()[:2]
-            seen[(host, port)] = None
-    return list(seen)
-
-
 def _pick(override: T | None, setting: T) -> T:
     return setting if override is None else override
 
 
 class DnsServer:
-    """Serves the cluster zone (and the Consul domain) over UDP and TCP on one port."""
+    """Serves the cluster zone (and the Consul domain) over UDP and TCP on one port.
+
+    Settings: every field of `DnsSettings` but `workers` is read here (listen, zone, ttl,
+    pods, consul_domain, upstreams, resolv_conf, upstream_timeout, udp_payload,
+    tcp_idle_timeout, max_tcp_connections, ns_addresses); constructor keywords override
+    them for tests. `outside`, a synchronous handler, replaces the forwarder in tests.
+
+    Threading model (who owns what):
+
+    - The caller of `publish()` (the reconcile loop) makes the next `Table` from a `Catalog` in
+      its own thread (`Table.update`: derived from the current table, re-encoding only the
+      names of the services that changed; a full build when that does not pay), then assigns
+      it to `self._table`: a single reference assignment, atomic under the GIL. The current
+      table is never modified. Readers load `self._table` once per packet and never lock, so
+      a packet is answered entirely from one table; an old table lives until its last reader
+      drops it. One thread publishes at a time (`publish` is not reentrant).
+    - One thread per UDP socket runs the hot loop: recvfrom -> `Table.respond` (header and
+      question scan, one dict look-up, byte patching) -> sendto. Blocking sockets, no per-packet
+      allocation beyond the reply. `recvfrom` and `sendto` release the GIL, so the loop
+      overlaps with other threads' work while waiting. More readers would only contend for the
+      GIL; scaling past one core means worker processes (`workers.py`).
+    - One thread owns every TCP connection: a selector loop that accepts, reads 2-byte-framed
+      queries (several per connection: our own answers in order, forwarded ones when they
+      come back, as RFC 7766 allows), writes replies as the socket allows, and closes
+      connections idle longer than `tcp_idle_timeout`.
+    - Questions that are not ours go to the forwarder (`upstream.py`) when there are upstreams:
+      the UDP/TCP loop hands the packet over and moves on; the forwarder thread sends the UDP
+      reply itself (`sendto` on the listening socket is thread-safe), and queues a TCP reply
+      for the TCP loop (a deque plus a byte on its wake-up socket pair), which frames it into
+      that connection's outbox. A connection waiting for a forwarded reply is neither expired
+      nor closed after a half-close until the reply is in. ExternalName targets outside our
+      zones are chased the same way (`Table.chase_query`, `Table.chase_reply`).
+    - Counters are per thread (each thread writes only its own), summed when `stats` is read.
+    - `stop()` clears `_serving`, wakes every loop (an empty datagram to each UDP socket, a
+      byte on the TCP loop's wake-up socket pair), joins the threads and closes the sockets.
+
+    Nothing a client sends can stop a loop: `Table.respond` does not raise for any input (a
+    fuzz test checks it), and each loop still catches everything around it, counts it as an
+    error and answers SERVFAIL when the header allows. Packets without a readable header, and
+    responses (QR set), are dropped and counted.
+    """
 
     def __init__(self, settings: DnsSettings, *, udp_payload: int | None = None,
                  tcp_idle_timeout: float | None = None, max_tcp_connections: int | None = None,
@@ -163,7 +150,7 @@ class DnsServer:
         if ns_addresses is None:
             # The apex NS glue and ns.dns.<zone> (43, 44) need an address clients can use:
             # the configured ones, else the listen address if it is one, else none.
-            ns_addresses = settings.ns_addresses or (() if _wildcard(self.host) else (self.host,))
+            ns_addresses = settings.ns_addresses or (() if listeners.is_wildcard(self.host) else (self.host,))
         self.ns_addresses = tuple(ns_addresses)
         self._outside = outside
         self.upstreams: tuple[Upstream, ...] = ()
@@ -248,62 +235,16 @@ class DnsServer:
         thread.start()
         self._threads.append(thread)
 
-    def _plans(self) -> list[list[tuple[int, str, str]]]:
-        """Ways to bind, best first: lists of (family, host, IPv6 mode) to bind together."""
-        if not _wildcard(self.host) and self.host:
-            info = socket.getaddrinfo(self.host, None, type=socket.SOCK_DGRAM,
-                                      flags=socket.AI_PASSIVE)
-            family, _, _, _, address = info[0]
-            return [[(family, address[0], "")]]
-        plans: list[list[tuple[int, str, str]]] = []
-        if socket.has_ipv6:
-            plans.append([(socket.AF_INET6, "::", "dual")])
-            plans.append([(socket.AF_INET, "0.0.0.0", ""), (socket.AF_INET6, "::", "v6only")])
-        plans.append([(socket.AF_INET, "0.0.0.0", "")])
-        return plans
-
     def bind(self) -> tuple[list[socket.socket], list[socket.socket]]:
         """New UDP and TCP sockets (listening) for the settings' address; `port` is set."""
-        plans = self._plans()
-        for number, plan in enumerate(plans):
-            try:
-                return self._bind_plan(plan)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE or number == len(plans) - 1:
-                    raise
-        raise OSError("nothing to bind")  # pragma: no cover
-
-    def _bind_plan(self, plan: list[tuple[int, str, str]]
-                   ) -> tuple[list[socket.socket], list[socket.socket]]:
-        # With port 0 the kernel picks the port of the first socket; the others must get the
-        # same number, which another process may hold: then try again with a new pick.
-        attempts = 20 if self.port == 0 else 1
-        for attempt in range(attempts):
-            port = self.port
-            udp: list[socket.socket] = []
-            tcp: list[socket.socket] = []
-            try:
-                for family, host, mode in plan:
-                    udp.append(_socket(family, socket.SOCK_DGRAM, host, port, mode))
-                    port = udp[-1].getsockname()[1]
-                    tcp.append(_socket(family, socket.SOCK_STREAM, host, port, mode))
-            except OSError as exc:
-                for sock in udp + tcp:
-                    sock.close()
-                if attempt == attempts - 1 or exc.errno != errno.EADDRINUSE:
-                    raise
-                continue
-            for sock in tcp:
-                sock.listen(128)
-                sock.setblocking(False)
-            self.port = port
-            return udp, tcp
-        raise OSError("no port free for both UDP and TCP")  # pragma: no cover
+        bound = listeners.bind(self.host, self.port)
+        self.port = bound.port
+        return bound.udp, bound.tcp
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """(host, port) of every bound socket; UDP and TCP share each pair."""
-        return addresses_of(self._udp + self._tcp)
+        return listeners.addresses_of(self._udp + self._tcp)
 
     def stop(self) -> None:
         """Stop serving: wake and join every thread (within about a second), close sockets."""
@@ -314,14 +255,16 @@ class DnsServer:
             self._forwarder.stop()
             self._forwarder = None
         for sock in self._udp:
-            _wake_udp(sock)
+            listeners.wake_udp(sock)
         self._wake_tcp()
         deadline = time.monotonic() + JOIN_TIMEOUT
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        for sock in [*self._udp, *self._tcp, self._wake_r, self._wake_w]:
-            if sock is not None:
-                sock.close()
+        for sock in [*self._udp, *self._tcp]:
+            sock.close()
+        for pair in (self._wake_r, self._wake_w):
+            if pair is not None:
+                pair.close()
         self._threads.clear()
         self._udp, self._tcp = [], []
 
@@ -398,7 +341,7 @@ class DnsServer:
                 reply = upstream  # untouched apart from the ID (the forwarder restored it)
             self._deliver(reply, tcp, client, peer)
 
-        fit = TCP_LIMIT if tcp or chase is not None else _client_udp_limit(packet)
+        fit = TCP_LIMIT if tcp or chase is not None else client_udp_limit(packet)
         if not forwarder.submit(chase if chase is not None else packet, done, fit=fit):
             return table.servfail(packet, tcp)  # too many in flight
         counters.n[_FORWARDED] += 1
@@ -616,59 +559,3 @@ class DnsServer:
             connection.events = 0
         with contextlib.suppress(OSError):
             connection.sock.close()
-
-
-def _client_udp_limit(packet: bytes) -> int:
-    """The largest UDP reply the client takes: its EDNS payload size, at least 512."""
-    end = question_end(packet)
-    if not end or packet[10:12] != b"\x00\x01" or packet[end:end + 3] != b"\x00\x00\x29" \
-            or len(packet) < end + 5:
-        return MIN_UDP
-    return max(MIN_UDP, int.from_bytes(packet[end + 3:end + 5], "big"))
-
-
-def _wildcard(host: str) -> bool:
-    if not host:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False  # a host name: not a wildcard
-
-
-def _socket(family: int, kind: int, host: str, port: int, mode: str) -> socket.socket:
-    """A bound socket. `mode`: "dual" (IPv6 and mapped IPv4), "v6only", or "" (as is)."""
-    sock = socket.socket(family, kind)
-    try:
-        if kind == socket.SOCK_STREAM:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        else:
-            with contextlib.suppress(OSError):
-                # Room for bursts while the reader thread waits for the GIL.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        if family == socket.AF_INET6 and mode:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if mode == "dual" else 1)
-        sock.bind((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _wake_udp(sock: socket.socket) -> None:
-    """Send an empty datagram to a UDP socket so that its blocked recvfrom returns."""
-    try:
-        host, port = sock.getsockname()[:2]
-    except OSError:
-        return
-    family = sock.family
-    targets = [host]
-    if ipaddress.ip_address(host.split("%", 1)[0]).is_unspecified:
-        targets = ["::1", "::ffff:127.0.0.1"] if family == socket.AF_INET6 else ["127.0.0.1"]
-    with socket.socket(family, socket.SOCK_DGRAM) as waker:
-        for target in targets:
-            try:
-                waker.sendto(b"", (target, port))
-                return
-            except OSError:
-                continue

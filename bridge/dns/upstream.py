@@ -1,33 +1,8 @@
 """The sidecar resolver: names outside our zones go to upstream servers.
 
-Which upstreams (`upstreams_from`): `dns.upstreams` when set (HOST[:PORT], `[V6]:PORT`, or a
-bare IPv6 address; IP literals only, because resolving a resolver's name would need a
-resolver), else the `nameserver` lines of `dns.resolv_conf` minus ourselves: the address we
-listen on, if we listen at port 53 (nameserver lines have no port); with a wildcard listen
-address, any address of this host (loopback, 127.0.0.x, or an interface's); with a loopback
-one, any loopback address. None left: the server answers REFUSED (checklist 57).
-
-How (`Forwarder`): one thread runs a selector over every query in flight, so a slow or dead
-upstream never holds up the UDP and TCP loops, which only hand the packet over
-(`submit`, a deque append and a wake-up byte). The number in flight is bounded; past the
-bound `submit` says no and the caller answers SERVFAIL. For each query:
-
-- the client's packet is sent unchanged apart from a fresh random ID, from a new connected
-  UDP socket (a random source port: a spoofed reply must guess both), to the first upstream;
-  if no reply has come after `timeout / max(2, n)` it is also sent to the next upstream (with
-  one upstream: sent again), and the first valid reply wins. A reply is valid when it comes
-  from the socket's peer, has QR, our ID and the question we asked.
-- an ICMP "port unreachable" (ECONNREFUSED on the connected socket) moves on to the next
-  upstream at once; when every attempt has failed, or `timeout` has passed, the answer is
-  None (the server replies SERVFAIL).
-- a reply with TC is retried over TCP to the upstream that sent it (same deadline again);
-  the TCP reply is used if it fits `fit` (the client's size limit), else the truncated UDP
-  reply is passed on, so the client retries over TCP itself. A failed TCP retry passes the
-  truncated reply on too.
-- the reply is handed back with the client's ID restored and otherwise untouched.
-
-`done` callbacks run on the forwarder thread and must not block; exceptions in them are
-logged and dropped.
+`upstreams_from` decides which upstreams (configured, else resolv.conf's minus this
+server); `Forwarder` sends queries to them on a thread of its own and hands each reply
+back. With no upstream the server answers REFUSED (checklist 57).
 """
 
 from __future__ import annotations
@@ -46,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+
+from bridge.dns.packet import question_end
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +106,15 @@ def is_local_address(address: str) -> bool:
 def upstreams_from(configured: Iterable[str], resolv_conf_text: str | None, listen_host: str,
                    listen_port: int, is_local: Callable[[str], bool] | None = None
                    ) -> tuple[Upstream, ...]:
-    """The upstreams to use: the configured ones, else resolv.conf's minus ourselves."""
+    """The upstreams to use: the configured ones, else resolv.conf's minus ourselves.
+
+    `dns.upstreams` when set (HOST[:PORT], `[V6]:PORT`, or a
+    bare IPv6 address; IP literals only, because resolving a resolver's name would need a
+    resolver), else the `nameserver` lines of `dns.resolv_conf` minus ourselves: the address we
+    listen on, if we listen at port 53 (nameserver lines have no port); with a wildcard listen
+    address, any address of this host (loopback, 127.0.0.x, or an interface's); with a loopback
+    one, any loopback address. None left: the server answers REFUSED (checklist 57).
+    """
     explicit = tuple(parse_upstream(text) for text in configured)
     if explicit:
         return explicit
@@ -156,21 +141,6 @@ def read_resolv_conf(path: str) -> str | None:
 
 # --- the forwarder ----------------------------------------------------------------------------
 
-def question_end(packet: bytes) -> int:
-    """Where the first question of `packet` ends (uncompressed names only), or 0."""
-    at = 12
-    size = len(packet)
-    while at < size:
-        length = packet[at]
-        if length == 0:
-            end = at + 5
-            return end if end <= size else 0
-        if length > 63:
-            return 0
-        at += length + 1
-    return 0
-
-
 @dataclass(eq=False)
 class _Query:
     packet: bytes  # as sent upstream: our ID
@@ -189,7 +159,30 @@ class _Query:
 
 
 class Forwarder:
-    """Forwards queries to upstream servers on its own thread (see the module docstring)."""
+    """Forwards queries to upstream servers on its own thread.
+
+    One thread runs a selector over every query in flight, so a slow or dead
+    upstream never holds up the UDP and TCP loops, which only hand the packet over
+    (`submit`, a deque append and a wake-up byte). The number in flight is bounded; past the
+    bound `submit` says no and the caller answers SERVFAIL. For each query:
+
+    - the client's packet is sent unchanged apart from a fresh random ID, from a new connected
+      UDP socket (a random source port: a spoofed reply must guess both), to the first upstream;
+      if no reply has come after `timeout / max(2, n)` it is also sent to the next upstream (with
+      one upstream: sent again), and the first valid reply wins. A reply is valid when it comes
+      from the socket's peer, has QR, our ID and the question we asked.
+    - an ICMP "port unreachable" (ECONNREFUSED on the connected socket) moves on to the next
+      upstream at once; when every attempt has failed, or `timeout` has passed, the answer is
+      None (the server replies SERVFAIL).
+    - a reply with TC is retried over TCP to the upstream that sent it (same deadline again);
+      the TCP reply is used if it fits `fit` (the client's size limit), else the truncated UDP
+      reply is passed on, so the client retries over TCP itself. A failed TCP retry passes the
+      truncated reply on too.
+    - the reply is handed back with the client's ID restored and otherwise untouched.
+
+    `done` callbacks run on the forwarder thread and must not block; exceptions in them are
+    logged and dropped.
+    """
 
     def __init__(self, upstreams: Sequence[Upstream], *, timeout: float = 2.0,
                  max_in_flight: int = MAX_IN_FLIGHT) -> None:

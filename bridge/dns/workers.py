@@ -1,29 +1,9 @@
 """DNS served by worker processes (`dns.workers` > 0), apart from the sync work.
 
-Why processes: in one process, every thread that computes (watch decoding, the join,
-table updates, Consul writes) holds the GIL the UDP loop needs after each `recvfrom`, so
-under a steady stream of changes a query waits behind them (measured: 60,000 queries per
-second idle, under 8,000 with 100 endpoint changes per second). A worker has its own
-interpreter and does nothing but answer, and several workers use several cores.
-
-Who owns what:
-
-- The parent binds the UDP and TCP sockets once (`DnsServer.bind`) and hands the same
-  sockets to every worker: the kernel gives each datagram and each connection to one of
-  the processes blocked on it, so one client's queries spread over all workers too.
-- Each worker runs a `DnsServer` on those sockets (its own UDP, TCP and forwarder
-  threads) and one thread reading its pipe. It keeps its own copy of the catalog and
-  its own `Table`, derived incrementally as in the single-process server.
-- `publish()` (the parent's publisher thread) sends each worker only the services that
-  changed since the last catalog it sent (`changed_keys`), in two phases: every worker
-  prepares the next table and says so, then every worker is told to serve it, and says
-  so. So no worker serves a catalog another cannot, the workers switch within a pipe
-  round trip of each other (so a client asking twice in a row does not see a name go back
-  from the new answer to the old), and `publish()` returns once all serve it: readiness
-  follows the workers.
-- A worker that dies is started again with the whole catalog; the others keep serving.
-- `stop()` tells each worker to stop, waits briefly, then terminates what is left, and
-  closes the sockets. A worker whose parent is gone sees its pipe close and exits.
+In one process, every thread that computes (watch decoding, the join, table updates,
+Consul writes) holds the GIL the UDP loop needs after each `recvfrom`, so under a steady
+stream of changes queries wait behind them. A worker has its own interpreter and does
+nothing but answer, and several workers use several cores. `DnsWorkers` runs them.
 """
 
 from __future__ import annotations
@@ -43,8 +23,9 @@ from types import MappingProxyType
 from typing import Any
 
 from bridge.catalog.model import Catalog, Service, ServiceKey
-from bridge.config import DnsSettings
-from bridge.dns.server import DnsServer, addresses_of
+from bridge.config import DnsSettings, parse_hostport
+from bridge.dns import listeners
+from bridge.dns.server import DnsServer
 from bridge.dns.table import changed_keys
 
 log = logging.getLogger(__name__)
@@ -62,14 +43,34 @@ Changes = list[tuple[ServiceKey, Service | None]]
 
 class DnsWorkers:
     """The `DnsServer` surface the app uses (`publish`, `start`, `stop`, `addresses`),
-    served by `count` worker processes."""
+    served by `count` worker processes.
+
+    Who owns what:
+
+    - The parent binds the UDP and TCP sockets once (`listeners.bind`) and hands the same
+      sockets to every worker: the kernel gives each datagram and each connection to one of
+      the processes blocked on it, so one client's queries spread over all workers too.
+    - Each worker runs a `DnsServer` on those sockets (its own UDP, TCP and forwarder
+      threads) and one thread reading its pipe. It keeps its own copy of the catalog and
+      its own `Table`, derived incrementally as in the single-process server.
+    - `publish()` (the parent's publisher thread) sends each worker only the services that
+      changed since the last catalog it sent (`changed_keys`), in two phases: every worker
+      prepares the next table and says so, then every worker is told to serve it, and says
+      so. So no worker serves a catalog another cannot, the workers switch within a pipe
+      round trip of each other (so a client asking twice in a row does not see a name go back
+      from the new answer to the old), and `publish()` returns once all serve it: readiness
+      follows the workers.
+    - A worker that dies is started again with the whole catalog; the others keep serving.
+    - `stop()` tells each worker to stop, waits briefly, then terminates what is left, and
+      closes the sockets. A worker whose parent is gone sees its pipe close and exits.
+    """
 
     def __init__(self, settings: DnsSettings, count: int, *, log_level: str = "info",
                  log_format: str = "text") -> None:
         self.settings = settings
         self.count = max(1, count)
         self._log = (log_level, log_format)
-        self._binder = DnsServer(settings)  # binds; never serves
+        DnsServer(settings)  # settings a worker would fail on fail here (it binds nothing)
         self._udp: list[socket.socket] = []
         self._tcp: list[socket.socket] = []
         self._workers: list[_Worker | None] = []
@@ -80,17 +81,18 @@ class DnsWorkers:
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return addresses_of(self._udp + self._tcp)
+        return listeners.addresses_of(self._udp + self._tcp)
 
     @property
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w is not None]
 
     def start(self) -> None:
-        self._udp, self._tcp = self._binder.bind()
+        """Bind the sockets, start the workers on them, and wait until each has started."""
+        host, port = parse_hostport(self.settings.listen)
+        self._udp, self._tcp, port = listeners.bind(host, port)
         # The workers learn the port actually bound (port 0 picks one): the forwarder must
         # recognise this server among the resolvers it reads.
-        host, port = self._binder.host, self._binder.port
         listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.settings = dataclasses.replace(self.settings, listen=listen)
         self._workers = [self._spawn(i) for i in range(self.count)]
@@ -256,12 +258,12 @@ def main() -> None:
 def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.socket],
           conn: Connection, log_config: tuple[str, str]) -> None:
     """A worker: serve the sockets, apply what the pipe says, until told to stop."""
-    from bridge import heap, logs
+    from bridge import logs, memory_policy
 
     # The parent decides when to stop (Ctrl-C reaches the whole process group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure(*log_config)
-    heap.limit_arenas()
+    memory_policy.limit_arenas()
     sys.setswitchinterval(0.001)  # the pipe reader must not hold up the UDP loop long
     for sock in udp:
         sock.setblocking(True)
@@ -304,7 +306,7 @@ def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.sock
                 if pending is not None and pending[0] == message[1]:
                     server.swap(pending[1])
                     if not pending[1].incremental:
-                        heap.settle()  # a table just built lives long
+                        memory_policy.settle()  # a table just built lives long
                     pending = None
                 conn.send(("committed", message[1]))
             elif kind == "stop":

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from prometheus_client import Counter, Histogram
 
-from bridge import heap
+from bridge import memory_policy
 from bridge.catalog.model import Snapshot
 from bridge.catalog.plan import Plan, Registration, diff
 from bridge.catalog.to_consul import Memo, SyncOptions, desired
@@ -189,7 +189,7 @@ class Reconciler:
                 # The first full sync made what lives long (registrations, our record of
                 # Consul), as the first catalog did for the app.
                 self._heap_settled = True
-                heap.settle()
+                memory_policy.settle()
 
     def _remember(self, wanted: Mapping[str, Registration]) -> None:
         """Consul holds all of `wanted` now (see `_settled`)."""

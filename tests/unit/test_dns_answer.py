@@ -21,17 +21,16 @@ from bridge.catalog.model import (
     ServiceType,
 )
 from bridge.config import DnsSettings
-from bridge.dns.answer import (
+from bridge.dns.answer import Answerer, answer
+from bridge.dns.query import text
+from bridge.dns.records import (
     NOT_OURS,
     SOA,
-    Answerer,
     QType,
     Rcode,
     Record,
     Response,
-    answer,
 )
-from bridge.dns.query import text
 
 K8S = Origin(OriginKind.KUBERNETES, "east")
 HTTP, HTTPS = Port("http", 80), Port("https", 443)

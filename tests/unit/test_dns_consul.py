@@ -1,4 +1,4 @@
-"""Consul's DNS interface over the catalog (bridge.dns.consul), without sockets.
+"""Consul's DNS interface over the catalog (bridge.dns.consul_domain), without sockets.
 
 Numbers in test names are the conformance checklist rules of reference/kubernetes-dns.md §5
 (61-66); §4 describes what a Consul agent answers.
@@ -21,9 +21,9 @@ from bridge.catalog.model import (
     ServiceKey,
     ServiceType,
 )
-from bridge.dns.answer import NOT_OURS, SOA, SRV, QType, Rcode, Response
-from bridge.dns.consul import ConsulAnswerer, ConsulOptions, addr_label
+from bridge.dns.consul_domain import ConsulAnswerer, ConsulOptions, addr_label
 from bridge.dns.query import text
+from bridge.dns.records import NOT_OURS, SOA, SRV, QType, Rcode, Response
 
 
 def vm(address: str, node: str, *tags: str, port: int = 8080, ready: bool = True,

@@ -33,10 +33,11 @@ from bridge.catalog.model import (
     ServiceKey,
     ServiceType,
 )
-from bridge.dns.answer import NOT_OURS, NotOurs
-from bridge.dns.consul import ConsulOptions
+from bridge.dns.consul_domain import ConsulOptions
 from bridge.dns.query import text
-from bridge.dns.table import CHASE, Table
+from bridge.dns.records import NOT_OURS, NotOurs
+from bridge.dns.respond import CHASE
+from bridge.dns.table import Table
 
 K8S = Origin(OriginKind.KUBERNETES, "east")
 HTTP, HTTPS = Port("http", 80), Port("https", 443)

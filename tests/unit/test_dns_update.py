@@ -1,4 +1,4 @@
-"""Incremental table updates (bridge.dns.table `Table.update`, bridge.dns.answer `derive`).
+"""Incremental table updates (bridge.dns.table `Table.update`, bridge.dns.zone_index `derive`).
 
 The central property: after any sequence of catalog changes, the table derived step by step
 holds exactly what a table built from scratch for the final catalog holds (same serial),
@@ -31,12 +31,16 @@ from bridge.catalog.model import (
     ServiceType,
 )
 from bridge.config import DnsSettings
+from bridge.dns import cow_map, encode
 from bridge.dns import table as table_module
-from bridge.dns.answer import Answerer, Answers, QType
-from bridge.dns.consul import ConsulOptions
+from bridge.dns.answer import Answerer
+from bridge.dns.consul_domain import ConsulOptions
+from bridge.dns.cow_map import CowMap
+from bridge.dns.encode import wire
 from bridge.dns.query import Name, upper
+from bridge.dns.records import Answers, QType
 from bridge.dns.server import DnsServer
-from bridge.dns.table import Table, wire
+from bridge.dns.table import Table, changed_keys
 
 ZONE = "cluster.local"
 K8S = Origin(OriginKind.KUBERNETES, "east")
@@ -163,11 +167,11 @@ def assert_same(derived: Table, scratch: Table, extra_names: list[Name]) -> None
     assert sorted(derived.skipped) == sorted(scratch.skipped)
     old_answerer, new_answerer = derived.answerer, scratch.answerer
     assert sorted(old_answerer.names()) == sorted(new_answerer.names())
-    assert old_answerer._ptr == new_answerer._ptr
-    assert old_answerer._refs == new_answerer._refs
-    assert old_answerer._namespaces == new_answerer._namespaces
-    assert old_answerer._pods == new_answerer._pods
-    assert old_answerer._aliases == new_answerer._aliases
+    assert old_answerer.index.ptr == new_answerer.index.ptr
+    assert old_answerer.index.refs == new_answerer.index.refs
+    assert old_answerer.index.namespaces == new_answerer.index.namespaces
+    assert old_answerer.index.pods == new_answerer.index.pods
+    assert old_answerer.index.aliases == new_answerer.index.aliases
     names = every_name(scratch) + every_name(derived) + extra_names
     rng = random.Random(3)
     for name in names:
@@ -202,8 +206,8 @@ def test_updated_table_equals_a_table_built_from_scratch(option: str, fold: bool
     options = OPTIONS[option]
     table = Table(history[0], ZONE, 30, **options)
     # `fold`: every update folds its recent changes into a new base (else none does).
-    with mock.patch.object(table_module, "FOLD_MIN", 0 if fold else 1 << 30), \
-            mock.patch.object(table_module, "FOLD_SHARE", 0 if fold else 1):
+    with mock.patch.object(cow_map, "FOLD_MIN", 0 if fold else 1 << 30), \
+            mock.patch.object(cow_map, "FOLD_SHARE", 0 if fold else 1):
         for catalog in history[1:]:
             previous = table
             before = (dict(previous.entries), dict(previous.defaults))
@@ -366,20 +370,20 @@ def test_changed_keys_agree_with_a_plain_comparison(before: list[int], after: li
         key = ServiceKey("ns", f"s{i}") if copy_keys or i not in old_objects else service.key
         new[key] = service
     expected = {key for key in {**old, **new} if old.get(key) != new.get(key)}
-    found = table_module.changed_keys(MappingProxyType(old), MappingProxyType(new))
+    found = changed_keys(MappingProxyType(old), MappingProxyType(new))
     assert sorted(found) == sorted(expected)
     assert len(found) == len(set(found))
 
 
 def test_address_answers_encode_as_the_general_writer_does():
     """`encode`'s shortcut for A answers of the question's name writes what `_Writer` does."""
-    from bridge.dns.answer import A, Rcode, Record, Response
+    from bridge.dns.records import A, Rcode, Record, Response
     question = ("WEB", "DEFAULT", "SVC", "CLUSTER", "LOCAL")
     for count in (1, 2, 5):
         response = Response(Rcode.NOERROR, tuple(Record(question, 30 + i, A(f"10.0.{i}.{i + 1}"))
                                                  for i in range(count)))
-        fast = table_module.encode(question, response)
-        writer = table_module._Writer(question, wire(question))
+        fast = encode.encode(question, response)
+        writer = encode.Writer(question, wire(question))
         ends = []
         for record in response.answer:
             writer.record(record)
@@ -388,22 +392,34 @@ def test_address_answers_encode_as_the_general_writer_does():
         assert fast.ends == tuple(ends) and fast.counts == (count, 0, 0) and not fast.spots
 
 
-def test_cow_maps_share_shards_until_written():
-    from bridge.dns.answer import CowMap
-    base: CowMap[str, int] = CowMap(((f"k{i}", i) for i in range(100)), shards=8)
+def test_cow_maps_share_their_base_until_folded():
+    base: CowMap[str, int] = CowMap((f"k{i}", i) for i in range(100))
     derived = base.derive()
     derived["k1"] = -1
     derived.pop("k2")
     derived["new"] = 7
-    assert base.get("k1") == 1 and "k2" in base and "new" not in base and len(base) == 100
+    assert base.get("k1") == 1 and "k2" in base and "new" not in base and len(base) == 100, \
+        "writes to a derived map must not show in the map it came from"
     assert derived.get("k1") == -1 and "k2" not in derived and derived["new"] == 7
-    assert len(derived) == 100
-    shared = sum(a is b for a, b in zip(base._shards, derived._shards, strict=True))
-    assert shared >= 8 - 3  # at most the three shards written were copied
+    assert len(derived) == 100 and derived.get("k2", "absent") == "absent"
+    assert derived.base is base.base, "the large dict is shared, not copied"
     assert dict(derived.items()) == {**{f"k{i}": i for i in range(100) if i != 2}, "k1": -1,
                                      "new": 7}
-    with pytest.raises(ValueError):
-        CowMap(shards=6)
+    again = derived.derive()
+    again.pop("new")
+    again["k2"] = 2
+    assert "new" in derived and "k2" not in derived and len(again) == 100
+    with mock.patch.object(cow_map, "FOLD_MIN", 0), mock.patch.object(cow_map, "FOLD_SHARE", 0):
+        folded = again.derive()
+    assert folded.base is not again.base and not folded.recent, "recent changes merged"
+    assert folded == again and len(folded) == 100
+    folded["k3"] = 33  # a folded map owns its base: written in place
+    assert again.get("k3") == 3 and folded.base["k3"] == 33
+    holder: CowMap[str, None] = CowMap([("present", None)])
+    assert "present" in holder and holder.derive().pop("present", "absent") is None, \
+        "None is a value like any other"
+    with pytest.raises(KeyError):
+        holder["absent"]
 
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
@@ -427,8 +443,8 @@ def test_shortcut_encodings_equal_the_general_writer(option: str, history: list[
         question = wire(spelled)
         for response in (answers.default, *answers.by_type.values()):
             for ra in (False, True):
-                assert table_module.encode(spelled, response, question, ra=ra) == \
-                    table_module._encode_written(spelled, question, response, ra), (name,
+                assert encode.encode(spelled, response, question, ra=ra) == \
+                    encode.encode_by_writer(spelled, question, response, ra), (name,
                                                                                     response)
                 compared += 1
     assert compared or not every_name(table)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.dns.packet import question_end
 from bridge.dns.upstream import (
     is_self,
     nameservers,
     parse_upstream,
-    question_end,
     read_resolv_conf,
     upstreams_from,
 )

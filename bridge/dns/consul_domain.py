@@ -1,35 +1,9 @@
-"""Consul's DNS interface, answered from the Consul side of the catalog (pure: no I/O).
+"""The Consul domain: what a Consul agent's DNS interface answers, from our catalog (pure).
 
-When `dns.consul_domain` is set (e.g. `consul`), the server also answers what a Consul
-agent's DNS interface answers for services (reference/kubernetes-dns.md §4; checklist rules
-61-66), from the instances of the merged catalog whose origin is Consul:
-
-    [<tag>.]<svc>.service[.<dc>[.dc]].<domain>    A, AAAA, ANY; SRV when asked (61, 63, 65)
-    _<svc>._<tag>.service[.<dc>[.dc]].<domain>    the same; `_tcp` means no tag filter (64)
-    _<svc>._<tag>[.<dc>[.dc]].<domain>            SRV (`.service` may be left out, 64)
-    <hex address>.addr[.<dc>[.dc]].<domain>       the A/AAAA an SRV target names (65)
-    <domain>                                      SOA, and NS `ns.<domain>` with our address
-
-`<svc>` is the catalog's DNS label for the Consul service (its key name; instances of one
-label in several namespaces are one service, as in Consul), `<tag>` any of an instance's
-tags, matched case-insensitively (a tag with dots spans several labels, as Consul joins
-them). Only healthy instances are served (the Consul source marks an instance ready when
-its checks pass, warning included only if so configured): a service or tag with none is
-NXDOMAIN (62), a type it has no address of is NODATA.
-
-As Consul does: answers are in random order per query (the encoder shuffles responses
-marked `shuffle`); `a_record_limit` caps A/AAAA/ANY answers at N records picked at random,
-never SRV (66); SRV is `1 1 <port> <hex>.addr.<dc>.<domain>` with the address in the
-additional section, in the domain as the client spelled it; TTL and SOA minimum default to
-0; an SOA question on any name of the domain gets the SOA in the answer section.
-
-Deliberate departures from Consul: every SRV target is the `addr` form (the catalog keeps
-the address an instance is reached at, not whether it came from the service or the node);
-each named port of an instance gets its own SRV; a UDP answer that does not fit sets TC
-(Consul trims silently by default); `_<svc>._<tag>.<domain>` asked for another type than
-SRV is NODATA, not NXDOMAIN (the name exists); a datacenter other than ours is NXDOMAIN
-(Consul would ask that datacenter); `addr` names exist only for the addresses we serve;
-zone transfers are REFUSED; names of nodes and prepared queries are not served.
+When `dns.consul_domain` is set (e.g. `consul`), the server also answers
+`<svc>.service.<domain>` and the other names of Consul's DNS interface for services
+(checklist rules 61-66), from the instances of the merged catalog whose origin is Consul.
+`ConsulAnswerer` says what those names hold; the table encodes and serves them.
 """
 
 from __future__ import annotations
@@ -39,28 +13,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from bridge.catalog.model import Catalog, Instance, OriginKind, Service
-from bridge.dns.answer import (
-    NOT_OURS,
-    NS,
-    SOA,
-    SRV,
-    Address,
-    Answers,
-    NotOurs,
-    QType,
-    Rcode,
-    Record,
-    Response,
-    _address,
-    _data,
-    _family,
-)
+from bridge.dns.addresses import Address, address_record, address_records, ip_address, of_family
 from bridge.dns.query import Name, labels, lower, zone_labels
+from bridge.dns.records import NO_TRANSFER, NOT_OURS, NS, SOA, SRV, Answers, NotOurs, QType, Rcode, Record, Response
 
 DEFAULT_DATACENTER = "dc1"  # Consul's default datacenter name
 SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 3600, 600, 86400  # Consul's dns_config.soa defaults
-_REFUSE = Response(Rcode.REFUSED, authoritative=False)
-_NO_TRANSFER = {QType.AXFR: _REFUSE, QType.IXFR: _REFUSE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,16 +88,46 @@ def _healthy(catalog: Catalog) -> dict[str, list[_Inst]]:
 def _inst(instance: Instance) -> _Inst | None:
     if instance.origin.kind is not OriginKind.CONSUL or not instance.ready:
         return None
-    ip = _address(instance.address)
+    ip = ip_address(instance.address)
     if ip is None:
         return None
     ports = tuple(dict.fromkeys(p.port for p in instance.ports if 0 < p.port < 65536))
     tags = tuple(dict.fromkeys(lower(tag) for tag in instance.tags if tag))
-    return _Inst(_data(ip), ip, ports, instance.node_name, tags)
+    return _Inst(address_record(ip), ip, ports, instance.node_name, tags)
 
 
 class ConsulAnswerer:
-    """Answers questions in the Consul domain about one catalog. Immutable once built."""
+    """Answers questions in the Consul domain about one catalog. Immutable once built.
+
+    Names, with the checklist rules they follow:
+
+        [<tag>.]<svc>.service[.<dc>[.dc]].<domain>    A, AAAA, ANY; SRV when asked (61, 63, 65)
+        _<svc>._<tag>.service[.<dc>[.dc]].<domain>    the same; `_tcp` means no tag filter (64)
+        _<svc>._<tag>[.<dc>[.dc]].<domain>            SRV (`.service` may be left out, 64)
+        <hex address>.addr[.<dc>[.dc]].<domain>       the A/AAAA an SRV target names (65)
+        <domain>                                      SOA, and NS `ns.<domain>` with our address
+
+    `<svc>` is the catalog's DNS label for the Consul service (its key name; instances of one
+    label in several namespaces are one service, as in Consul), `<tag>` any of an instance's
+    tags, matched case-insensitively (a tag with dots spans several labels, as Consul joins
+    them). Only healthy instances are served (the Consul source marks an instance ready when
+    its checks pass, warning included only if so configured): a service or tag with none is
+    NXDOMAIN (62), a type it has no address of is NODATA.
+
+    As Consul does: answers are in random order per query (the encoder shuffles responses
+    marked `shuffle`); `a_record_limit` caps A/AAAA/ANY answers at N records picked at random,
+    never SRV (66); SRV is `1 1 <port> <hex>.addr.<dc>.<domain>` with the address in the
+    additional section, in the domain as the client spelled it; TTL and SOA minimum default to
+    0; an SOA question on any name of the domain gets the SOA in the answer section.
+
+    Deliberate departures from Consul: every SRV target is the `addr` form (the catalog keeps
+    the address an instance is reached at, not whether it came from the service or the node);
+    each named port of an instance gets its own SRV; a UDP answer that does not fit sets TC
+    (Consul trims silently by default); `_<svc>._<tag>.<domain>` asked for another type than
+    SRV is NODATA, not NXDOMAIN (the name exists); a datacenter other than ours is NXDOMAIN
+    (Consul would ask that datacenter); `addr` names exist only for the addresses we serve;
+    zone transfers are REFUSED; names of nodes and prepared queries are not served.
+    """
 
     def __init__(self, catalog: Catalog, options: ConsulOptions, *,
                  ns_addresses: Sequence[str] = (), serial: int | None = None) -> None:
@@ -149,8 +137,7 @@ class ConsulAnswerer:
         self.limit = max(0, options.a_record_limit)
         self.ready = catalog.ready
         self.serial = (catalog.generation if serial is None else serial) & 0xFFFFFFFF
-        self.ns_addresses: tuple[Address, ...] = tuple(
-            _data(ip) for ip in map(_address, ns_addresses) if ip)
+        self.ns_addresses = address_records(ns_addresses)
         self._names: dict[Name, _Spec] = {(): _APEX, ("ns",): _NS_HOST}
         self._build(_healthy(catalog))
 
@@ -231,7 +218,7 @@ class ConsulAnswerer:
         nodata = Response(Rcode.NOERROR, authority=(soa,))
         # Consul answers an SOA question on any name of its domain with the SOA itself.
         by_type: dict[int, Response] = {QType.SOA: Response(Rcode.NOERROR, (soa,)),
-                                        **_NO_TRANSFER}
+                                        **NO_TRANSFER}
         spec = self._names.get(rest)
         if spec is None:
             missing = Rcode.NXDOMAIN if self.ready else Rcode.SERVFAIL
@@ -257,10 +244,10 @@ class ConsulAnswerer:
     def _addresses(self, name: Name, addresses: Sequence[Address], nodata: Response
                    ) -> dict[int, Response]:
         out: dict[int, Response] = {}
-        for qtype, found in ((QType.A, _family(addresses, QType.A)),
-                             (QType.AAAA, _family(addresses, QType.AAAA)),
-                             (QType.ANY, _family(addresses, QType.A)
-                              + _family(addresses, QType.AAAA))):
+        for qtype, found in ((QType.A, of_family(addresses, QType.A)),
+                             (QType.AAAA, of_family(addresses, QType.AAAA)),
+                             (QType.ANY, of_family(addresses, QType.A)
+                              + of_family(addresses, QType.AAAA))):
             out[qtype] = self._shuffled(tuple(Record(name, self.ttl, a) for a in found),
                                         (), self.limit, nodata)
         return out
