@@ -199,6 +199,7 @@ class KubeClient:
         does not exist. Raises Rejected or Transient."""
         what = f"get {plural} {namespace}/{name}" if namespace else f"get {plural} {name}"
         request = Request("get", plural, namespace)
+        response: Any  # the raw HTTP response (_preload_content=False), not the model
         try:
             if plural == "namespaces":
                 response = client.CoreV1Api(self.api).read_namespace(
