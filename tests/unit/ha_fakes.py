@@ -1,5 +1,6 @@
 """Fakes for the high-availability tests: a hand-driven clock, one Lease on a pretend API
-server, and a pretend Consul with sessions, locks and lock-delay, all on that clock.
+server, a pretend Consul with sessions, locks and lock-delay, all on that clock, and
+catalog entries owned by clusters.
 
 They keep the rules the real servers keep where the code under test depends on them:
 a replace must carry the current resourceVersion (else 409), a create of an existing Lease
@@ -15,7 +16,11 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+from bridge.catalog.model import Instance, Origin, OriginKind, Port, Service, ServiceKey, ServiceType
+from bridge.catalog.plan import OWNER_META
 from bridge.errors import Conflict, Transient
+
+KEY = ServiceKey("default", "web")
 
 
 class FakeClock:
@@ -197,3 +202,17 @@ class FakeConsul:
             return False
         entry.update(Value=value, Session="")
         return True
+
+
+def consul_instance(n: int, owner: str) -> Instance:
+    meta = ((OWNER_META, owner),) if owner else ()
+    return Instance(f"10.0.{n // 250}.{n % 250 + 1}", (Port("http", 80),),
+                    Origin(OriginKind.CONSUL, f"k8s-sync-{owner or 'vm'}"), meta=meta)
+
+
+def local_instance(n: int) -> Instance:
+    return Instance(f"10.9.0.{n + 1}", (Port("http", 80),), Origin(OriginKind.KUBERNETES, "here"))
+
+
+def web(*instances: Instance) -> dict[ServiceKey, Service]:
+    return {KEY: Service(KEY, ServiceType.HEADLESS, instances=instances)}
