@@ -116,7 +116,7 @@ class ClusterClaim:
         self._store = store
         self.key = claim_key(cluster_id)
         self._cluster_id = cluster_id
-        self._lease = lease
+        self.lease = lease
         self._identity = identity
         self._read_uid = cluster_uid
         self._ttl = session_ttl
@@ -175,7 +175,7 @@ class ClusterClaim:
                 self._set(ClaimState.UNKNOWN, f"cannot tell which cluster this is (the bridge needs get "
                                               f"on namespace kube-system): {exc}")
                 raise
-            self._value = ClaimValue(self._cluster_id, uid, self._lease, self._identity)
+            self._value = ClaimValue(self._cluster_id, uid, self.lease, self._identity)
         if self._session is not None and started - self._session_at >= self._ttl / 3:
             if self._store.session_renew(self._session):
                 self._session_at = started

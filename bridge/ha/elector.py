@@ -91,6 +91,9 @@ class LeaderElector:
     def is_leader(self) -> bool:
         return self._clock.monotonic() < self.may_write_until()
 
+    def describe(self) -> str:
+        return self._store.describe()
+
     @property
     def holder(self) -> str:
         """The holder in the record observed last ("" for none)."""
