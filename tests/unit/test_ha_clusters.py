@@ -96,12 +96,18 @@ def test_the_publisher_is_woken_when_a_dead_clusters_instances_come_due():
     assert wakeups.pending == {}, "a cluster alive again cancels its wake-up"
 
 
-def test_the_filter_hides_due_instances_and_says_so_once(caplog):
-    clock = FakeClock()
+def east_dead(clock: FakeClock, *owners: str):
+    """A watcher that has just seen cluster east dead, a filter hiding after 60s, and web's
+    instances owned by `owners` in turn."""
     w = watcher(clock, expire_after=60)
     w.observe([entry("east")])
-    services = web(consul_instance(0, "east"), consul_instance(1, "west"), consul_instance(2, "west"))
-    f = DeadClusterFilter(w, expire_after=60, clock=clock)
+    services = web(*(consul_instance(n, owner) for n, owner in enumerate(owners)))
+    return w, DeadClusterFilter(w, expire_after=60, clock=clock), services
+
+
+def test_the_filter_hides_due_instances_and_says_so_once(caplog):
+    clock = FakeClock()
+    w, f, services = east_dead(clock, "east", "west", "west")
     assert f.apply(services) == services
     caplog.set_level(logging.INFO, logger="bridge.ha")
     caplog.clear()
@@ -118,10 +124,7 @@ def test_the_filter_hides_due_instances_and_says_so_once(caplog):
 
 def test_the_filter_logs_self_preservation_once(caplog):
     clock = FakeClock()
-    w = watcher(clock, expire_after=60)
-    w.observe([entry("east")])
-    services = web(consul_instance(0, "east"), consul_instance(1, "east"), consul_instance(2, "west"))
-    f = DeadClusterFilter(w, expire_after=60, clock=clock)
+    _, f, services = east_dead(clock, "east", "east", "west")
     clock.advance(61)
     caplog.set_level(logging.INFO, logger="bridge.ha")
     caplog.clear()
