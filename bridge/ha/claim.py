@@ -176,6 +176,7 @@ class ClusterClaim:
                                               f"on namespace kube-system): {exc}")
                 raise
             self._value = ClaimValue(self._cluster_id, uid, self.lease, self._identity)
+            self.problem = ""
         if self._session is not None and started - self._session_at >= self._ttl / 3:
             if self._store.session_renew(self._session):
                 self._session_at = started

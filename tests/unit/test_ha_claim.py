@@ -178,16 +178,27 @@ def test_consul_out_of_reach_ends_writes_a_ttl_after_the_last_confirmation(consu
     assert len([r for r in caplog.records if "recovered" in r.getMessage()]) == 1
 
 
-def test_without_the_cluster_uid_nothing_is_claimed_or_written(consul, clock):
-    def refused() -> str:
+def test_without_the_cluster_uid_nothing_is_claimed_or_written_until_it_is_read(consul, clock):
+    answers: list[str] = []
+
+    def read_uid() -> str:
+        if answers:
+            return answers[0]
         raise Denied("get namespaces kube-system: HTTP 403 forbidden")
 
     claim = ClusterClaim(consul, cluster_id="east", lease="bridge/bridge-east", identity="pod-a",
-                         cluster_uid=refused, session_ttl=15, lock_delay=15, clock=clock)
+                         cluster_uid=read_uid, session_ttl=15, lock_delay=15, clock=clock)
     claim.step(leading=True)
     assert claim.state is ClaimState.UNKNOWN and not claim.may_write_until() > clock.now
     assert "kube-system" in claim.problem
     assert consul.calls == [], "no Consul call before the cluster is known"
+    answers.append("uid-east")  # RBAC fixed
+    consul.down = True
+    claim.step(leading=True)
+    assert claim.problem == "", "the cluster is known now; Consul being away is no lasting problem"
+    consul.down = False
+    claim.step(leading=True)
+    assert claim.state is ClaimState.HELD
 
 
 def test_a_non_leader_holds_nothing(consul, clock):
