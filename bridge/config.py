@@ -8,7 +8,8 @@ passed down; no other module reads the environment. Each field's `why` is the te
 Environment: the ecosystem's own variables (`KUBECONFIG`, `CONSUL_HTTP_ADDR`,
 `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
 `CONSUL_CLIENT_KEY`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_SSL_VERIFY`, and the kubelet's
-`KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT` in a pod) plus `BRIDGE_<SECTION>_<KEY>` for every setting
+`KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT` in a pod, `POD_NAME` from the downward
+API) plus `BRIDGE_<SECTION>_<KEY>` for every setting
 (`BRIDGE_DNS_TTL=10`, `BRIDGE_CLUSTER_ID=east`). Bridge variables win over ecosystem ones.
 """
 
@@ -189,6 +190,10 @@ class SyncSettings:
                                   check=_positive)
     batch_size: int = _setting(64, "operations per Consul transaction; 64 is accepted by every "
                                    "Consul release", check=_positive)
+    expire_dead_clusters_after: float = _setting(
+        0.0, "seconds after another cluster's bridge lost its claim in Consul that its instances "
+             "stop being answered (never more than half of a name's); 0: never",
+        check=_not_negative)
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,34 @@ class HttpSettings:
                            check=_listen)
 
 
+def _session_ttl(value: Any) -> str | None:
+    # Consul's session_ttl_min default and its documented upper bound.
+    return None if 10 <= value <= 86400 else "must be 10-86400 (Consul's session TTL bounds)"
+
+
+@dataclass(frozen=True)
+class HaSettings:
+    enabled: bool = _setting(True, "elect one writer among the replicas with a Lease; every replica "
+                                   "answers DNS either way; false: this replica always writes")
+    lease_namespace: str = _setting("", "namespace of the Lease bridge-<cluster_id>; empty means the "
+                                        "pod's own (service account), else default",
+                                    check=lambda v: None if v == "" else _dns_label(v))
+    lease_duration: int = _setting(15, "seconds a replica waits without seeing the Lease renewed before "
+                                       "it takes the Lease over (client-go's default)", check=_positive)
+    renew_deadline: float = _setting(10.0, "seconds the leader may go without a renewal before it stops "
+                                           "writing and steps down; below lease_duration (client-go's)",
+                                     check=_positive)
+    retry_period: float = _setting(2.0, "seconds between attempts to acquire or renew the Lease "
+                                        "(client-go's default)", check=_positive)
+    identity: str = _setting("", "this replica's name in the Lease; empty means POD_NAME, else "
+                                 "<host name>_<pid>")
+    session_ttl: int = _setting(15, "TTL of the leader's Consul session, which holds the key "
+                                    "bridge/clusters/<cluster_id> naming this cluster",
+                                check=_session_ttl)
+    lock_delay: int = _setting(15, "seconds Consul keeps that key from a new holder after a session "
+                                   "holding it lapsed (Consul's default)", check=_not_negative)
+
+
 @dataclass(frozen=True)
 class Settings:
     cluster_id: str = _setting("default", "this cluster's id: marks what this bridge owns in a "
@@ -249,6 +282,7 @@ class Settings:
     sync: SyncSettings = field(default_factory=SyncSettings)
     dns: DnsSettings = field(default_factory=DnsSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    ha: HaSettings = field(default_factory=HaSettings)
 
     @property
     def node_name(self) -> str:
@@ -265,6 +299,8 @@ _ECOSYSTEM_ENV: dict[str, str] = {
     "CONSUL_CLIENT_CERT": "consul.client_cert",
     "CONSUL_CLIENT_KEY": "consul.client_key",
     "CONSUL_HTTP_SSL_VERIFY": "consul.ssl_verify",
+    # The pod's name, from the downward API (client-go's leader-election examples use it too).
+    "POD_NAME": "ha.identity",
 }
 
 _SECTIONS = {f.name: f for f in fields(Settings) if dataclasses.is_dataclass(f.default_factory)}
@@ -442,6 +478,15 @@ def _check_combination(settings: Settings) -> None:
             if on:
                 raise ConfigError("kubernetes.enabled", False,
                                   f"{key} needs Kubernetes: set {key}: false as well")
+    ha = settings.ha
+    # client-go's NewLeaderElector rules: the leader must give up before anyone else may
+    # take over, and must get more than one try (with jitter) before it gives up.
+    if not ha.renew_deadline < ha.lease_duration:
+        raise ConfigError("ha.renew_deadline", ha.renew_deadline,
+                          f"must be below ha.lease_duration ({ha.lease_duration})")
+    if not ha.renew_deadline > 1.2 * ha.retry_period:
+        raise ConfigError("ha.retry_period", ha.retry_period,
+                          f"must be below ha.renew_deadline / 1.2 ({ha.renew_deadline / 1.2:g})")
 
 
 def _assemble(values: Mapping[str, Any]) -> Settings:

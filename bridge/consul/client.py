@@ -15,7 +15,7 @@ from typing import Any
 import consul
 import requests
 from consul.base import Response
-from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ConsulException
+from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ConsulException, NotFound
 
 from bridge.config import ConsulSettings, token
 from bridge.errors import Conflict, Rejected, Transient
@@ -117,3 +117,46 @@ class ConsulClient:
         if response.code == 429 or response.code >= 500:
             raise Transient(f"txn: {response.code} {body.strip()}")
         raise Rejected(f"txn: {response.code} {body.strip()}")
+
+    # Sessions and KV: the leader's claim on bridge/clusters/<cluster_id> (bridge/ha/).
+
+    def session_create(self, *, name: str, ttl: int, lock_delay: int) -> str:
+        """A session that lives by its TTL alone: no node checks, so it neither dies with
+        the agent it was made through nor outlives a bridge that stopped renewing it."""
+        return str(self._call("session create", self._c.session.create, name=name, checks=[],
+                              ttl=ttl, lock_delay=lock_delay, behavior="release"))
+
+    def session_renew(self, session_id: str) -> bool:
+        """Extends the session's TTL; False when Consul no longer knows the session."""
+
+        def renew() -> bool:
+            try:
+                return self._c.session.renew(session_id) is not None
+            except NotFound:
+                return False
+
+        return bool(self._call("session renew", renew))
+
+    def session_destroy(self, session_id: str) -> None:
+        """Ends a session; the keys it holds are released (lock-delay applies to them)."""
+        self._call("session destroy", self._c.session.destroy, session_id)
+
+    def kv_get(self, key: str) -> dict[str, Any] | None:
+        """One key's entry (Value as bytes, Session, LockIndex, ...), None if absent."""
+        _, entry = self._call(f"kv get {key}", self._c.kv.get, key)
+        return entry
+
+    def kv_list(self, prefix: str, index: int | None) -> tuple[int, list[dict[str, Any]]]:
+        """Blocking read of every entry under `prefix`."""
+        idx, entries = self._call(f"kv list {prefix}", self._c.kv.get, prefix, recurse=True,
+                                  index=index, wait=self.wait if index else None)
+        return int(idx), entries or []
+
+    def kv_acquire(self, key: str, value: bytes, session_id: str) -> bool:
+        """Writes `key` and takes its lock for the session; False if another session holds
+        it or the key is in its lock-delay."""
+        return bool(self._call(f"kv acquire {key}", self._c.kv.put, key, value, acquire=session_id))
+
+    def kv_release(self, key: str, value: bytes, session_id: str) -> bool:
+        """Writes `key` and gives up the session's lock on it (no lock-delay follows)."""
+        return bool(self._call(f"kv release {key}", self._c.kv.put, key, value, release=session_id))

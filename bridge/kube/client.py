@@ -189,35 +189,71 @@ class KubeClient:
             return client.CoreV1Api(self.api), "service"
         if plural == "endpointslices":
             return client.DiscoveryV1Api(self.api), "endpoint_slice"
+        if plural == "leases":
+            return client.CoordinationV1Api(self.api), "lease"
         raise ValueError(f"the bridge does not write {plural}")
 
+    def read(self, plural: str, namespace: str, name: str, *,
+             timeout: float = 30.0) -> dict[str, Any] | None:
+        """One object as raw JSON (a namespace when `plural` is "namespaces"), None if it
+        does not exist. Raises Rejected or Transient."""
+        what = f"get {plural} {namespace}/{name}" if namespace else f"get {plural} {name}"
+        request = Request("get", plural, namespace)
+        response: Any  # the raw HTTP response (_preload_content=False), not the model
+        try:
+            if plural == "namespaces":
+                response = client.CoreV1Api(self.api).read_namespace(
+                    name, _preload_content=False, _request_timeout=timeout)
+            else:
+                api, kind = self._writer(plural)
+                response = getattr(api, f"read_namespaced_{kind}")(
+                    name, namespace, _preload_content=False, _request_timeout=timeout)
+            found = json.loads(response.data)
+        except ApiException as exc:
+            if exc.status == 404:
+                self.access.allowed(request)
+                return None
+            raise self._failed(exc, request, what) from None
+        except Exception as exc:
+            raise map_error(exc, what) from exc
+        self.access.allowed(request)
+        return found
+
     def write(self, verb: str, plural: str, namespace: str, name: str,
-              body: dict[str, Any] | None = None) -> None:
-        """create, replace or delete one object. A delete of an object already gone succeeds.
+              body: dict[str, Any] | None = None, *, timeout: float = 30.0) -> dict[str, Any] | None:
+        """create, replace or delete one object; a create or replace returns the object as
+        stored (with its new resourceVersion). A delete of an object already gone succeeds.
         Raises Conflict on 409 (the object changed or exists), Rejected or Transient."""
         api, kind = self._writer(plural)
         what = f"{verb} {plural} {namespace}/{name}"
         # RBAC calls a replace (PUT) "update".
         request = Request("update" if verb == "replace" else verb, plural, namespace)
+        stored = None
         try:
             if verb == "create":
-                getattr(api, f"create_namespaced_{kind}")(namespace, body, _preload_content=False)
+                response = getattr(api, f"create_namespaced_{kind}")(
+                    namespace, body, _preload_content=False, _request_timeout=timeout)
+                stored = json.loads(response.data)
             elif verb == "replace":
-                getattr(api, f"replace_namespaced_{kind}")(name, namespace, body, _preload_content=False)
+                response = getattr(api, f"replace_namespaced_{kind}")(
+                    name, namespace, body, _preload_content=False, _request_timeout=timeout)
+                stored = json.loads(response.data)
             elif verb == "delete":
-                getattr(api, f"delete_namespaced_{kind}")(name, namespace, _preload_content=False)
+                getattr(api, f"delete_namespaced_{kind}")(name, namespace, _preload_content=False,
+                                                          _request_timeout=timeout)
             else:
                 raise ValueError(f"unknown verb {verb}")
         except ApiException as exc:
             if verb == "delete" and exc.status == 404:
                 self.access.allowed(request)
-                return
+                return None
             if exc.status == 409:
                 raise Conflict(f"{what}: {exc.reason}") from None
             raise self._failed(exc, request, what) from None
         except Exception as exc:
             raise map_error(exc, what) from exc
         self.access.allowed(request)
+        return stored
 
     def close(self) -> None:
         """Ends open watch streams so their threads return promptly."""

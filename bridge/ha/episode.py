@@ -1,0 +1,28 @@
+"""Failures logged once per episode: one line when a run of failures starts, one when it ends.
+
+A lease renewed every two seconds against an API server that is down would otherwise log a
+line every two seconds; the first error says what is wrong, the recovery says it is over.
+"""
+
+from __future__ import annotations
+
+import logging
+
+
+class Episode:
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self._log = log
+        self._what = what
+        self.failing = False
+
+    def failed(self, exc: BaseException) -> None:
+        if self.failing:
+            self._log.debug("%s still failing: %s", self._what, exc)
+            return
+        self.failing = True
+        self._log.warning("%s failing: %s", self._what, exc)
+
+    def recovered(self) -> None:
+        if self.failing:
+            self.failing = False
+            self._log.info("%s recovered", self._what)
