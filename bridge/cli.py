@@ -65,8 +65,8 @@ def _install_signal_handlers() -> None:
 
 
 def _wait_for_signal() -> None:
-    while not _STOP.is_set():
-        _STOP.wait(0.5)
+    # No timeout needed: the handler runs in this (the main) thread, interrupting the wait.
+    _STOP.wait()
 
 
 def _say(text: str) -> None:
