@@ -103,8 +103,10 @@ class BlockingLoop(Generic[T]):
             return
         if self._on_error:
             self._on_error(exc)
-        if isinstance(exc, BridgeError):
-            log.warning("%s: %s; retrying in %.1fs", self.name, exc, state.upcoming_sleep)
+        if self._stop.is_set():
+            log.debug("%s: ended by the stop: %s", self.name, exc)  # its client was closed
+        elif isinstance(exc, BridgeError):
+            log.warning("%s: %s; retrying in %.2fs", self.name, exc, state.upcoming_sleep)
         else:
             log.error("%s: unexpected error; retrying in %.1fs", self.name,
                       state.upcoming_sleep, exc_info=exc)

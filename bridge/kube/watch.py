@@ -95,6 +95,9 @@ class Reflector(Generic[T]):
 
     def _failed(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
+        if self._stop.is_set():
+            log.debug("%s: ended by the stop: %s", self._resource.plural, exc)  # client closed
+            return
         ERRORS.labels(self._resource.plural).inc()
         if isinstance(exc, Transient | Rejected):
             log.warning("%s: %s; retrying in %.1fs", self._resource.plural, exc,

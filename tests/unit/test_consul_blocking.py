@@ -227,6 +227,15 @@ def test_transient_errors_back_off_and_keep_the_index():
     assert got == ["a", "b"]
 
 
+def test_a_success_starts_the_next_backoff_from_the_first_attempt():
+    stop = NoWaitEvent()
+    fetch = Script([Transient("a"), Transient("b"), (5, "x"), Transient("c"), (6, "y")])
+    got, deliver = collector(stop, 2)
+    BlockingLoop("t", fetch, deliver, stop).run()
+    assert FakeBackoff.instances[-1].attempts == [1, 2, 1], "an answer resets the backoff"
+    assert got == ["x", "y"]
+
+
 def test_rejected_also_backs_off():
     stop = NoWaitEvent()
     errors: list = []
