@@ -22,7 +22,8 @@ makes `/healthz` answer 500 naming it.
   sockets this process binds: the publisher sends them the services that changed, and
   all switch to the new table before `publish()` returns. With 0, the UDP/TCP threads
   of this process answer from a table the publisher swaps in as one reference. Either
-  way a query sees one whole catalog state, old or new, and readers never lock.
+  way a query sees one whole catalog state, old or new, and readers never lock. Names
+  outside our zones are forwarded upstream by DNS's own forwarder thread.
 - `http`: health, readiness and metrics; it only reads.
 
 Ports are bound in `start()`, never by a constructor: DNS first (it answers SERVFAIL
@@ -35,8 +36,8 @@ Shutdown (`stop()`), in this order, bounded:
 2. the sources: the Kubernetes client ends its watches, and the Consul client cuts its
    reads in flight (blocking queries) at once;
 3. the publisher and the reconciler are joined, together within `STOP_DEADLINE`. A
-   Consul transaction in flight gets that long to complete; one still in flight after
-   it was sent whole, and Consul applies it whole or not at all. No transaction is sent
+   Consul transaction in flight gets that long to complete; if it has not by then, it
+   was sent whole all the same, and Consul applies it whole or not at all. None is sent
    after the stop event is set, so a write is never half done;
 4. DNS (its threads or worker processes), then HTTP.
 All threads are daemons, so anything still blocked cannot keep the process from exiting.
