@@ -108,5 +108,5 @@ class BlockingLoop(Generic[T]):
         elif isinstance(exc, BridgeError):
             log.warning("%s: %s; retrying in %.2fs", self.name, exc, state.upcoming_sleep)
         else:
-            log.error("%s: unexpected error; retrying in %.1fs", self.name,
+            log.error("%s: unexpected error; retrying in %.2fs", self.name,
                       state.upcoming_sleep, exc_info=exc)

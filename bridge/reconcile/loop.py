@@ -153,7 +153,8 @@ class Reconciler:
             LAG.observe(max(0.0, time.monotonic() - since))
         lane.planner.applied(plan, result)
         if result.failed:
-            log.warning("%s: %d writes failed", lane.name, len(result.failed))
+            if not self._stop.is_set():  # when stopping, the rest was not sent: no news
+                log.warning("%s: %d writes failed", lane.name, len(result.failed))
             return False
         lane.in_sync = True
         if not self._heap_settled:
