@@ -612,12 +612,12 @@ class StepProfile:
         self.seconds: list[float] = []
         original = app.reconciler.step
 
-        def step(*args: Any, **kwargs: Any) -> None:
+        def step(*args: Any, **kwargs: Any) -> Any:
             began = time.perf_counter()
             if self.enabled:
                 self.profile.enable()
             try:
-                original(*args, **kwargs)
+                return original(*args, **kwargs)  # whether the pass settled: a retry follows if not
             finally:
                 if self.enabled:
                     self.profile.disable()
@@ -785,8 +785,10 @@ def pass_anatomy(app: App, repeat: int = 3) -> list[tuple[str, float]]:
     from bridge.catalog.to_consul import Memo, desired
 
     rec = app.reconciler
-    options = rec._options
-    actual = rec._actual or {}
+    # The Consul planner keeps the options and the record of Consul (older code: the reconciler).
+    planner = next((lane.planner for lane in getattr(rec, "lanes", ()) if lane.name == "consul"), rec)
+    options = planner._options
+    actual = getattr(planner, "_actual", None) or getattr(planner, "_against", None) or {}
     published = getattr(rec, "_published", None) or getattr(
         getattr(app, "publisher", None), "published", None)
     own_thread = hasattr(app, "publisher")
@@ -812,8 +814,9 @@ def pass_anatomy(app: App, repeat: int = 3) -> list[tuple[str, float]]:
         timed("desired registrations, computed afresh", lambda: desired(kube, options))  # noqa: B023
         memo = Memo()
         desired(kube, options, memo)
-        wanted = timed("desired registrations, nothing changed since the last pass (memo)",
+        result = timed("desired registrations, nothing changed since the last pass (memo)",
                        lambda: desired(kube, options, memo))  # noqa: B023
+        wanted = getattr(result, "registrations", result)  # older code: the mapping itself
         settled = dict(wanted)
         timed("diff against the last known Consul state (as read back)",
               lambda: diff(wanted, actual))  # noqa: B023

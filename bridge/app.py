@@ -1,31 +1,46 @@
 """The composition root: builds every part from the settings, starts them, stops them.
 
-Concurrency model (threads; both client libraries are synchronous):
+Concurrency model (threads; both client libraries are synchronous). Every loop thread is
+started through one `Threads`; one that dies of an exception its loop did not expect
+makes `/healthz` answer 500 naming it.
 
-- `reflector-services`, `reflector-endpointslices`: each owns one Kubernetes list/watch
-  and its cache; a cache is a dict replaced whole on every change (copy-on-write).
-- `consul-services` plus one `consul-<name>` thread per Consul service: each owns one
-  blocking query and one entry of the Consul source's map, also replaced whole.
+- `reflector-services`, `reflector-endpointslices` (and `-nodes`, `-ingresses` when the
+  sync needs them): each owns one Kubernetes list/watch and its cache; a cache is a
+  dict replaced whole on every change (copy-on-write).
+- `consul-services` plus one `consul-<name>` thread per Consul service others
+  registered: each owns one blocking query and one entry of the Consul source's map,
+  also replaced whole.
 - `dns-publisher`: the only thread that merges the sources into an immutable `Catalog`
   and publishes it to DNS. Sources wake it through its own coalescing `Trigger` (10 ms
   quiet, 40 ms at most), so DNS never waits behind a write to Consul or Kubernetes.
-- `reconciler`: the only thread that plans and writes (Consul, and Kubernetes with
-  `to_k8s`). Sources wake it through a second `Trigger` (`sync.quiet_period`,
-  `sync.max_delay`); both read the sources' current caches (no locks: each is one
-  reference, replaced whole).
-- DNS: with `dns.workers` > 0 (the default, 1), worker processes answer on sockets this
-  process binds (`dns/workers.py`): the publisher sends them the services that changed,
-  each derives its own table, and all switch to it before `publish()` returns. With 0,
-  `DnsServer.publish()` updates the table in the publisher's thread and swaps one
-  reference, and the UDP/TCP threads of this process answer from it. Either way a query
-  sees one whole catalog state, old or new, and readers never lock.
-- `dns-forwarder`: one thread owns every query forwarded upstream (names outside our
-  zones, ExternalName targets); it sends UDP replies itself and queues TCP replies to
-  the DNS TCP thread.
+- `reconciler`: the only thread that writes. One lane per sink (Consul with `to_consul`,
+  Kubernetes with `to_k8s`), each a planner and a sink (`reconcile/`), driven alike.
+  Sources wake it through a second `Trigger` (`sync.quiet_period`, `sync.max_delay`).
+  It and the publisher read the sources' current caches without locks: each is one
+  reference, replaced whole.
+- DNS (`bridge.dns`): with `dns.workers` > 0 (the default, 1), worker processes answer on
+  sockets this process binds: the publisher sends them the services that changed, and
+  all switch to the new table before `publish()` returns. With 0, the UDP/TCP threads
+  of this process answer from a table the publisher swaps in as one reference. Either
+  way a query sees one whole catalog state, old or new, and readers never lock. Names
+  outside our zones are forwarded upstream by DNS's own forwarder thread.
 - `http`: health, readiness and metrics; it only reads.
 
-Shutdown: one `stop` event ends every loop; blocking calls in flight are cut by closing
-their clients, and all threads are daemons so the process never hangs on exit.
+Ports are bound in `start()`, never by a constructor: DNS first (it answers SERVFAIL
+until the first catalog), then HTTP, then the loops. A start that fails stops what it
+had started.
+
+Shutdown (`stop()`), in this order, bounded:
+1. the stop event is set and both triggers closed, so no loop starts anything new and
+   none waits any longer; every retry ends (`bridge.retry`);
+2. the sources: the Kubernetes client ends its watches, and the Consul client cuts its
+   reads in flight (blocking queries) at once;
+3. the publisher and the reconciler are joined, together within `STOP_DEADLINE`. A
+   Consul transaction in flight gets that long to complete; if it has not by then, it
+   was sent whole all the same, and Consul applies it whole or not at all. None is sent
+   after the stop event is set, so a write is never half done;
+4. DNS (its threads or worker processes), then HTTP.
+All threads are daemons, so anything still blocked cannot keep the process from exiting.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from bridge import memory_policy
 from bridge.catalog.model import Catalog
@@ -47,59 +63,73 @@ from bridge.http import HealthServer
 from bridge.kube.client import KubeClient
 from bridge.kube.sink import KubeSink
 from bridge.kube.source import KubeSource
-from bridge.reconcile.loop import Mode, Reconciler
+from bridge.reconcile.loop import Lane, Reconciler
+from bridge.reconcile.plans import ConsulPlanner, KubePlanner
 from bridge.reconcile.publish import Publisher
 from bridge.reconcile.trigger import Trigger
+from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
+
+# How long a stop waits for the publisher and the reconciler to finish what they are
+# doing (a transaction in flight). Well under the 2 s a stop may take in all.
+STOP_DEADLINE = 0.75
 
 
 class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        sync = settings.sync
         self.stop_event = threading.Event()
-        self.trigger = Trigger(settings.sync.quiet_period, settings.sync.max_delay)
-        self.dns: DnsServer | DnsWorkers = DnsServer(settings.dns)
-        if settings.dns.workers:
-            self.dns = DnsWorkers(settings.dns, settings.dns.workers,
-                                  log_level=settings.log.level, log_format=settings.log.format)
+        self.threads = Threads()
+        self.trigger = Trigger(sync.quiet_period, sync.max_delay)
+        self.dns: DnsServer | DnsWorkers = DnsWorkers(
+            settings.dns, settings.dns.workers, log_level=settings.log.level,
+            log_format=settings.log.format) if settings.dns.workers else DnsServer(settings.dns)
         self._catalog_ready = threading.Event()
         self.kube_client = KubeClient(settings.kubernetes)
-        sync = settings.sync
         self.kube = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
                                self._changed, self.stop_event, watch_nodes=sync.to_consul,
-                               watch_ingresses=sync.to_consul and sync.ingress)
+                               watch_ingresses=sync.to_consul and sync.ingress,
+                               threads=self.threads)
         self.consul_client = ConsulClient(settings.consul)
         self.consul: ConsulSource | None = None
-        if settings.sync.from_consul:
+        if sync.from_consul:
             self.consul = ConsulSource(
                 self.consul_client, our_node=settings.node_name,
                 cluster_id=settings.cluster_id,
-                default_namespace=settings.sync.consul_namespace,
-                on_change=self._changed, stop=self.stop_event, admit_warning=sync.admit_warning)
-        self.sink: ConsulSink | None = None
-        if settings.sync.to_consul:
-            self.sink = ConsulSink(self.consul_client, node=settings.node_name,
-                                   cluster_id=settings.cluster_id,
-                                   batch_size=settings.sync.batch_size)
-        options = SyncOptions(
-            cluster_id=settings.cluster_id, tag=sync.tag, prefix=sync.service_prefix,
-            add_namespace_suffix=sync.add_namespace_suffix,
-            default_sync=settings.kubernetes.default_sync,
-            cluster_ip_services=sync.cluster_ip_services, register_cluster_ip=sync.register_cluster_ip,
-            node_port_sync_type=sync.node_port_sync_type, lb_endpoints=sync.lb_endpoints,
-            external_name=sync.external_name, not_ready=sync.not_ready,
-            ingress=sync.ingress, ingress_lb_ips=sync.ingress_lb_ips,
-        )
+                default_namespace=sync.consul_namespace,
+                on_change=self._changed, stop=self.stop_event, admit_warning=sync.admit_warning,
+                threads=self.threads)
+        lanes: list[Lane[Any]] = []
+        if sync.to_consul:
+            consul_sink = ConsulSink(self.consul_client, node=settings.node_name,
+                                     cluster_id=settings.cluster_id, stop=self.stop_event,
+                                     batch_size=sync.batch_size)
+            options = SyncOptions(
+                cluster_id=settings.cluster_id, tag=sync.tag, prefix=sync.service_prefix,
+                add_namespace_suffix=sync.add_namespace_suffix,
+                default_sync=settings.kubernetes.default_sync,
+                cluster_ip_services=sync.cluster_ip_services,
+                register_cluster_ip=sync.register_cluster_ip,
+                node_port_sync_type=sync.node_port_sync_type, lb_endpoints=sync.lb_endpoints,
+                external_name=sync.external_name, not_ready=sync.not_ready,
+                ingress=sync.ingress, ingress_lb_ips=sync.ingress_lb_ips,
+            )
+            lanes.append(Lane("consul", ConsulPlanner(consul_sink, options,
+                                                      upsert_only=sync.upsert_only), consul_sink))
+        if sync.to_k8s:
+            kube_sink = KubeSink(self.kube_client, self.kube.objects, self.stop_event)
+            lanes.append(Lane("kubernetes", KubePlanner(kube_sink), kube_sink))
         self.publisher = Publisher(kube=self.kube, consul=self.consul, publish=self._publish,
-                                   stop=self.stop_event, local_wins=sync.local_wins)
+                                   stop=self.stop_event, local_wins=sync.local_wins,
+                                   threads=self.threads)
         self.reconciler = Reconciler(
-            kube=self.kube, consul=self.consul, sink=self.sink, options=options, trigger=self.trigger,
-            stop=self.stop_event, resync_period=sync.resync_period,
-            mode=Mode(upsert_only=sync.upsert_only, dry_run=sync.dry_run),
-            kube_sink=KubeSink(self.kube_client) if sync.to_k8s else None)
+            kube=self.kube, consul=self.consul, lanes=lanes, trigger=self.trigger,
+            stop=self.stop_event, resync_period=sync.resync_period, dry_run=sync.dry_run,
+            threads=self.threads)
         host, port = parse_hostport(settings.http.listen)
-        self.http = HealthServer(host, port, self.waiting_for)
+        self.http = HealthServer(host, port, self.waiting_for, self.threads.dead)
         self._dns_bound = False
 
     def _changed(self) -> None:
@@ -132,15 +162,20 @@ class App:
         return not self.waiting_for()
 
     def start(self) -> None:
-        self.dns.start()
-        self.dns.publish(Catalog())
-        self._dns_bound = True
-        self.http.start()
-        self.publisher.start()
-        self.reconciler.start()
-        self.kube.start()
-        if self.consul is not None:
-            self.consul.start()
+        """Bind DNS and HTTP, then start the loops; on a failure, stop what started."""
+        try:
+            self.dns.start()
+            self.dns.publish(Catalog())
+            self._dns_bound = True
+            self.http.start()
+            self.publisher.start()
+            self.reconciler.start()
+            self.kube.start()
+            if self.consul is not None:
+                self.consul.start()
+        except BaseException:
+            self.stop()
+            raise
         # The first pass publishes even an empty world once both sources have listed.
         self._changed()
 
@@ -153,11 +188,23 @@ class App:
         return self.ready
 
     def stop(self) -> None:
+        """Stop everything, in the order the module docstring gives; returns within about
+        `STOP_DEADLINE` plus the time DNS and HTTP take to close. Safe to call twice."""
+        if self.stop_event.is_set():
+            return
         self.stop_event.set()
-        self._changed()
+        self.trigger.close()
+        self.publisher.trigger.close()
+        self.kube_client.close()
         if self.consul is not None:
             self.consul.close()
-        self.kube_client.close()
+        self.consul_client.close()
+        deadline = time.monotonic() + STOP_DEADLINE
+        for thread in (self.publisher.thread, self.reconciler.thread):
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    log.warning("stopping: %s did not finish within %.2fs; a transaction it "
+                                "sent is applied whole or not at all", thread.name, STOP_DEADLINE)
+        self.dns.stop()  # each a no-op if it never started
         self.http.stop()
-        self.dns.stop()
-        self.reconciler.thread.join(timeout=2)

@@ -69,8 +69,11 @@ def _install_signal_handlers() -> None:
 
 
 def _wait_for_signal() -> None:
-    while not _STOP.is_set():
-        _STOP.wait(0.5)
+    # Python runs the handler in the main thread, but the kernel may deliver the signal to
+    # any thread, and then a wait without a timeout is never interrupted: wake up often
+    # enough that a stop starts within 0.1 s.
+    while not _STOP.wait(0.1):
+        pass
 
 
 def _say(text: str) -> None:

@@ -1,16 +1,18 @@
 """The operational HTTP endpoint: /healthz, /readyz and /metrics.
 
-`/healthz` answers 200 while the process serves at all. `/readyz` answers 200 only once
-both sources have listed completely and DNS is bound, so a Service in front of several
-bridges never routes DNS to one that would answer SERVFAIL; while not ready it answers
-503 and says what it is waiting for. `/metrics` is the Prometheus text format.
+`/healthz` answers 200 while every loop thread of the bridge runs, and 500 naming the
+ones that died, so the kubelet restarts a bridge that can no longer keep up. `/readyz`
+answers 200 only once both sources have listed completely and DNS is bound, so a Service
+in front of several bridges never routes DNS to one that would answer SERVFAIL; while not
+ready it answers 503 and says what it is waiting for. `/metrics` is the Prometheus text
+format. The port is bound by `start()`, not by the constructor.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,18 +20,31 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 log = logging.getLogger(__name__)
 
 
+POLL = 0.05  # how often the serving loop looks for `stop()`: what a stop waits at most
+
+
 class HealthServer:
-    def __init__(self, host: str, port: int, waiting_for: Callable[[], list[str]]) -> None:
+    def __init__(self, host: str, port: int, waiting_for: Callable[[], list[str]],
+                 dead: Callable[[], Mapping[str, str]] = dict) -> None:
+        """`waiting_for`: what readiness still waits for; `dead`: thread name -> why it
+        died, for each loop thread that did."""
+        self._host, self._port = host, port
         self._waiting_for = waiting_for
-        handler = self._handler()
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self.address: tuple[str, int] = self._server.server_address[:2]  # type: ignore[assignment]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http",
-                                        daemon=True)
+        self._dead = dead
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address bound (port 0 picks one); only once started."""
+        if self._server is None:
+            raise RuntimeError("not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         waiting_for = self._waiting_for
+        dead = self._dead
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -37,7 +52,13 @@ class HealthServer:
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain; charset=utf-8")
+                    died = dead()
+                    if died:
+                        body = "".join(f"thread {name} died: {why}\n"
+                                       for name, why in sorted(died.items())).encode()
+                        self._send(500, body, "text/plain; charset=utf-8")
+                    else:
+                        self._send(200, b"ok\n", "text/plain; charset=utf-8")
                 elif path == "/readyz":
                     missing = waiting_for()
                     if missing:
@@ -63,9 +84,20 @@ class HealthServer:
         return Handler
 
     def start(self) -> None:
+        """Bind and serve."""
+        server = ThreadingHTTPServer((self._host, self._port), self._handler())
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, args=(POLL,), name="http",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=2)
+        """Stop serving and close the port (within about `POLL`); a no-op if not started."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=1)

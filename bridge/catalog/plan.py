@@ -8,7 +8,7 @@ periodic resyncs write nothing.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 OWNER_META = "bridge-owner"
@@ -38,7 +38,6 @@ class Registration:
     def check_id(self) -> str:
         return f"{self.namespace}/{self.service_id}"
 
-
     def same_service(self, other: Registration) -> bool:
         """Equal but for the check's status: a readiness flip, one check write."""
         return self.check_id == other.check_id and \
@@ -59,6 +58,14 @@ class Plan:
 
     def __len__(self) -> int:
         return len(self.create) + len(self.update) + len(self.delete)
+
+    def counts(self) -> dict[str, int]:
+        return {"create": len(self.create), "update": len(self.update), "delete": len(self.delete)}
+
+    def describe(self) -> Iterator[str]:
+        for verb, regs in (("register", (*self.create, *self.update)), ("deregister", self.delete)):
+            for reg in regs:
+                yield f"{verb} {reg.service_id} ({reg.name} {reg.address}:{reg.port})"
 
 
 def diff(wanted: Mapping[str, Registration], actual: Mapping[str, Registration],

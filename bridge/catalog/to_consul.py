@@ -22,8 +22,9 @@ Where this module departs from consul-k8s it says so; each departure is a bug of
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from bridge.catalog.model import (
     IngressRoute,
@@ -67,7 +68,22 @@ class SyncOptions:
     not_ready: str = "critical"  # critical: register with a failing check; skip: leave out
     ingress: bool = False
     ingress_lb_ips: bool = False
-    skipped: list[str] = field(default_factory=list, compare=False)
+
+
+class Registrations(NamedTuple):
+    """What one Service contributes, and why any of it was left out (one line each)."""
+
+    registrations: tuple[Registration, ...]
+    skipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """Every registration this cluster should have, by service ID, and a reason for
+    each Service or endpoint left out."""
+
+    registrations: MappingProxyType[str, Registration]
+    skipped: tuple[str, ...] = ()
 
 
 def parse_bool(value: str | None) -> bool | None:
@@ -250,24 +266,32 @@ def ingress_address(routes: Iterable[IngressRoute], lb_ips: bool = False) -> tup
     return chosen
 
 
-def _consul_name(service: Service, options: SyncOptions) -> str | None:
-    """The Consul service name, or None (with the reason recorded) when the annotation is bad.
-    As consul-k8s: trimmed, 1 to 255 characters."""
+def _consul_name(service: Service, options: SyncOptions, skipped: list[str]) -> str | None:
+    """The Consul service name, or None (with the reason added to `skipped`) when the
+    annotation is bad. As consul-k8s: trimmed, 1 to 255 characters."""
     raw = service.annotation(SERVICE_NAME_ANNOTATION)
     if raw is not None:
         name = raw.strip()
         if not 1 <= len(name) <= 255:
-            options.skipped.append(f"{service.key}: annotation {SERVICE_NAME_ANNOTATION} must be "
-                                   f"1-255 characters, got {raw!r}")
+            skipped.append(f"{service.key}: annotation {SERVICE_NAME_ANNOTATION} must be "
+                           f"1-255 characters, got {raw!r}")
             return None
     return consul_service_name(service, options.prefix, options.add_namespace_suffix)
 
 
 def registrations_for(service: Service, options: SyncOptions,
                       nodes: dict[str, Node] | None = None,
-                      routes: Iterable[IngressRoute] = ()) -> list[Registration]:
-    """The instances one Service contributes (none if it is not synced). `routes` are the
-    Ingress routes of the snapshot (those to other Services are ignored)."""
+                      routes: Iterable[IngressRoute] = ()) -> Registrations:
+    """The instances one Service contributes (none if it is not synced), with the reasons
+    for what it asks that cannot be registered. `routes` are the Ingress routes of the
+    snapshot (those to other Services are ignored)."""
+    skipped: list[str] = []
+    found = _registrations(service, options, nodes or {}, routes, skipped)
+    return Registrations(tuple(found), tuple(skipped))
+
+
+def _registrations(service: Service, options: SyncOptions, nodes: dict[str, Node],
+                   routes: Iterable[IngressRoute], skipped: list[str]) -> list[Registration]:
     if not sync_enabled(service, options.default_sync):
         return []
     if service.type in (ServiceType.CLUSTER_IP, ServiceType.HEADLESS) \
@@ -275,7 +299,7 @@ def registrations_for(service: Service, options: SyncOptions,
         return []
     if service.type is ServiceType.EXTERNAL_NAME and not options.external_name:
         return []
-    name = _consul_name(service, options)
+    name = _consul_name(service, options, skipped)
     if name is None:
         return []
     tags = (options.tag, *parse_tags(service.annotation(TAGS_ANNOTATION) or ""))
@@ -283,8 +307,8 @@ def registrations_for(service: Service, options: SyncOptions,
     weight_text = service.annotation(WEIGHT_ANNOTATION)
     weight = parse_weight(weight_text)
     if weight_text is not None and weight is None:
-        options.skipped.append(f"{service.key}: annotation {WEIGHT_ANNOTATION} must be an integer "
-                               f"greater than 1, got {weight_text!r}; weight not applied")
+        skipped.append(f"{service.key}: annotation {WEIGHT_ANNOTATION} must be an integer "
+                       f"greater than 1, got {weight_text!r}; weight not applied")
     out: list[Registration] = []
 
     # The meta as pairs, the Service's shared by all its instances (and repeated values
@@ -321,18 +345,18 @@ def registrations_for(service: Service, options: SyncOptions,
     if service.type is ServiceType.NODE_PORT:
         node_port = _node_port(service)
         if node_port is None:
-            options.skipped.append(f"{service.key}: no nodePort allocated yet")
+            skipped.append(f"{service.key}: no nodePort allocated yet")
             return out
         for instance in service.instances:
-            node = (nodes or {}).get(instance.node_name)
-            address = _node_address(node, options.node_port_sync_type)
-            if address is None:
+            node = nodes.get(instance.node_name)
+            at = _node_address(node, options.node_port_sync_type)
+            if at is None:
                 if instance.node_name:
-                    options.skipped.append(f"{service.key} {instance.address}: node "
-                                           f"{instance.node_name!r} has no "
-                                           f"{options.node_port_sync_type} address")
+                    skipped.append(f"{service.key} {instance.address}: node "
+                                   f"{instance.node_name!r} has no "
+                                   f"{options.node_port_sync_type} address")
                 continue
-            add(address, node_port, _endpoint_meta(instance, node), id_address=instance.address)
+            add(at, node_port, _endpoint_meta(instance, node), id_address=instance.address)
         return out
     published = ingress_address((r for r in routes if r.service_key == service.key),
                                 options.ingress_lb_ips) if options.ingress else None
@@ -351,11 +375,11 @@ def registrations_for(service: Service, options: SyncOptions,
     for instance in service.instances:
         if not instance.ready and options.not_ready == "skip":
             continue
-        port = _endpoint_port(service, instance)
-        if port is None:
-            options.skipped.append(f"{service.key} {instance.address}: no port")
+        target_port = _endpoint_port(service, instance)
+        if target_port is None:
+            skipped.append(f"{service.key} {instance.address}: no port")
             continue
-        add(instance.address, port, _endpoint_meta(instance),
+        add(instance.address, target_port, _endpoint_meta(instance),
             check="passing" if instance.ready else "critical")
     return out
 
@@ -395,15 +419,14 @@ def _context(service: Service, nodes: dict[str, Node],
     return tuple(routes)
 
 
-def desired(snapshot: Snapshot, options: SyncOptions,
-            memo: Memo | None = None) -> Mapping[str, Registration]:
-    """Every registration this cluster should have, by service ID. Where two Services
-    ask for one ID, the first key in sort order wins and the other is reported skipped.
+def desired(snapshot: Snapshot, options: SyncOptions, memo: Memo | None = None) -> Wanted:
+    """Every registration this cluster should have, by service ID, with the reasons for
+    what was left out. Where two Services ask for one ID, the first key in sort order
+    wins and the other is reported skipped.
 
     With a `memo`, only the Services changed since its last use are computed again, and
-    the result is a read-only view of the memo's own map, valid until its next use.
+    the registrations are a read-only view of the memo's own map, valid until its next use.
     """
-    fresh = memo is None
     if memo is None:
         memo = Memo()
     if memo.options != options:
@@ -424,24 +447,21 @@ def desired(snapshot: Snapshot, options: SyncOptions,
         if known is None or known[0] is not service or known[1] != context:
             stale.append((key, context))
     gone = [key for key in entries if key not in services]
-    memo.touched = set()
-    if not (memo.clean and _patch(memo, services, stale, gone, options, nodes, routes)):
+    touched: set[str] = set()
+    memo.touched = touched
+    if not (memo.clean and _patch(memo, touched, services, stale, gone, options, nodes, routes)):
         memo.touched = None
         _rebuild(memo, services, stale, gone, options, nodes, routes)
-    for key in sorted(memo.reasons):
-        options.skipped.extend(memo.reasons[key])
-    return memo.wanted if fresh else MappingProxyType(memo.wanted)
+    reasons = memo.reasons
+    skipped = tuple(reason for key in sorted(reasons) for reason in reasons[key])
+    return Wanted(MappingProxyType(memo.wanted), skipped)
 
 
 def _compute(memo: Memo, key: ServiceKey, service: Service, context: object,
              options: SyncOptions, nodes: dict[str, Node],
              routes: dict[ServiceKey, list[IngressRoute]]) -> tuple[Registration, ...]:
     """`service`'s registrations, recorded in the memo with its skip reasons."""
-    skipped = options.skipped
-    before = len(skipped)
-    registrations = tuple(registrations_for(service, options, nodes, routes.get(key, ())))
-    reasons = tuple(skipped[before:])
-    del skipped[before:]  # replayed from the memo, with everyone's, in key order
+    registrations, reasons = registrations_for(service, options, nodes, routes.get(key, ()))
     memo.entries[key] = (service, context, registrations, reasons)
     if reasons:
         memo.reasons[key] = reasons
@@ -450,13 +470,13 @@ def _compute(memo: Memo, key: ServiceKey, service: Service, context: object,
     return registrations
 
 
-def _patch(memo: Memo, services: Mapping[ServiceKey, Service],
+def _patch(memo: Memo, touched: set[str], services: Mapping[ServiceKey, Service],
            stale: list[tuple[ServiceKey, object]], gone: list[ServiceKey],
            options: SyncOptions, nodes: dict[str, Node],
            routes: dict[ServiceKey, list[IngressRoute]]) -> bool:
     """Bring the memo's result up to date for the Services that changed; False (and the
     memo no longer clean) when a new ID is someone else's: then only a rebuild in key
-    order says who wins."""
+    order says who wins. `touched` gets every service ID added, changed or removed."""
     wanted, owner = memo.wanted, memo.owner
     for key in gone:
         _drop(memo, key)
@@ -470,7 +490,7 @@ def _patch(memo: Memo, services: Mapping[ServiceKey, Service],
                 return False
             wanted[sid] = registration
             owner[sid] = key
-            memo.touched.add(sid)  # type: ignore[union-attr]
+            touched.add(sid)
     return True
 
 

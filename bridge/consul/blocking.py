@@ -3,7 +3,8 @@
 The rules (Consul's "blocking queries" documentation): an index that goes backwards
 resets to 0 (a snapshot restore or a KV list delete); an index is never below 1; the loop
 is rate-limited so a server that answers at once cannot spin it; errors back off with
-jitter. No client library does this, so every watcher here goes through `BlockingLoop`.
+jitter (`bridge.retry`). No client library does this, so every watcher here goes through
+`BlockingLoop`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from bridge.errors import BridgeError, Rejected, Transient
-from bridge.retry import Backoff
+from tenacity import RetryCallState, retry_if_exception_type
+
+from bridge.errors import BridgeError
+from bridge.retry import Backoff, Stopped, retrying
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class BlockingLoop(Generic[T]):
 
     def __init__(self, name: str, fetch: Callable[[int | None], tuple[int, T]],
                  deliver: Callable[[T], bool], stop: threading.Event,
-                 on_error: Callable[[BridgeError], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
         self.name = name
         self._fetch = fetch
         self._deliver = deliver
@@ -70,30 +73,22 @@ class BlockingLoop(Generic[T]):
         self.index = 0
         self._bucket = TokenBucket()
         # Capped low: after an outage, changes made meanwhile must show within seconds of
-        # recovery, and a refused connection costs the server nothing.
-        self._backoff = Backoff(base=0.05, cap=1.0)
+        # recovery, and a refused connection costs the server nothing. Any error is
+        # retried: a bug or a surprise from the server must not end the watch for good.
+        self._retrying = retrying(stop, Backoff(base=0.05, cap=1.0),
+                                  retry=retry_if_exception_type(Exception),
+                                  before_sleep=self._failed)
 
     def run(self) -> None:
+        """Until `stop` is set or `deliver` says no more."""
         while not self._stop.is_set():
             pause = self._bucket.delay()
             if pause and self._stop.wait(pause):
                 return
             try:
-                returned, value = self._fetch(self.index or None)
-            except (Transient, Rejected) as exc:
-                if self._on_error:
-                    self._on_error(exc)
-                delay = self._backoff.next_delay(getattr(exc, "retry_after", None))
-                log.warning("%s: %s; retrying in %.1fs", self.name, exc, delay)
-                self._stop.wait(delay)
-                continue
-            except Exception:
-                # A bug or a surprise from the server must not end the watch for good.
-                delay = self._backoff.next_delay()
-                log.exception("%s: unexpected error; retrying in %.1fs", self.name, delay)
-                self._stop.wait(delay)
-                continue
-            self._backoff.reset()
+                returned, value = self._retrying(self._fetch, self.index or None)
+            except Stopped:
+                return
             new = next_index(self.index, returned)
             if new == 0:
                 log.info("%s: index went backwards (%d -> %d); starting over", self.name,
@@ -101,3 +96,17 @@ class BlockingLoop(Generic[T]):
             self.index = new
             if self._stop.is_set() or not self._deliver(value):
                 return
+
+    def _failed(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is None:
+            return
+        if self._on_error:
+            self._on_error(exc)
+        if self._stop.is_set():
+            log.debug("%s: ended by the stop: %s", self.name, exc)  # its client was closed
+        elif isinstance(exc, BridgeError):
+            log.warning("%s: %s; retrying in %.2fs", self.name, exc, state.upcoming_sleep)
+        else:
+            log.error("%s: unexpected error; retrying in %.2fs", self.name,
+                      state.upcoming_sleep, exc_info=exc)

@@ -4,31 +4,106 @@ This is the only module that imports `consul`. The client is built with every va
 explicitly (py-consul would otherwise read CONSUL_* variables itself, behind the settings'
 back, and let the environment override a configured token). The token travels in the
 X-Consul-Token header, never in a URL, and error messages are redacted all the same.
+
+Reads (blocking queries among them) and writes (transactions) go through two HTTP
+sessions, so that `close()` can cut every read in flight at once, while a transaction
+in flight is left to complete: Consul applies it whole or not at all either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import urllib.parse
-from typing import Any
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import consul
 import requests
 from consul.base import Response
 from consul.exceptions import ACLDisabled, ACLPermissionDenied, BadRequest, ConsulException, NotFound
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import PoolManager
 
 from bridge.config import ConsulSettings, token
 from bridge.errors import Conflict, Rejected, Transient
+
+if TYPE_CHECKING:  # urllib3 defines them for type checkers only
+    from urllib3._base_connection import BaseHTTPConnection, BaseHTTPSConnection
 
 
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "********") if secret else text
 
 
+class _CuttableAdapter(HTTPAdapter):
+    """An HTTPAdapter that remembers the connections it opens, so `cut()` can end the
+    requests in flight on them: closing a requests Session only closes idle ones."""
+
+    def __init__(self) -> None:
+        self._opened: weakref.WeakSet[BaseHTTPConnection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        super().__init__()  # calls init_poolmanager
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self._track(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
+        new = proxy not in self.proxy_manager
+        manager: PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if new:
+            self._track(manager)
+        return manager
+
+    def _remember(self, conn: BaseHTTPConnection) -> None:
+        with self._lock:
+            self._opened.add(conn)
+
+    def _track(self, manager: PoolManager) -> None:
+        remember = self._remember
+
+        class Plain(HTTPConnectionPool):
+            def _new_conn(self) -> BaseHTTPConnection:
+                conn = super()._new_conn()
+                remember(conn)
+                return conn
+
+        class Tls(HTTPSConnectionPool):
+            def _new_conn(self) -> BaseHTTPSConnection:
+                conn = super()._new_conn()
+                remember(conn)
+                return conn
+
+        manager.pool_classes_by_scheme = {"http": Plain, "https": Tls}
+
+    def cut(self) -> None:
+        """End every request in flight (its caller gets a connection error), close all."""
+        with self._lock:
+            opened = list(self._opened)
+        for conn in opened:
+            sock = getattr(conn, "sock", None)  # None while not connected
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self.close()
+
+
 class ConsulClient:
     """The calls the bridge makes, each returning plain JSON values."""
 
     def __init__(self, settings: ConsulSettings) -> None:
+        self._token = token(settings)
+        self._reads = _CuttableAdapter()
+        self._writes = _CuttableAdapter()
+        self._c = self._connect(settings, self._reads)
+        self._w = self._connect(settings, self._writes)
+        self.wait = f"{settings.wait}s"
+
+    def _connect(self, settings: ConsulSettings, adapter: HTTPAdapter) -> consul.Consul:
         url = urllib.parse.urlparse(settings.address)
         verify: bool | str = settings.ssl_verify
         if settings.ca_cert and settings.ssl_verify:
@@ -37,8 +112,7 @@ class ConsulClient:
         if settings.client_cert:
             cert = (settings.client_cert, settings.client_key) if settings.client_key \
                 else settings.client_cert
-        self._token = token(settings)
-        self._c = consul.Consul(
+        c = consul.Consul(
             host=url.hostname or "127.0.0.1",
             port=url.port or (443 if url.scheme == "https" else 8500),
             scheme=url.scheme or "http",
@@ -46,11 +120,20 @@ class ConsulClient:
             cert=cert,
             dc=settings.datacenter or None,
         )
+        session: requests.Session = c.http.session
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         # In a header, not py-consul's ?token= query parameter, which ends up in access logs.
-        self._c.token = None
+        c.token = None
         if self._token:
-            self._c.http.session.headers["X-Consul-Token"] = self._token
-        self.wait = f"{settings.wait}s"
+            session.headers["X-Consul-Token"] = self._token
+        return c
+
+    def close(self) -> None:
+        """Cut every read in flight (blocking queries end at once with a Transient error);
+        a transaction in flight completes. Calls after this fail or open new connections."""
+        self._reads.cut()
+        self._writes.close()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -102,7 +185,7 @@ class ConsulClient:
         def callback(response: Response) -> Response:
             return response
 
-        response = self._call("txn", self._c.http.put, callback, "/v1/txn",
+        response = self._call("txn", self._w.http.put, callback, "/v1/txn",
                               data=json.dumps(operations))
         if response.code == 200:
             return (json.loads(response.body) or {}).get("Results") or []

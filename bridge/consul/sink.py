@@ -4,27 +4,25 @@
 a neighbour's registrations are invisible to the diff and can never be deleted. `apply()`
 packs the plan into `/v1/txn` batches of at most `batch_size` operations (a registration's
 service and check always share a batch), retries transient failures with backoff, and
-reports the outcome of every item; nothing is swallowed.
+reports the outcome of every item; nothing is swallowed. Each batch is one Consul
+transaction, applied whole or not at all; once the bridge stops no further batch is sent
+(the rest are reported failed, not sent).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import threading
 from typing import Any
 
 from prometheus_client import Counter
-from tenacity import (
-    retry,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from bridge.catalog.plan import Plan, Registration
+from bridge.catalog.sink import ApplyResult
 from bridge.consul.client import ConsulClient
 from bridge.consul.objects import iter_plan_operations, node_operation, registrations_on_node
-from bridge.errors import BridgeError, Transient
+from bridge.errors import BridgeError
+from bridge.retry import Backoff, Stopped, retrying
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +31,15 @@ WRITE_ERRORS = Counter("bridge_consul_write_errors_total", "Registrations Consul
 TXNS = Counter("bridge_consul_txn_total", "Transactions sent to Consul")
 
 
-@dataclass
-class ApplyResult:
-    """Per-item outcome of one apply: which service IDs were written and which failed."""
-
-    written: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
 class ConsulSink:
     def __init__(self, client: ConsulClient, *, node: str, cluster_id: str,
-                 batch_size: int = 64) -> None:
+                 stop: threading.Event, batch_size: int = 64) -> None:
         self._client = client
         self._node = node
         self._cluster_id = cluster_id
         self._batch_size = max(2, batch_size)
         self._node_known = False
+        self._retrying = retrying(stop, Backoff(base=0.2, cap=5.0), attempts=3)
 
     def actual(self) -> dict[str, Registration]:
         view = self._client.node_services(self._node)
@@ -60,8 +47,8 @@ class ConsulSink:
         checks = self._client.node_checks(self._node) if view else []
         return registrations_on_node(view, checks, self._cluster_id)
 
-    def apply(self, plan: Plan) -> ApplyResult:
-        result = ApplyResult()
+    def apply(self, plan: Plan) -> ApplyResult[str]:
+        result: ApplyResult[str] = ApplyResult()
         if plan.empty:
             return result
         items = [*plan.create, *plan.update, *plan.delete]
@@ -83,9 +70,13 @@ class ConsulSink:
         return result
 
     def _send(self, batch: list[dict[str, Any]], members: list[tuple[Registration, str]],
-              result: ApplyResult) -> None:
+              result: ApplyResult[str]) -> None:
         try:
-            self._txn(batch)
+            self._retrying(self._txn, batch)
+        except Stopped as exc:
+            for item, _ in members:
+                result.failed[item.service_id] = f"not sent: {exc}"
+            return
         except BridgeError as exc:
             WRITE_ERRORS.inc(len(members))
             log.error("consul write of %d registrations failed: %s", len(members), exc)
@@ -100,8 +91,6 @@ class ConsulSink:
             log.debug("consul %s %s (%s %s:%d)", kind, item.service_id, item.name,
                       item.address, item.port)
 
-    @retry(retry=retry_if_exception_type(Transient), stop=stop_after_attempt(3),
-           wait=wait_random_exponential(multiplier=0.2, max=5), reraise=True)
     def _txn(self, batch: list[dict[str, Any]]) -> None:
         TXNS.inc()
         self._client.txn(batch)

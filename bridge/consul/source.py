@@ -22,6 +22,7 @@ from bridge.catalog.naming import dns_label, dns_labels
 from bridge.consul.blocking import BlockingLoop
 from bridge.consul.client import ConsulClient
 from bridge.consul.objects import BadEntry, instance_from_health, is_ours
+from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class ConsulSource:
 
     def __init__(self, client: ConsulClient, *, our_node: str, cluster_id: str,
                  default_namespace: str, on_change: Callable[[], None],
-                 stop: threading.Event, admit_warning: bool = False) -> None:
+                 stop: threading.Event, admit_warning: bool = False,
+                 threads: Threads | None = None) -> None:
         self._client = client
         self._our_node = our_node
         self._cluster_id = cluster_id
@@ -52,6 +54,7 @@ class ConsulSource:
         self._on_change = on_change
         self._stop = stop
         self._admit_warning = admit_warning
+        self._threads = threads or Threads()
         self._entries: dict[str, tuple[Instance, ...]] = {}
         self._watchers: dict[str, _Watcher] = {}
         self._names: frozenset[str] = frozenset()
@@ -65,11 +68,10 @@ class ConsulSource:
         self._loop = BlockingLoop("consul services",
                                   lambda index: self._client.services(index, not_on_node=our_node),
                                   self._on_services, stop)
-        self.thread = threading.Thread(target=self._loop.run, name="consul-services",
-                                       daemon=True)
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread.start()
+        self.thread = self._threads.start("consul-services", self._loop.run)
 
     @property
     def watched(self) -> frozenset[str]:
@@ -78,7 +80,8 @@ class ConsulSource:
             return frozenset(self._watchers)
 
     def close(self) -> None:
-        """Tells every per-service loop to end; the services loop ends with `stop`."""
+        """Tells every per-service loop to end; the services loop ends with `stop`. Their
+        requests in flight are cut by closing the client."""
         with self._lock:
             for watcher in self._watchers.values():
                 watcher.stop.set()
@@ -130,9 +133,8 @@ class ConsulSource:
             return True
 
         loop = BlockingLoop(f"consul service {name}", fetch, deliver, stop)
-        thread = threading.Thread(target=loop.run, name=f"consul-{name}", daemon=True)
+        thread = self._threads.start(f"consul-{name}", loop.run)
         self._watchers[name] = _Watcher(name, thread, stop)
-        thread.start()
 
     def _store(self, name: str, entries: list[dict[str, Any]]) -> None:
         instances: list[Instance] = []
@@ -173,7 +175,7 @@ class ConsulSource:
                 meta = dict(instance.meta)
                 override = meta.get(NAMESPACE_OVERRIDE_META)
                 namespace = meta.get(NAMESPACE_META) or (dns_label(override) if override else self._namespace)
-                label = meta.get(NAME_META) if NAMESPACE_META in meta and meta.get(NAME_META) \
+                label = meta.get(NAME_META) or labels[name] if NAMESPACE_META in meta \
                     else labels[name]
                 grouped[ServiceKey(namespace, label)].append(instance)
         services: dict[ServiceKey, Service] = {}

@@ -11,11 +11,12 @@ defaults never look like drift, while a manual edit of any field we own does.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 from collections import defaultdict
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Set
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.catalog.model import Instance, Port, Service, ServiceKey, frozen_map
@@ -150,20 +151,72 @@ def is_ours(labels: Any) -> bool:
     return (MANAGED_BY_LABEL, MANAGED_BY_VALUE) in tuple(labels)
 
 
+ObjectKey = tuple[str, str, str]  # (plural, namespace, name)
+
+
+@dataclass(frozen=True)
+class Held:
+    """What Kubernetes holds, as far as planning cares: our objects as comparable values,
+    and the keys of everyone else's."""
+
+    ours: Mapping[ObjectKey, Desired]
+    foreign: frozenset[ObjectKey]
+
+    @property
+    def local_services(self) -> set[ServiceKey]:
+        """The Services someone else owns."""
+        return {ServiceKey(ns, name) for plural, ns, name in self.foreign if plural == "services"}
+
+
+def held(services: Mapping[tuple[str, str], Service], slices: Mapping[tuple[str, str], Slice]) -> Held:
+    ours: dict[ObjectKey, Desired] = {}
+    foreign: set[ObjectKey] = set()
+    for svc in services.values():
+        if is_ours(svc.labels):
+            d = actual_service(svc)
+            ours[d.key] = d
+        else:
+            foreign.add(("services", svc.key.namespace, svc.key.name))
+    for sl in slices.values():
+        if is_ours(sl.labels):
+            d = actual_slice(sl)
+            ours[d.key] = d
+        else:
+            foreign.add(("endpointslices", sl.namespace, sl.name))
+    return Held(ours, frozenset(foreign))
+
+
 @dataclass(frozen=True)
 class KubePlan:
     create: tuple[Desired, ...] = ()
     replace: tuple[Desired, ...] = ()
     delete: tuple[Desired, ...] = ()
     clashes: tuple[str, ...] = ()
+    # The body to send for each create and replace.
+    bodies: Mapping[ObjectKey, dict[str, Any]] = field(default_factory=dict, compare=False)
 
     @property
     def empty(self) -> bool:
         return not (self.create or self.replace or self.delete)
 
+    def writes(self) -> Iterator[tuple[str, Desired]]:
+        """(verb, object) for every write, in the order they are made."""
+        for verb, items in (("create", self.create), ("replace", self.replace),
+                            ("delete", self.delete)):
+            for d in items:
+                yield verb, d
 
-def plan(wanted: Mapping[tuple[str, str, str], Desired], ours: Mapping[tuple[str, str, str], Desired],
-         foreign: set[tuple[str, str, str]]) -> KubePlan:
+    def counts(self) -> dict[str, int]:
+        return {"create": len(self.create), "update": len(self.replace), "delete": len(self.delete)}
+
+    def describe(self) -> Iterator[str]:
+        for verb, d in self.writes():
+            yield f"{verb} {d.plural} {d.namespace}/{d.name}"
+
+
+def plan(wanted: Mapping[ObjectKey, Desired], ours: Mapping[ObjectKey, Desired],
+         foreign: Set[ObjectKey], bodies: Mapping[ObjectKey, dict[str, Any]] | None = None
+         ) -> KubePlan:
     """Creates, replaces and deletes that make our objects match; a wanted object whose name
     is taken by one we did not create is reported as a clash and left alone."""
     create, replace, clashes = [], [], []
@@ -175,7 +228,19 @@ def plan(wanted: Mapping[tuple[str, str, str], Desired], ours: Mapping[tuple[str
         elif ours[key] != want:
             replace.append(want)
     delete = [have for key, have in sorted(ours.items()) if key not in wanted]
-    return KubePlan(tuple(create), tuple(replace), tuple(delete), tuple(clashes))
+    return KubePlan(tuple(create), tuple(replace), tuple(delete), tuple(clashes), bodies or {})
+
+
+def plan_for(remote: Mapping[ServiceKey, Service], now: Held) -> KubePlan:
+    """The writes that materialise the Consul services `remote`, given what Kubernetes
+    holds; a Service of someone else's under a wanted name is a clash, left alone."""
+    local = now.local_services
+    wanted, bodies = wanted_objects(remote, {}, local)
+    blocked = tuple(f"services {key}: a Service not managed by the bridge has this name; "
+                    "its Consul instances are answered by DNS but not materialised"
+                    for key in sorted(set(remote) & local))
+    found = plan(wanted, now.ours, now.foreign, bodies)
+    return dataclasses.replace(found, clashes=blocked + found.clashes)
 
 
 def wanted_objects(services: Mapping[ServiceKey, Service], names: Mapping[ServiceKey, str],

@@ -13,10 +13,11 @@ import fnmatch
 import threading
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import Any, TypeVar
 
 from bridge.catalog.model import Service, ServiceKey, Snapshot
 from bridge.config import KubernetesSettings
-from bridge.kube.client import ENDPOINT_SLICES, INGRESSES, NODES, SERVICES, KubeClient
+from bridge.kube.client import ENDPOINT_SLICES, INGRESSES, NODES, SERVICES, KubeClient, Resource
 from bridge.kube.objects import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
@@ -28,7 +29,9 @@ from bridge.kube.objects import (
     slice_from_raw,
 )
 from bridge.kube.watch import Reflector
+from bridge.threads import Threads
 
+T = TypeVar("T")
 ServiceRef = tuple[str, str]  # (namespace, name) of a Service or an EndpointSlice
 
 
@@ -46,18 +49,20 @@ class KubeSource:
 
     def __init__(self, kube: KubeClient, settings: KubernetesSettings, cluster_id: str,
                  on_change: Callable[[], None], stop: threading.Event, *,
-                 watch_nodes: bool = False, watch_ingresses: bool = False) -> None:
+                 watch_nodes: bool = False, watch_ingresses: bool = False,
+                 threads: Threads | None = None) -> None:
         self._settings = settings
         self._cluster_id = cluster_id
-        self.services = Reflector(kube, SERVICES, service_from_raw, on_change,
-                                  watch_timeout=settings.watch_timeout, stop=stop)
-        self.slices = Reflector(kube, ENDPOINT_SLICES, slice_from_raw, on_change,
-                                watch_timeout=settings.watch_timeout, stop=stop)
-        self.nodes = Reflector(kube, NODES, node_from_raw, on_change,
-                               watch_timeout=settings.watch_timeout, stop=stop) if watch_nodes else None
-        self.ingresses = Reflector(kube, INGRESSES, ingress_from_raw, on_change,
-                                   watch_timeout=settings.watch_timeout,
-                                   stop=stop) if watch_ingresses else None
+        threads = threads or Threads()
+
+        def reflector(resource: Resource, convert: Callable[[Any], T]) -> Reflector[T]:
+            return Reflector(kube, resource, convert, on_change,
+                             watch_timeout=settings.watch_timeout, stop=stop, threads=threads)
+
+        self.services = reflector(SERVICES, service_from_raw)
+        self.slices = reflector(ENDPOINT_SLICES, slice_from_raw)
+        self.nodes = reflector(NODES, node_from_raw) if watch_nodes else None
+        self.ingresses = reflector(INGRESSES, ingress_from_raw) if watch_ingresses else None
         # The incremental join (see `snapshot`), guarded by `_lock`: both the DNS publisher
         # and the reconciler take snapshots.
         self._lock = threading.Lock()
@@ -88,12 +93,14 @@ class KubeSource:
         Services whose Service or slices changed since the last call (both the DNS
         publisher and the reconciler call it, often); the same Snapshot while nothing did."""
         with self._lock:
-            states = tuple(r.state for r in self._reflectors)
+            (services_version, services), (slices_version, slices) = \
+                self.services.state, self.slices.state
+            versions = (services_version, slices_version,
+                        *(r.state[0] for r in self._reflectors[2:]))
             synced = self.synced
-            key = (tuple(version for version, _ in states), synced)
+            key = (versions, synced)
             if self._last is not None and self._last_key == key:
                 return self._last
-            services, slices = states[0][1], states[1][1]
             seen = self._last_key[0] if self._last is not None else None
             changed = self._changed(seen, key[0]) if seen is not None else None
             if changed is None:
@@ -127,7 +134,7 @@ class KubeSource:
         slice_keys = self.slices.changed_since(seen[1], now[1])
         if service_keys is None or slice_keys is None:
             return None
-        return service_keys, slice_keys  # type: ignore[return-value]
+        return service_keys, slice_keys
 
     def _rejoin_all(self, services: Mapping[ServiceRef, Service],
                     slices: Mapping[ServiceRef, Slice]) -> None:

@@ -11,16 +11,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter
+from tenacity import RetryCallState, retry_if_exception_type
 
 from bridge.errors import Denied, Expired, Rejected, Transient
 from bridge.kube.client import KubeClient, Resource
 from bridge.kube.objects import BadObject, object_key
-from bridge.retry import Backoff
+from bridge.retry import Backoff, Stopped, retrying
+from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,18 @@ class Reflector(Generic[T]):
 
     def __init__(self, kube: KubeClient, resource: Resource, convert: Callable[[Any], T],
                  on_change: Callable[[], None], *, watch_timeout: int,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, threads: Threads | None = None) -> None:
         self._kube = kube
         self._resource = resource
         self._convert = convert
         self._on_change = on_change
         self._watch_timeout = watch_timeout
         self._stop = stop
-        self._backoff = Backoff()
+        self._threads = threads or Threads()
+        self._need_list = True
+        self._retrying = retrying(stop, Backoff(base=0.2, cap=30.0),
+                                  retry=retry_if_exception_type(Exception),
+                                  before_sleep=self._failed)
         self._items: dict[tuple[str, str], T] = {}  # written by this reflector's thread only
         self.items: Mapping[tuple[str, str], T] = MappingProxyType(self._items)
         self.synced = threading.Event()
@@ -63,37 +69,46 @@ class Reflector(Generic[T]):
         self.state: tuple[int, Mapping[tuple[str, str], T]] = (0, self.items)
         self._changes: deque[tuple[int, tuple[str, str]]] = deque(maxlen=CHANGE_LOG)
         self._floor = 0  # a relist at this version: what changed in it is not logged
-        self.thread = threading.Thread(target=self._run, name=f"reflector-{resource.plural}",
-                                       daemon=True)
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread.start()
+        self.thread = self._threads.start(f"reflector-{self._resource.plural}", self._run)
 
     def _run(self) -> None:
-        need_list = True
         while not self._stop.is_set():
             try:
-                if need_list:
-                    self._relist()
-                    need_list = False
-                self._watch()
-                self._backoff.reset()
-            except Expired as exc:
-                log.info("%s: watch position expired (%s); relisting", self._resource.plural, exc)
-                need_list = True
-            except (Transient, Rejected) as exc:
-                ERRORS.labels(self._resource.plural).inc()
-                delay = self._backoff.next_delay(getattr(exc, "retry_after", None))
-                # A refusal was logged once by the client; repeating it per retry is noise.
-                level = logging.DEBUG if isinstance(exc, Denied) else logging.WARNING
-                log.log(level, "%s: %s; retrying in %.1fs", self._resource.plural, exc, delay)
-                self._stop.wait(delay)
-            except Exception:
-                # A bug must not kill the mirror: log it, back off, and start over from a list.
-                ERRORS.labels(self._resource.plural).inc()
-                log.exception("%s: unexpected error; relisting", self._resource.plural)
-                need_list = True
-                self._stop.wait(self._backoff.next_delay())
+                # Each call lists (when needed) then watches until the server ends the
+                # stream; an error is retried with backoff, a clean end starts afresh.
+                self._retrying(self._list_and_watch)
+            except Stopped:
+                return
+
+    def _list_and_watch(self) -> None:
+        try:
+            if self._need_list:
+                self._relist()
+                self._need_list = False
+            self._watch()
+        except Expired as exc:
+            log.info("%s: watch position expired (%s); relisting", self._resource.plural, exc)
+            self._need_list = True
+
+    def _failed(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if self._stop.is_set():
+            log.debug("%s: ended by the stop: %s", self._resource.plural, exc)  # client closed
+            return
+        ERRORS.labels(self._resource.plural).inc()
+        if isinstance(exc, Transient | Rejected):
+            # A refusal was logged once by the client; repeating it per retry is noise.
+            level = logging.DEBUG if isinstance(exc, Denied) else logging.WARNING
+            log.log(level, "%s: %s; retrying in %.1fs", self._resource.plural, exc,
+                    state.upcoming_sleep)
+        else:
+            # A bug must not kill the mirror: log it, back off, and start over from a list.
+            log.error("%s: unexpected error; relisting in %.1fs", self._resource.plural,
+                      state.upcoming_sleep, exc_info=exc)
+            self._need_list = True
 
     def _convert_item(self, raw: Any) -> T | None:
         try:
@@ -182,7 +197,7 @@ class Reflector(Generic[T]):
         self.version = version
         self.state = (version, self.items)  # last: readers of `state` see a logged change
 
-    def changed_since(self, since: int, upto: int) -> set[Hashable] | None:
+    def changed_since(self, since: int, upto: int) -> set[tuple[str, str]] | None:
         """The keys changed after version `since` up to `upto` (a version read from
         `state`); None when that is not known (a relist, or a log outgrown): all may have."""
         if since < self._floor:

@@ -1,11 +1,12 @@
 """The reconciler: bring the sinks (Consul, and Kubernetes with `to_k8s`) in line.
 
 Level-triggered: each pass recomputes the full desired state from the current snapshots
-and applies only the difference from what the sink holds. The sink's contents are read
-once at start and on every periodic resync (which is how drift made by others is
-repaired); in between, the reconciler keeps its own record, updated from each apply's
-per-item results, and rereads after any failure. Nothing is deleted from Consul before
-both sources have listed completely once.
+and applies only the difference from what each sink holds. Every sink is one `Lane`: a
+planner (`plans.py`, the only per-sink part) builds the plan, the sink applies it, and
+the outcome of every item goes back to the planner; skipped items are logged once while
+they last, and a pass with any failure is retried with backoff (`bridge.retry`), sooner
+if a change arrives. Nothing is written, and so nothing deleted, before both sources
+have listed completely once.
 """
 
 from __future__ import annotations
@@ -13,27 +14,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol
 
 from prometheus_client import Counter, Histogram
+from tenacity import RetryCallState, retry_if_exception_type, retry_if_result
 
 from bridge import memory_policy
 from bridge.catalog.model import Snapshot
-from bridge.catalog.plan import Plan, Registration, diff
-from bridge.catalog.to_consul import Memo, SyncOptions, desired
+from bridge.catalog.sink import ApplyResult, Sink
 from bridge.errors import BridgeError
-from bridge.kube.sink import KubeSink
+from bridge.reconcile.plans import P, Planner
 from bridge.reconcile.trigger import Trigger
-from bridge.retry import Backoff
+from bridge.retry import Backoff, Stopped, retrying
+from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
 
 PASSES = Counter("bridge_reconcile_passes_total", "Reconcile passes", ["reason"])
-PLANNED = Counter("bridge_reconcile_planned_total", "Planned Consul changes", ["op"])
-SKIPPED = Counter("bridge_sync_skipped_total", "Services or endpoints not registered, with a logged reason")
-LAG = Histogram("bridge_sync_lag_seconds", "From a change arriving to its Consul write",
+PLANNED = Counter("bridge_reconcile_planned_total", "Planned writes", ["sink", "op"])
+SKIPPED = Counter("bridge_sync_skipped_total", "Services, endpoints or objects not written, "
+                  "each with a logged reason")
+LAG = Histogram("bridge_sync_lag_seconds", "From a change arriving to its write",
                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
 
@@ -44,51 +47,42 @@ class Source(Protocol):
     def snapshot(self) -> Snapshot: ...
 
 
-class ApplyResult(Protocol):
-    written: list[str]
-    failed: dict[str, str]
+@dataclass
+class Lane(Generic[P]):
+    """One sink and how its plans are made."""
 
-
-class Sink(Protocol):
-    def actual(self) -> dict[str, Registration]: ...
-
-    def apply(self, plan: Plan) -> ApplyResult: ...
-
-
-@dataclass(frozen=True)
-class Mode:
-    """How writes are made: `upsert_only` never deletes; `dry_run` logs the plan only."""
-
-    upsert_only: bool = False
-    dry_run: bool = False
+    name: str
+    planner: Planner[P]
+    sink: Sink[object, P, Any]
+    in_sync: bool = False  # the last pass left the sink as desired
+    reported: frozenset[str] = frozenset()  # skip reasons logged, while they last
 
 
 class Reconciler:
-    def __init__(self, *, kube: Source, consul: Source | None, sink: Sink | None,
-                 options: SyncOptions, trigger: Trigger, stop: threading.Event, resync_period: float,
-                 mode: Mode | None = None, kube_sink: KubeSink | None = None) -> None:
+    def __init__(self, *, kube: Source, consul: Source | None, lanes: Sequence[Lane[Any]],
+                 trigger: Trigger, stop: threading.Event, resync_period: float,
+                 dry_run: bool = False, threads: Threads | None = None) -> None:
+        """`dry_run`: log the plans, write nothing."""
         self._kube = kube
         self._consul = consul
-        self._sink = sink
-        self._options = options
+        self.lanes = tuple(lanes)
         self._trigger = trigger
         self._stop = stop
         self._resync = resync_period
-        self._actual: dict[str, Registration] | None = None
-        self._memo = Memo()  # registrations of the Services unchanged since the last pass
-        self._actual_is_last = False  # `_actual` holds exactly the last `desired()` result
+        self._dry_run = dry_run
+        self._threads = threads or Threads()
         self._heap_settled = False
-        self.last_plan: Plan | None = None
-        self.in_sync = False  # the last pass left Consul as desired (nothing failed or pending)
-        self._kube_sink = kube_sink
-        self.kube_in_sync = kube_sink is None
-        self._backoff = Backoff(base=0.5, cap=60.0)
-        self._mode = mode or Mode()
-        self._skips_logged: set[str] = set()
-        self.thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        # A pass that leaves any sink unsettled is tried again with backoff; the wait ends
+        # early when a change arrives (so one bad item never holds the others back for
+        # long) or the bridge stops.
+        self._retrying = retrying(
+            stop, Backoff(base=0.5, cap=60.0), sleep=self._trigger.wait,
+            retry=retry_if_result(lambda settled: not settled) | retry_if_exception_type(Exception),
+            before_sleep=self._unsettled)
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread.start()
+        self.thread = self._threads.start("reconciler", self._run)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -96,127 +90,94 @@ class Reconciler:
             if self._stop.is_set():
                 return
             try:
-                self.step(resync=first_poke is None, since=first_poke)
-            except Exception:
-                # One bad pass must not end reconciling; the next poke or resync retries.
-                log.exception("reconcile pass failed")
-                self._actual = None
-                self._retry_later()
+                self._retrying(self.step, resync=first_poke is None, since=first_poke)
+            except Stopped:
+                return
 
-    def step(self, *, resync: bool = False, since: float | None = None) -> None:
-        """One pass. `since` is when the first change it handles arrived (for the lag)."""
+    def _unsettled(self, state: RetryCallState) -> None:
+        if self._stop.is_set():
+            return
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is not None:
+            log.error("reconcile pass failed; retrying in %.1fs", state.upcoming_sleep,
+                      exc_info=exc)
+        else:
+            log.info("retrying the sync in %.1fs", state.upcoming_sleep)
+
+    def step(self, *, resync: bool = False, since: float | None = None) -> bool:
+        """One pass over every sink; False when one is left unsettled (to retry).
+        `since` is when the first change it handles arrived (for the lag)."""
         PASSES.labels("resync" if resync else "change").inc()
         kube = self._kube.snapshot()
         consul = self._consul.snapshot() if self._consul else Snapshot(synced=True)
-        # Nothing is written, and so nothing deleted, before both sources listed completely.
-        if self._sink is not None and kube.synced and consul.synced:
-            self._sync_consul(kube, reread=resync, since=since)
-        if self._kube_sink is not None and kube.synced and consul.synced:
-            self._sync_kube(consul)
-
-    def _sync_kube(self, consul: Snapshot) -> None:
-        assert self._kube_sink is not None
-        services, slices = self._kube.objects()  # type: ignore[attr-defined]
-        if self._mode.dry_run:
-            return
-        result = self._kube_sink.sync(consul, services, slices)
-        plan = self._kube_sink.last_plan
-        self.kube_in_sync = not result.failed and (plan is None or plan.empty or bool(result.written))
-        if result.failed:
-            self._retry_later()
-
-    def _report_skips(self) -> None:
-        reasons = set(self._options.skipped)
-        for reason in sorted(reasons - self._skips_logged):
-            SKIPPED.inc()
-            log.warning("not registered: %s", reason)
-        self._skips_logged = reasons
-
-    def _sync_consul(self, kube: Snapshot, *, reread: bool, since: float | None) -> None:
-        assert self._sink is not None
-        self._options.skipped.clear()
-        wanted = desired(kube, self._options, self._memo)
-        self._report_skips()
-        self.in_sync = False
-        if reread or self._actual is None:
+        if not (kube.synced and consul.synced):
+            return True  # the source that lists last pokes again
+        settled = True
+        for lane in self.lanes:
             try:
-                self._actual = self._sink.actual()
-            except BridgeError as exc:
-                log.warning("reading our Consul registrations failed: %s", exc)
-                self._actual = None
-                self._retry_later()
-                return
-        # Our record equals the last result (`_settled`): only what the memo touched since
-        # can differ. Else (reread, first pass, upsert-only extras) compare everything.
-        only = self._memo.touched if self._actual_is_last and not reread else None
-        plan = diff(wanted, self._actual, only)
-        self._actual_is_last = False
-        if self._mode.upsert_only and plan.delete:
-            log.info("upsert-only: keeping %d registrations Kubernetes no longer has", len(plan.delete))
-            plan = Plan(plan.create, plan.update, (), plan.replaced)
-        self.last_plan = plan
-        self.in_sync = plan.empty
+                settled = self._sync(lane, kube, consul, reread=resync, since=since) and settled
+            except Exception:
+                # A bug in one sink's pass must not keep the other sinks from theirs.
+                log.exception("%s: reconcile pass failed", lane.name)
+                lane.in_sync = settled = False
+        return settled
+
+    def _sync(self, lane: Lane[Any], kube: Snapshot, consul: Snapshot, *, reread: bool,
+              since: float | None) -> bool:
+        lane.in_sync = False
+        try:
+            decision = lane.planner.plan(kube, consul, reread=reread)
+        except BridgeError as exc:
+            if not self._stop.is_set():
+                log.warning("%s: reading what the sink holds failed: %s", lane.name, exc)
+            return False
+        self._report_skips(lane, decision.skipped)
+        plan = decision.plan
         if plan.empty:
-            self._remember(wanted)
-            self._backoff.reset()
-            return
-        PLANNED.labels("create").inc(len(plan.create))
-        PLANNED.labels("update").inc(len(plan.update))
-        PLANNED.labels("delete").inc(len(plan.delete))
-        if self._mode.dry_run:
-            for verb, regs in (("register", (*plan.create, *plan.update)), ("deregister", plan.delete)):
-                for reg in regs:
-                    log.info("dry-run: would %s %s (%s %s:%d)", verb, reg.service_id, reg.name,
-                             reg.address, reg.port)
-            return
-        log.info("consul: %d to create, %d to update, %d to delete", len(plan.create),
-                 len(plan.update), len(plan.delete))
-        result = self._sink.apply(plan)
+            lane.planner.applied(plan, ApplyResult())
+            lane.in_sync = True
+            return True
+        counts = plan.counts()
+        for op, count in counts.items():
+            PLANNED.labels(lane.name, op).inc(count)
+        if self._dry_run:
+            for line in plan.describe():
+                log.info("dry-run: would %s", line)
+            # Go on as if applied: each change is logged once, and the whole difference
+            # again at each resync (which rereads what the sink holds).
+            lane.planner.applied(plan, ApplyResult())
+            return True
+        log.info("%s: %s", lane.name, ", ".join(f"{count} to {op}" for op, count in counts.items()))
+        result = lane.sink.apply(plan)
         if result.written and since is not None:
             LAG.observe(max(0.0, time.monotonic() - since))
+        lane.planner.applied(plan, result)
         if result.failed:
-            # Our record may be wrong now: reread before the next plan.
-            self._actual = None
-            log.warning("%d registrations failed", len(result.failed))
-            self._retry_later()
-        else:
-            for reg in plan.delete:  # everything was written: creates and updates are in
-                self._actual.pop(reg.service_id, None)  # `wanted`, the deletes are gone
-            self._remember(wanted)
-            self.in_sync = True
-            self._backoff.reset()
-            if not self._heap_settled:
-                # The first full sync made what lives long (registrations, our record of
-                # Consul), as the first catalog did for the app.
-                self._heap_settled = True
-                memory_policy.settle()
+            if not self._stop.is_set():  # when stopping, the rest was not sent: no news
+                log.warning("%s: %d writes failed", lane.name, len(result.failed))
+            return False
+        lane.in_sync = True
+        if not self._heap_settled:
+            # The first full sync made what lives long (registrations, our record of the
+            # sink), as the first catalog did for the app.
+            self._heap_settled = True
+            memory_policy.settle()
+        return True
 
-    def _remember(self, wanted: Mapping[str, Registration]) -> None:
-        """Consul holds all of `wanted` now (see `_settled`)."""
-        assert self._actual is not None
-        self._actual = _settled(wanted, self._actual)
-        self._actual_is_last = len(self._actual) == len(wanted)
+    @staticmethod
+    def _report_skips(lane: Lane[Any], skipped: tuple[str, ...]) -> None:
+        reasons = frozenset(skipped)
+        for reason in sorted(reasons - lane.reported):
+            SKIPPED.inc()
+            log.warning("%s: not written: %s", lane.name, reason)
+        lane.reported = reasons
+
+    @property
+    def in_sync(self) -> bool:
+        """The last pass left every sink as desired."""
+        return all(lane.in_sync for lane in self.lanes)
 
     @property
     def converged(self) -> bool:
-        """Consul is as desired and no change is waiting to be handled."""
-        return self.in_sync and self.kube_in_sync and not self._trigger.pending
-
-    def _retry_later(self) -> None:
-        """Another pass after a backoff delay: the desired state is kept, not dropped."""
-        delay = self._backoff.next_delay()
-        log.info("retrying the sync in %.1fs", delay)
-        timer = threading.Timer(delay, self._trigger.poke)
-        timer.daemon = True
-        timer.start()
-
-
-def _settled(wanted: Mapping[str, Registration], actual: Mapping[str, Registration]
-             ) -> dict[str, Registration]:
-    """Our record of Consul once it holds all of `wanted`: `wanted`'s own objects, so that
-    the next diff finds the unchanged ones by identity rather than field by field, plus
-    what Consul holds beyond them (what upsert-only keeps)."""
-    settled: dict[str, Registration] = wanted.copy()  # type: ignore[attr-defined]
-    if len(actual) != len(wanted):
-        settled.update((sid, reg) for sid, reg in actual.items() if sid not in wanted)
-    return settled
+        """Every sink is as desired and no change is waiting to be handled."""
+        return self.in_sync and not self._trigger.pending

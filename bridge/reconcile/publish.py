@@ -18,6 +18,7 @@ from bridge.catalog.merge import merge
 from bridge.catalog.model import Catalog, Snapshot
 from bridge.reconcile.loop import Source
 from bridge.reconcile.trigger import Trigger
+from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ PUBLISH = Histogram("bridge_dns_publish_seconds", "Time to merge and publish one
 
 class Publisher:
     def __init__(self, *, kube: Source, consul: Source | None, publish: Callable[[Catalog], None],
-                 stop: threading.Event, local_wins: bool = False) -> None:
+                 stop: threading.Event, local_wins: bool = False,
+                 threads: Threads | None = None) -> None:
         self._kube = kube
         self._consul = consul
         self._publish = publish
@@ -42,10 +44,11 @@ class Publisher:
         self.trigger = Trigger(QUIET, MAX_DELAY)
         self.published: Catalog | None = None
         self._generation = 0
-        self.thread = threading.Thread(target=self._run, name="dns-publisher", daemon=True)
+        self._threads = threads or Threads()
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread.start()
+        self.thread = self._threads.start("dns-publisher", self._run)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -119,19 +119,21 @@ class NoWaitEvent(threading.Event):
 
 
 class FakeBackoff:
+    """A tenacity wait that records what it is asked: the attempt number and the failed
+    call's Retry-After; it waits nothing, or the Retry-After when there is one."""
+
     instances: ClassVar[list[FakeBackoff]] = []
 
     def __init__(self, *args, **kwargs) -> None:
         self.hints: list[float | None] = []
-        self.resets = 0
+        self.attempts: list[int] = []
         FakeBackoff.instances.append(self)
 
-    def next_delay(self, hint: float | None = None) -> float:
+    def __call__(self, retry_state) -> float:
+        hint = getattr(retry_state.outcome.exception(), "retry_after", None)
         self.hints.append(hint)
+        self.attempts.append(retry_state.attempt_number)
         return 0.0 if hint is None else hint
-
-    def reset(self) -> None:
-        self.resets += 1
 
 
 class FreeBucket:
@@ -221,8 +223,17 @@ def test_transient_errors_back_off_and_keep_the_index():
     backoff = FakeBackoff.instances[-1]
     assert backoff.hints == [None, 2.5], "Retry-After is passed to the backoff"
     assert stop.waits == [0.0, 2.5], f"the loop must wait the backoff delay: {stop.waits}"
-    assert backoff.resets == 2, "each success resets the backoff"
+    assert backoff.attempts == [1, 2], "the attempts of one fetch are counted together"
     assert got == ["a", "b"]
+
+
+def test_a_success_starts_the_next_backoff_from_the_first_attempt():
+    stop = NoWaitEvent()
+    fetch = Script([Transient("a"), Transient("b"), (5, "x"), Transient("c"), (6, "y")])
+    got, deliver = collector(stop, 2)
+    BlockingLoop("t", fetch, deliver, stop).run()
+    assert FakeBackoff.instances[-1].attempts == [1, 2, 1], "an answer resets the backoff"
+    assert got == ["x", "y"]
 
 
 def test_rejected_also_backs_off():

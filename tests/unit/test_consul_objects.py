@@ -341,24 +341,24 @@ def read_back(store: FakeCatalog) -> dict[str, Registration]:
 
 def test_round_trip_gives_back_equal_registrations_so_a_restart_writes_nothing():
     options = SyncOptions(cluster_id=CLUSTER)
-    wanted = desired(world({"10.0.0.1": True, "10.0.0.2": False}), options)
+    wanted = desired(world({"10.0.0.1": True, "10.0.0.2": False}), options).registrations
     assert len(wanted) == 3
     store = FakeCatalog()
     store.apply(plan_operations(diff(wanted, {}), NODE))
     actual = read_back(store)
     assert actual == wanted, "what Consul stores must read back as the same registrations"
     # A restart: same world, computed afresh, against what Consul holds.
-    again = desired(world({"10.0.0.1": True, "10.0.0.2": False}), SyncOptions(cluster_id=CLUSTER))
+    again = desired(world({"10.0.0.1": True, "10.0.0.2": False}), SyncOptions(cluster_id=CLUSTER)).registrations
     plan = diff(again, actual)
     assert plan.empty, f"an unchanged world must write nothing: {plan}"
 
 
 def test_round_trip_through_updates_and_deletes():
     store = FakeCatalog()
-    first = desired(world({"10.0.0.1": True, "10.0.0.2": True}), SyncOptions(cluster_id=CLUSTER))
+    first = desired(world({"10.0.0.1": True, "10.0.0.2": True}), SyncOptions(cluster_id=CLUSTER)).registrations
     store.apply(plan_operations(diff(first, read_back(store)), NODE))
     second = desired(world({"10.0.0.1": False, "10.0.0.3": True}),
-                     SyncOptions(cluster_id=CLUSTER))
+                     SyncOptions(cluster_id=CLUSTER)).registrations
     plan = diff(second, read_back(store))
     assert [r.address for r in plan.create] == ["10.0.0.3"]
     assert [(r.address, r.check_status) for r in plan.update] == [("10.0.0.1", "critical")]
@@ -371,7 +371,7 @@ def test_round_trip_through_updates_and_deletes():
 
 def test_neighbours_on_the_same_consul_are_never_deleted():
     store = FakeCatalog()
-    wanted = desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER))
+    wanted = desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER)).registrations
     store.apply(plan_operations(diff(wanted, {}), NODE))
     neighbour = dict(store.services[next(iter(wanted))])
     neighbour = {**neighbour, "ID": "web-neighbour",
@@ -384,10 +384,10 @@ def test_neighbours_on_the_same_consul_are_never_deleted():
 
 def test_a_readiness_flip_is_one_check_write_and_round_trips():
     store = FakeCatalog()
-    first = desired(world({"10.0.0.1": True, "10.0.0.2": True}), SyncOptions(cluster_id=CLUSTER))
+    first = desired(world({"10.0.0.1": True, "10.0.0.2": True}), SyncOptions(cluster_id=CLUSTER)).registrations
     store.apply(plan_operations(diff(first, read_back(store)), NODE))
     flipped = desired(world({"10.0.0.1": False, "10.0.0.2": True}),
-                      SyncOptions(cluster_id=CLUSTER))
+                      SyncOptions(cluster_id=CLUSTER)).registrations
     plan = diff(flipped, read_back(store))
     groups = plan_operations(plan, NODE)
     assert groups == [[{"Check": {"Verb": "set", "Check": groups[0][0]["Check"]["Check"]}}]], \
@@ -399,13 +399,13 @@ def test_a_readiness_flip_is_one_check_write_and_round_trips():
 
 
 def test_an_update_without_what_consul_held_still_sets_service_and_check():
-    reg = next(iter(desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER)).values()))
+    reg = next(iter(desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER)).registrations.values()))
     ops = plan_operations(Plan(update=(reg,)), NODE)[0]
     assert [next(iter(op)) for op in ops] == ["Service", "Check"]
 
 
 def test_a_check_under_another_id_is_removed_with_the_update():
-    reg = next(iter(desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER)).values()))
+    reg = next(iter(desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER)).registrations.values()))
     moved_meta = tuple((k, "other" if k == "external-k8s-ns" else v) for k, v in reg.meta)
     held = dataclasses.replace(reg, meta=moved_meta)
     assert held.check_id != reg.check_id
@@ -417,7 +417,7 @@ def test_a_check_under_another_id_is_removed_with_the_update():
 
 def test_no_check_before_or_after_writes_no_check_op():
     reg = dataclasses.replace(
-        next(iter(desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER)).values())),
+        next(iter(desired(world({"10.0.0.1": True}), SyncOptions(cluster_id=CLUSTER)).registrations.values())),
         check_status="")
     held = dataclasses.replace(reg, port=reg.port + 1)
     ops = plan_operations(diff({reg.service_id: reg}, {reg.service_id: held}), NODE)[0]

@@ -1,0 +1,120 @@
+"""How each sink's plan is built: the only part of reconciling that differs per sink.
+
+A planner turns the sources' snapshots, and what its sink holds, into a `Decision`: the
+plan, and the reasons for anything left out of it. The reconciler hands the plan to the
+sink and the outcome back to the planner (`applied`), the same way for every sink.
+
+- `ConsulPlanner`: Kubernetes Services -> registrations (`to_consul.desired`, memoised),
+  diffed against a record of what Consul holds. The record is read from Consul on the
+  first pass, on every periodic resync (which is how drift made by others is repaired)
+  and after anything went wrong; in between it is kept from each apply's outcome. With
+  `upsert_only` nothing is deleted.
+- `KubePlanner`: Consul services -> headless Services and EndpointSlices
+  (`materialise.plan_for`), against the Kubernetes source's caches, which are current
+  and free to read, so they are read every pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Generic, Protocol, TypeVar
+
+from bridge.catalog.model import Snapshot
+from bridge.catalog.plan import Plan, Registration, diff
+from bridge.catalog.sink import ApplyResult, Sink, SinkPlan
+from bridge.catalog.to_consul import Memo, SyncOptions, desired
+from bridge.kube.materialise import Held, KubePlan, ObjectKey, plan_for
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=SinkPlan)
+
+
+@dataclass(frozen=True)
+class Decision(Generic[P]):
+    """A plan, and why anything the sources ask for is not in it (one line each)."""
+
+    plan: P
+    skipped: tuple[str, ...] = ()
+
+
+class Planner(Protocol[P]):
+    def plan(self, kube: Snapshot, consul: Snapshot, *, reread: bool) -> Decision[P]:
+        """The writes that bring the sink in line; `reread`: trust nothing remembered of
+        the sink (a periodic resync). Raises BridgeError when the sink cannot be read."""
+        ...
+
+    def applied(self, plan: P, result: ApplyResult[Any]) -> None:
+        """How the last plan went (an empty result: nothing needed writing)."""
+        ...
+
+
+class ConsulPlanner:
+    def __init__(self, sink: Sink[dict[str, Registration], Plan, str], options: SyncOptions,
+                 *, upsert_only: bool = False) -> None:
+        self._sink = sink
+        self._options = options
+        self._upsert_only = upsert_only
+        self._memo = Memo()  # registrations of the Services unchanged since the last pass
+        # Our record of what Consul holds; None: read it before the next plan. It is None
+        # from each plan until `applied` says how the writes went, so a pass that ended
+        # any other way (an exception) leaves it to be read again.
+        self._actual: dict[str, Registration] | None = None
+        self._against: dict[str, Registration] = {}  # the record the last plan was made on
+        # The registrations the last plan was made for.
+        self._wanted: MappingProxyType[str, Registration] = MappingProxyType({})
+        self._actual_is_last = False  # the record holds exactly the last `desired()` result
+
+    def plan(self, kube: Snapshot, consul: Snapshot, *, reread: bool) -> Decision[Plan]:
+        wanted = desired(kube, self._options, self._memo)
+        actual = self._actual
+        if reread or actual is None:
+            actual = self._sink.actual()
+            self._actual_is_last = False
+        self._actual = None
+        # Our record equals the last result (`_settled`): only what the memo touched since
+        # can differ. Else (reread, first pass, upsert-only extras) compare everything.
+        only = self._memo.touched if self._actual_is_last else None
+        plan = diff(wanted.registrations, actual, only)
+        self._actual_is_last = False
+        if self._upsert_only and plan.delete:
+            log.info("upsert-only: keeping %d registrations Kubernetes no longer has",
+                     len(plan.delete))
+            plan = Plan(plan.create, plan.update, (), plan.replaced)
+        self._against, self._wanted = actual, wanted.registrations
+        return Decision(plan, wanted.skipped)
+
+    def applied(self, plan: Plan, result: ApplyResult[Any]) -> None:
+        if result.failed:
+            return  # some writes may have landed: the record is read again
+        actual = self._against
+        for reg in plan.delete:  # everything was written: creates and updates are in
+            actual.pop(reg.service_id, None)  # `wanted`, the deletes are gone
+        self._actual = _settled(self._wanted, actual)
+        self._actual_is_last = len(self._actual) == len(self._wanted)
+
+
+def _settled(wanted: MappingProxyType[str, Registration], actual: Mapping[str, Registration]
+             ) -> dict[str, Registration]:
+    """Our record of Consul once it holds all of `wanted`: `wanted`'s own objects, so that
+    the next diff finds the unchanged ones by identity rather than field by field, plus
+    what Consul holds beyond them (what upsert-only keeps)."""
+    settled = wanted.copy()  # of the dict behind the view: much faster than dict(view)
+    if len(actual) != len(wanted):
+        settled.update((sid, reg) for sid, reg in actual.items() if sid not in wanted)
+    return settled
+
+
+class KubePlanner:
+    def __init__(self, sink: Sink[Held, KubePlan, ObjectKey]) -> None:
+        self._sink = sink
+
+    def plan(self, kube: Snapshot, consul: Snapshot, *, reread: bool) -> Decision[KubePlan]:
+        found = plan_for(consul.services, self._sink.actual())
+        return Decision(found, found.clashes)
+
+    def applied(self, plan: KubePlan, result: ApplyResult[Any]) -> None:
+        """Nothing to remember: the watches bring our writes back into the caches."""

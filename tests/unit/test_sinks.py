@@ -1,0 +1,149 @@
+"""Both sinks report every item's outcome, retry what is transient, and send nothing once
+the bridge stops."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from bridge.catalog.model import Service, ServiceKey, ServiceType
+from bridge.catalog.plan import Plan, Registration
+from bridge.consul.sink import ConsulSink
+from bridge.errors import Conflict, Transient
+from bridge.kube.materialise import Desired, KubePlan
+from bridge.kube.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from bridge.kube.sink import KubeSink
+
+
+def regs(count: int) -> tuple[Registration, ...]:
+    return tuple(Registration(service_id=f"web-{i:03d}", name="web", address=f"10.0.0.{i}",
+                              port=80, meta=(("external-k8s-ns", "shop"),))
+                 for i in range(count))
+
+
+class FakeConsul:
+    """Records each transaction; `outcomes` says what the n-th one does (default: apply)."""
+
+    def __init__(self, outcomes: list[Exception | None] | None = None,
+                 on_txn: Any = None) -> None:
+        self.outcomes = list(outcomes or [])
+        self.txns: list[list[dict[str, Any]]] = []
+        self.on_txn = on_txn
+
+    def node_services(self, node: str) -> dict[str, Any] | None:
+        return {"Node": {"Node": node}, "Services": {}}
+
+    def node_checks(self, node: str) -> list[dict[str, Any]]:
+        return []
+
+    def txn(self, operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self.txns.append(operations)
+        if self.on_txn:
+            self.on_txn()
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome is not None:
+            raise outcome
+        return []
+
+
+def ids(ops: list[dict[str, Any]]) -> list[str]:
+    return [op["Service"]["Service"]["ID"] for op in ops if "Service" in op]
+
+
+def consul_sink(client: FakeConsul, stop: threading.Event | None = None) -> ConsulSink:
+    sink = ConsulSink(client, node="k8s-sync-c1", cluster_id="c1",
+                      stop=stop or threading.Event(), batch_size=8)
+    sink.actual()  # the node exists: no node operation in the batches
+    return sink
+
+
+def test_consul_sink_reports_each_item_and_a_refused_batch_fails_only_its_items():
+    client = FakeConsul([None, Conflict("txn rolled back: op 0: bad"), None])
+    result = consul_sink(client).apply(Plan(create=regs(12)))
+    assert len(client.txns) == 3, "12 registrations of 2 operations each, 8 per batch"
+    refused = set(ids(client.txns[1]))
+    assert set(result.failed) == refused and all("rolled back" in why for why in result.failed.values())
+    assert set(result.written) == {r.service_id for r in regs(12)} - refused
+
+
+def test_consul_sink_retries_a_transient_failure():
+    client = FakeConsul([Transient("500 No cluster leader")])
+    result = consul_sink(client).apply(Plan(create=regs(2)))
+    assert result.ok and len(client.txns) == 2, "the same batch again after the 500"
+    assert client.txns[0] == client.txns[1]
+
+
+def test_consul_sink_gives_up_after_three_attempts():
+    client = FakeConsul([Transient("down")] * 3)
+    result = consul_sink(client).apply(Plan(create=regs(2)))
+    assert len(client.txns) == 3 and set(result.failed) == {"web-000", "web-001"}
+
+
+def test_consul_sink_sends_no_batch_once_the_bridge_stops():
+    stop = threading.Event()
+    client = FakeConsul(on_txn=stop.set)  # the stop comes while the first batch is in flight
+    result = consul_sink(client, stop).apply(Plan(create=regs(12)))
+    assert len(client.txns) == 1, "the batch in flight completes; no other is sent"
+    assert result.written == ids(client.txns[0])
+    assert len(result.failed) == 12 - len(result.written)
+    assert all(why.startswith("not sent") for why in result.failed.values()), result.failed
+
+
+class FakeKube:
+    def __init__(self, fail: dict[str, Exception] | None = None, on_write: Any = None) -> None:
+        self.fail = fail or {}
+        self.writes: list[tuple[str, str, str, str, Any]] = []
+        self.on_write = on_write
+
+    def write(self, verb: str, plural: str, namespace: str, name: str, body: Any = None) -> None:
+        self.writes.append((verb, plural, namespace, name, body))
+        if self.on_write:
+            self.on_write()
+        if name in self.fail:
+            raise self.fail.pop(name)
+
+
+def desired(name: str) -> Desired:
+    return Desired("services", "consul", name, ())
+
+
+def kube_sink(client: FakeKube, stop: threading.Event | None = None, objects: Any = None) -> KubeSink:
+    return KubeSink(client, objects or (lambda: ({}, {})), stop or threading.Event())
+
+
+def test_kube_sink_writes_each_object_with_its_body_and_reports_each():
+    plan = KubePlan(create=(desired("a"),), replace=(desired("b"),), delete=(desired("c"),),
+                    bodies={desired("a").key: {"kind": "Service"}, desired("b").key: {"x": 1}})
+    client = FakeKube(fail={"b": Conflict("replace services consul/b: changed")})
+    result = kube_sink(client).apply(plan)
+    assert [(w[0], w[3], w[4]) for w in client.writes] == [
+        ("create", "a", {"kind": "Service"}), ("replace", "b", {"x": 1}), ("delete", "c", None)]
+    assert result.written == [desired("a").key, desired("c").key]
+    assert list(result.failed) == [desired("b").key]
+
+
+def test_kube_sink_retries_a_transient_failure():
+    client = FakeKube(fail={"a": Transient("HTTP 503")})
+    result = kube_sink(client).apply(KubePlan(create=(desired("a"),)))
+    assert result.ok and len(client.writes) == 2
+
+
+def test_kube_sink_sends_nothing_more_once_the_bridge_stops():
+    stop = threading.Event()
+    client = FakeKube(on_write=stop.set)
+    plan = KubePlan(create=(desired("a"), desired("b"), desired("c")))
+    result = kube_sink(client, stop).apply(plan)
+    assert [w[3] for w in client.writes] == ["a"]
+    assert set(result.failed) == {desired("b").key, desired("c").key}
+
+
+def test_kube_sink_actual_is_read_from_the_source_caches():
+    ours = Service(key=ServiceKey("consul", "billing"), type=ServiceType.HEADLESS, ports=(),
+                   instances=(), labels=((MANAGED_BY_LABEL, MANAGED_BY_VALUE),))
+    theirs = Service(key=ServiceKey("default", "web"), type=ServiceType.CLUSTER_IP, ports=(),
+                     instances=())
+    caches = {("consul", "billing"): ours, ("default", "web"): theirs}
+    held = kube_sink(FakeKube(), objects=lambda: (caches, {})).actual()
+    assert set(held.ours) == {("services", "consul", "billing")}
+    assert held.foreign == {("services", "default", "web")}
+    assert held.local_services == {ServiceKey("default", "web")}
