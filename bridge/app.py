@@ -13,8 +13,13 @@ makes `/healthz` answer 500 naming it.
 - `dns-publisher`: the only thread that merges the sources into an immutable `Catalog`
   and publishes it to DNS. Sources wake it through its own coalescing `Trigger` (10 ms
   quiet, 40 ms at most), so DNS never waits behind a write to Consul or Kubernetes.
-- `reconciler`: the only thread that writes. One lane per sink (Consul with `to_consul`,
-  Kubernetes with `to_k8s`), each a planner and a sink (`reconcile/`), driven alike.
+- `ha-leadership` (`bridge.ha`): the Lease election and the cluster claim in Consul, the
+  write gate the reconciler and the sinks ask; `consul-clusters` follows every cluster's
+  claim for the dead-cluster filter the publisher applies. Every replica answers DNS;
+  only the one the gate lets through writes.
+- `reconciler`: the only thread that writes, and only while the write gate is open. One
+  lane per sink (Consul with `to_consul`, Kubernetes with `to_k8s`), each a planner and a
+  sink (`reconcile/`), driven alike.
   Sources wake it through a second `Trigger` (`sync.quiet_period`, `sync.max_delay`).
   It and the publisher read the sources' current caches without locks: each is one
   reference, replaced whole.
@@ -39,7 +44,9 @@ Shutdown (`stop()`), in this order, bounded:
    Consul transaction in flight gets that long to complete; if it has not by then, it
    was sent whole all the same, and Consul applies it whole or not at all. None is sent
    after the stop event is set, so a write is never half done;
-4. DNS (its threads or worker processes), then HTTP.
+4. the Lease, then the cluster claim, are given up (within `STOP_DEADLINE` more), so
+   another replica takes over at once;
+5. DNS (its threads or worker processes), then HTTP.
 All threads are daemons, so anything still blocked cannot keep the process from exiting.
 """
 
@@ -59,6 +66,7 @@ from bridge.consul.sink import ConsulSink
 from bridge.consul.source import ConsulSource
 from bridge.dns.server import DnsServer
 from bridge.dns.workers import DnsWorkers
+from bridge.ha.wiring import HighAvailability
 from bridge.http import HealthServer
 from bridge.kube.client import KubeClient
 from bridge.kube.sink import KubeSink
@@ -101,11 +109,15 @@ class App:
                 default_namespace=sync.consul_namespace,
                 on_change=self._changed, stop=self.stop_event, admit_warning=sync.admit_warning,
                 threads=self.threads)
+        self.ha = HighAvailability(
+            settings, self.kube_client if settings.kubernetes.enabled else None,
+            self.consul_client, stop=self.stop_event, on_writable=self.trigger.poke,
+            on_clusters=lambda: self.publisher.trigger.poke())
         lanes: list[Lane[Any]] = []
         if sync.to_consul:
             consul_sink = ConsulSink(self.consul_client, node=settings.node_name,
                                      cluster_id=settings.cluster_id, stop=self.stop_event,
-                                     batch_size=sync.batch_size)
+                                     batch_size=sync.batch_size, gate=self.ha.leadership)
             options = SyncOptions(
                 cluster_id=settings.cluster_id, tag=sync.tag, prefix=sync.service_prefix,
                 add_namespace_suffix=sync.add_namespace_suffix,
@@ -119,17 +131,19 @@ class App:
             lanes.append(Lane("consul", ConsulPlanner(consul_sink, options,
                                                       upsert_only=sync.upsert_only), consul_sink))
         if sync.to_k8s:
-            kube_sink = KubeSink(self.kube_client, self.kube.objects, self.stop_event)
+            kube_sink = KubeSink(self.kube_client, self.kube.objects, self.stop_event,
+                                 gate=self.ha.leadership)
             lanes.append(Lane("kubernetes", KubePlanner(kube_sink), kube_sink))
         self.publisher = Publisher(kube=self.kube, consul=self.consul, publish=self._publish,
                                    stop=self.stop_event, local_wins=sync.local_wins,
-                                   threads=self.threads)
+                                   threads=self.threads, visible=self.ha.visible)
         self.reconciler = Reconciler(
             kube=self.kube, consul=self.consul, lanes=lanes, trigger=self.trigger,
             stop=self.stop_event, resync_period=sync.resync_period, dry_run=sync.dry_run,
-            threads=self.threads)
+            threads=self.threads, gate=self.ha.leadership)
         host, port = parse_hostport(settings.http.listen)
-        self.http = HealthServer(host, port, self.waiting_for, self.threads.dead)
+        self.http = HealthServer(host, port, self.waiting_for, self.threads.dead,
+                                 warnings=self.ha.problems)
         self._dns_bound = False
 
     def _changed(self) -> None:
@@ -151,6 +165,7 @@ class App:
             missing.append("kubernetes list")
         if self.consul is not None and not self.consul.synced:
             missing.append("consul list")
+        missing += self.ha.waiting_for()
         if not self._catalog_ready.is_set():
             missing.append("first catalog")
         if not self._dns_bound:
@@ -169,6 +184,7 @@ class App:
             self._dns_bound = True
             self.http.start()
             self.publisher.start()
+            self.ha.start()  # before the reconciler, which writes only once the gate opens
             self.reconciler.start()
             self.kube.start()
             if self.consul is not None:
@@ -189,7 +205,7 @@ class App:
 
     def stop(self) -> None:
         """Stop everything, in the order the module docstring gives; returns within about
-        `STOP_DEADLINE` plus the time DNS and HTTP take to close. Safe to call twice."""
+        twice `STOP_DEADLINE` plus the time DNS and HTTP take to close. Safe to call twice."""
         if self.stop_event.is_set():
             return
         self.stop_event.set()
@@ -206,5 +222,6 @@ class App:
                 if thread.is_alive():
                     log.warning("stopping: %s did not finish within %.2fs; a transaction it "
                                 "sent is applied whole or not at all", thread.name, STOP_DEADLINE)
+        self.ha.stop(STOP_DEADLINE)  # no write under way: give up the Lease and the claim
         self.dns.stop()  # each a no-op if it never started
         self.http.stop()

@@ -4,8 +4,10 @@
 ones that died, so the kubelet restarts a bridge that can no longer keep up. `/readyz`
 answers 200 only once both sources have listed completely and DNS is bound, so a Service
 in front of several bridges never routes DNS to one that would answer SERVFAIL; while not
-ready it answers 503 and says what it is waiting for. `/metrics` is the Prometheus text
-format. The port is bound by `start()`, not by the constructor.
+ready it answers 503 and says what it is waiting for. Problems that do not stop this
+replica answering DNS (high availability: a cluster id claimed by another cluster) are
+listed after the status, one `warning:` line each, without changing it. `/metrics` is the
+Prometheus text format. The port is bound by `start()`, not by the constructor.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ POLL = 0.05  # how often the serving loop looks for `stop()`: what a stop waits 
 
 class HealthServer:
     def __init__(self, host: str, port: int, waiting_for: Callable[[], list[str]],
-                 dead: Callable[[], Mapping[str, str]] = dict) -> None:
+                 dead: Callable[[], Mapping[str, str]] = dict,
+                 warnings: Callable[[], list[str]] = list) -> None:
         """`waiting_for`: what readiness still waits for; `dead`: thread name -> why it
-        died, for each loop thread that did."""
+        died, for each loop thread that did; `warnings`: what /readyz adds to its status."""
         self._host, self._port = host, port
         self._waiting_for = waiting_for
         self._dead = dead
+        self._warnings = warnings
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -45,6 +49,7 @@ class HealthServer:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         waiting_for = self._waiting_for
         dead = self._dead
+        warnings = self._warnings
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -61,11 +66,10 @@ class HealthServer:
                         self._send(200, b"ok\n", "text/plain; charset=utf-8")
                 elif path == "/readyz":
                     missing = waiting_for()
-                    if missing:
-                        body = ("not ready: waiting for " + ", ".join(missing) + "\n").encode()
-                        self._send(503, body, "text/plain; charset=utf-8")
-                    else:
-                        self._send(200, b"ready\n", "text/plain; charset=utf-8")
+                    status = "not ready: waiting for " + ", ".join(missing) if missing else "ready"
+                    body = "".join(f"{line}\n" for line in
+                                   [status, *(f"warning: {w}" for w in warnings())]).encode()
+                    self._send(503 if missing else 200, body, "text/plain; charset=utf-8")
                 elif path == "/metrics":
                     self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
                 else:

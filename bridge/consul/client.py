@@ -178,15 +178,20 @@ class ConsulClient:
         _, data = self._call(f"health node {node}", self._c.health.node, node)
         return data or []
 
-    def txn(self, operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Apply operations atomically. Raises Conflict (with Consul's per-operation
-        errors in the message) when Consul rolled the transaction back."""
+    def txn(self, operations: list[dict[str, Any]], *, timeout: float | None = None
+            ) -> list[dict[str, Any]]:
+        """Apply operations atomically, waiting `timeout` seconds at most for the answer
+        (default: the client's). Raises Conflict (with Consul's per-operation errors in
+        the message) when Consul rolled the transaction back."""
+        http = self._w.http
 
-        def callback(response: Response) -> Response:
-            return response
+        def put() -> Response:
+            # py-consul's put() has no per-call timeout; the same request, with one.
+            return http.response(http.session.put(
+                http.uri("/v1/txn"), data=json.dumps(operations), verify=http.verify,
+                cert=http.cert, timeout=timeout or http.connections_timeout))
 
-        response = self._call("txn", self._w.http.put, callback, "/v1/txn",
-                              data=json.dumps(operations))
+        response = self._call("txn", put)
         if response.code == 200:
             return (json.loads(response.body) or {}).get("Results") or []
         body = _redact(str(response.body), self._token)

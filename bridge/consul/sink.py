@@ -5,8 +5,9 @@ a neighbour's registrations are invisible to the diff and can never be deleted. 
 packs the plan into `/v1/txn` batches of at most `batch_size` operations (a registration's
 service and check always share a batch), retries transient failures with backoff, and
 reports the outcome of every item; nothing is swallowed. Each batch is one Consul
-transaction, applied whole or not at all; once the bridge stops no further batch is sent
-(the rest are reported failed, not sent).
+transaction, applied whole or not at all; once the bridge stops, or the write gate
+(`bridge/ha/gate.py`) closes, no further batch is sent (the rest are reported failed, not
+sent), and a batch's request waits no longer than the gate stays open.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bridge.catalog.sink import ApplyResult
 from bridge.consul.client import ConsulClient
 from bridge.consul.objects import iter_plan_operations, node_operation, registrations_on_node
 from bridge.errors import BridgeError
+from bridge.ha.gate import NotWriter, WriteGate, write_timeout
 from bridge.retry import Backoff, Stopped, retrying
 
 log = logging.getLogger(__name__)
@@ -30,11 +32,16 @@ WRITES = Counter("bridge_consul_writes_total", "Registrations written to Consul"
 WRITE_ERRORS = Counter("bridge_consul_write_errors_total", "Registrations Consul refused")
 TXNS = Counter("bridge_consul_txn_total", "Transactions sent to Consul")
 
+TXN_TIMEOUT = 30.0  # seconds a transaction's answer is waited for, the gate permitting
+
 
 class ConsulSink:
     def __init__(self, client: ConsulClient, *, node: str, cluster_id: str,
-                 stop: threading.Event, batch_size: int = 64) -> None:
+                 stop: threading.Event, batch_size: int = 64,
+                 gate: WriteGate | None = None) -> None:
+        """`gate`: asked before each transaction; None writes always."""
         self._client = client
+        self._gate = gate
         self._node = node
         self._cluster_id = cluster_id
         self._batch_size = max(2, batch_size)
@@ -59,10 +66,14 @@ class ConsulSink:
         members: list[tuple[Registration, str]] = []
         if not self._node_known:
             batch.append(node_operation(self._node, self._cluster_id))
+        held = ""  # why no more is sent: the bridge stops, or the gate closed
         for item, kind, ops in zip(items, kinds, groups, strict=True):
-            if batch and len(batch) + len(ops) > self._batch_size:
-                self._send(batch, members, result)
+            if not held and batch and len(batch) + len(ops) > self._batch_size:
+                held = self._send(batch, members, result)
                 batch, members = [], []
+            if held:
+                result.failed[item.service_id] = held
+                continue
             batch.extend(ops)
             members.append((item, kind))
         if batch:
@@ -70,19 +81,21 @@ class ConsulSink:
         return result
 
     def _send(self, batch: list[dict[str, Any]], members: list[tuple[Registration, str]],
-              result: ApplyResult[str]) -> None:
+              result: ApplyResult[str]) -> str:
+        """Sends one batch; returns why no further batch may be sent ("" to go on)."""
         try:
             self._retrying(self._txn, batch)
-        except Stopped as exc:
+        except (Stopped, NotWriter) as exc:
+            reason = str(exc) if isinstance(exc, NotWriter) else f"not sent: {exc}"
             for item, _ in members:
-                result.failed[item.service_id] = f"not sent: {exc}"
-            return
+                result.failed[item.service_id] = reason
+            return reason
         except BridgeError as exc:
             WRITE_ERRORS.inc(len(members))
             log.error("consul write of %d registrations failed: %s", len(members), exc)
             for item, _ in members:
                 result.failed[item.service_id] = str(exc)
-            return
+            return ""
         if batch and "Node" in batch[0]:
             self._node_known = True
         for item, kind in members:
@@ -90,7 +103,9 @@ class ConsulSink:
             result.written.append(item.service_id)
             log.debug("consul %s %s (%s %s:%d)", kind, item.service_id, item.name,
                       item.address, item.port)
+        return ""
 
     def _txn(self, batch: list[dict[str, Any]]) -> None:
+        timeout = write_timeout(self._gate, TXN_TIMEOUT)  # each attempt asks again
         TXNS.inc()
-        self._client.txn(batch)
+        self._client.txn(batch, timeout=timeout)

@@ -9,13 +9,16 @@ Wiring (for the composition root, `app.py`):
   publisher, and a `DeadClusterFilter` over it applied to the merged services before DNS.
 - Start: `leadership.start()` before the reconciler, which writes nothing until the gate
   opens (`on_change` wakes it for a full pass when this replica starts leading).
-- Sinks: before each write batch (a Consul txn, a Kubernetes write) check
-  `gate.may_write()`; when it is False stop applying, report the rest as not applied, and
-  leave it to the next pass. A batch started near `gate.may_write_until()` (monotonic) must
-  finish within about `lease_duration - renew_deadline`: cap its request timeout there.
+- Sinks: before each write batch (a Consul txn, a Kubernetes write) ask the gate
+  (`gate.write_timeout`); when it is closed stop applying, report the rest as not
+  applied, and leave it to the next pass. A batch's request timeout ends when the gate
+  closes; one sent just before has `lease_duration - renew_deadline` to land before any
+  other replica may write.
 - Stop: set the stop event, join the reconciler (no write under way), then
-  `leadership.stop()`, which releases the claim and then the Lease so another replica
-  takes over at once, then close the clients.
+  `leadership.stop()`, which releases the Lease and then the claim (the clients may have
+  cut their reads in flight by then; new requests still go out). The other replicas see
+  the claim released (their `ClusterWatcher` follows it) and call `wake()`, so one of
+  them takes the Lease, already free, at once instead of at its next retry.
 - Readiness: `leadership.problems()` says why nothing is written (a cluster id conflict,
   no access to namespace kube-system); DNS still answers, so it belongs in /readyz's text,
   not its status. Metrics register on import: bridge_leader,
@@ -29,7 +32,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
 from bridge.config import Settings
 from bridge.consul.client import ConsulClient
@@ -41,16 +43,6 @@ from bridge.ha.lease import KubeLeaseStore
 from bridge.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
-
-
-class WriteGate(Protocol):
-    """What a sink asks before each write batch."""
-
-    def may_write(self) -> bool: ...
-
-    def may_write_until(self) -> float:
-        """Monotonic time at which writing stops being allowed."""
-        ...
 
 
 def default_identity() -> str:
@@ -84,6 +76,7 @@ class Leadership:
         self._retry_period = retry_period
         self._on_change = on_change
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._writable = False
         self.thread = threading.Thread(target=self._run, name="ha-leadership", daemon=True)
 
@@ -123,9 +116,17 @@ class Leadership:
     def start(self) -> None:
         self.thread.start()
 
+    def wake(self) -> None:
+        """Run the next round now: the Lease may have just been given up."""
+        self._wake.set()
+
     def _run(self) -> None:
         delay = 0.0
-        while not self._stop.wait(delay):
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 delay = self.step()
             except Exception:
@@ -134,18 +135,20 @@ class Leadership:
                 delay = self._retry_period
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Ends the thread, then gives up the claim and the Lease. Call once no write is
-        under way (the reconciler has stopped)."""
+        """Ends the thread, then gives up the Lease and the claim. Call once no write is
+        under way (the reconciler has stopped). The Lease goes first: the claim's release
+        is what wakes the other replicas (`wake()`), and the Lease must be free by then."""
         self._stop.set()
+        self._wake.set()
         if self.thread.is_alive():
             self.thread.join(timeout)
             if self.thread.is_alive():
                 log.warning("leadership: still in a request after %gs; leaving the Lease to lapse", timeout)
                 return
-        if self.claim is not None:
-            self.claim.release()
         if self.elector is not None:
             self.elector.release()
+        if self.claim is not None:
+            self.claim.release()
 
 
 def build(settings: Settings, kube: KubeClient | None, consul: ConsulClient | None, *,

@@ -7,6 +7,11 @@ the outcome of every item goes back to the planner; skipped items are logged onc
 they last, and a pass with any failure is retried with backoff (`bridge.retry`), sooner
 if a change arrives. Nothing is written, and so nothing deleted, before both sources
 have listed completely once.
+
+With a write gate (high availability: `bridge/ha/`), a replica that is not the writer
+plans nothing and reads nothing of the sinks: its passes end at the gate. The first pass
+after it becomes the writer rereads what each sink holds, so a new writer starts from
+what the sinks hold and, when nothing changed, writes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from bridge import memory_policy
 from bridge.catalog.model import Snapshot
 from bridge.catalog.sink import ApplyResult, Sink
 from bridge.errors import BridgeError
+from bridge.ha.gate import WriteGate
 from bridge.reconcile.plans import P, Planner
 from bridge.reconcile.trigger import Trigger
 from bridge.retry import Backoff, Stopped, retrying
@@ -32,7 +38,8 @@ from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
 
-PASSES = Counter("bridge_reconcile_passes_total", "Reconcile passes", ["reason"])
+PASSES = Counter("bridge_reconcile_passes_total", "Reconcile passes (those of a replica that is "
+                 "not the writer end at the write gate)", ["reason"])
 PLANNED = Counter("bridge_reconcile_planned_total", "Planned writes", ["sink", "op"])
 SKIPPED = Counter("bridge_sync_skipped_total", "Services, endpoints or objects not written, "
                   "each with a logged reason")
@@ -61,9 +68,13 @@ class Lane(Generic[P]):
 class Reconciler:
     def __init__(self, *, kube: Source, consul: Source | None, lanes: Sequence[Lane[Any]],
                  trigger: Trigger, stop: threading.Event, resync_period: float,
-                 dry_run: bool = False, threads: Threads | None = None) -> None:
-        """`dry_run`: log the plans, write nothing."""
+                 dry_run: bool = False, threads: Threads | None = None,
+                 gate: WriteGate | None = None) -> None:
+        """`dry_run`: log the plans, write nothing. `gate`: passes run only while it is
+        open (None: always)."""
         self._kube = kube
+        self._gate = gate
+        self._writer = False  # the last pass ran past the gate
         self._consul = consul
         self.lanes = tuple(lanes)
         self._trigger = trigger
@@ -108,14 +119,22 @@ class Reconciler:
         """One pass over every sink; False when one is left unsettled (to retry).
         `since` is when the first change it handles arrived (for the lag)."""
         PASSES.labels("resync" if resync else "change").inc()
+        if self._gate is not None and not self._gate.may_write():
+            # Another replica writes; the gate's opening pokes the trigger.
+            self._writer = False
+            for lane in self.lanes:
+                lane.in_sync = False
+            return True
         kube = self._kube.snapshot()
         consul = self._consul.snapshot() if self._consul else Snapshot(synced=True)
         if not (kube.synced and consul.synced):
             return True  # the source that lists last pokes again
+        reread = resync or not self._writer  # a new writer trusts nothing remembered
+        self._writer = True
         settled = True
         for lane in self.lanes:
             try:
-                settled = self._sync(lane, kube, consul, reread=resync, since=since) and settled
+                settled = self._sync(lane, kube, consul, reread=reread, since=since) and settled
             except Exception:
                 # A bug in one sink's pass must not keep the other sinks from theirs.
                 log.exception("%s: reconcile pass failed", lane.name)
@@ -153,7 +172,10 @@ class Reconciler:
             LAG.observe(max(0.0, time.monotonic() - since))
         lane.planner.applied(plan, result)
         if result.failed:
-            if not self._stop.is_set():  # when stopping, the rest was not sent: no news
+            if self._gate is not None and not self._gate.may_write():
+                log.info("%s: writes stopped: this replica is no longer the writer; %d left "
+                         "to the next", lane.name, len(result.failed))
+            elif not self._stop.is_set():  # when stopping, the rest was not sent: no news
                 log.warning("%s: %d writes failed", lane.name, len(result.failed))
             return False
         lane.in_sync = True

@@ -4,18 +4,22 @@ It runs in its own thread with its own coalescing trigger, tighter than the sink
 quiet, 40 ms at most), so a new answer never waits behind a Consul transaction or a
 Kubernetes write: the watch event -> DNS answer path is merge + publish only. The catalog
 is immutable and swapped whole, so DNS readers see one state or the next, never a mix.
+`visible` (high availability: the dead-cluster filter) has the last word on the merged
+services, and is asked again on every pass, so what it hides or shows again is published
+when its owner pokes the trigger.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import Gauge, Histogram
 
 from bridge.catalog.merge import merge
-from bridge.catalog.model import Catalog, Snapshot
+from bridge.catalog.model import Catalog, Service, ServiceKey, Snapshot
 from bridge.reconcile.loop import Source
 from bridge.reconcile.trigger import Trigger
 from bridge.threads import Threads
@@ -35,8 +39,12 @@ PUBLISH = Histogram("bridge_dns_publish_seconds", "Time to merge and publish one
 class Publisher:
     def __init__(self, *, kube: Source, consul: Source | None, publish: Callable[[Catalog], None],
                  stop: threading.Event, local_wins: bool = False,
-                 threads: Threads | None = None) -> None:
+                 threads: Threads | None = None,
+                 visible: Callable[[Mapping[ServiceKey, Service]], Mapping[ServiceKey, Service]]
+                 | None = None) -> None:
+        """`visible`: the services DNS answers, given the merged ones (None: all)."""
         self._kube = kube
+        self._visible = visible
         self._consul = consul
         self._publish = publish
         self._stop = stop
@@ -66,6 +74,10 @@ class Publisher:
             kube = self._kube.snapshot()
             consul = self._consul.snapshot() if self._consul else Snapshot(synced=True)
             catalog = merge(kube, consul, local_wins=self._local_wins, generation=self._generation + 1)
+            if self._visible is not None:
+                shown = self._visible(catalog.services)
+                if shown is not catalog.services:
+                    catalog = dataclasses.replace(catalog, services=shown)
             published = self.published
             if published is not None and published.services == catalog.services \
                     and published.ready == catalog.ready:

@@ -76,6 +76,7 @@ def test_the_central_role_grants_exactly_what_the_bridge_uses(world, tmp_path):
         return False
 
     eventually(removed, what="billing removed")
+    app.stop()  # the leader gives up its Lease (an update) as it stops
     used = {rbac_request(r.method, r.path, r.watch) for r in world.kube.requests}
     grants = granted(objects)
     assert used - grants == set(), f"the bridge needs permissions the ClusterRole lacks: {used - grants}"

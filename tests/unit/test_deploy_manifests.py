@@ -29,9 +29,11 @@ DEPLOY = ROOT / "deploy"
 ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # What the kubelet sets in every container (client-go's rest.InClusterConfig reads them).
 KUBELET_ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
-# The verbs the bridge's client uses (bridge/kube/client.py: list_page, watch, write).
+# The verbs the bridge's client uses (bridge/kube/client.py: list_page, watch, write; read,
+# for the leader election's Lease and namespace kube-system only).
 READ_VERBS = {"list", "watch"}
 WRITE_VERBS = {"create", "update", "delete"}
+LEASES = ("coordination.k8s.io", "leases")
 
 
 def render(layout: str) -> list[dict[str, Any]]:
@@ -250,13 +252,16 @@ def test_central_rbac_has_no_wildcard_and_no_secrets(central):
 def test_central_rbac_verbs_are_those_the_client_uses(central, central_run):
     grants = granted(central)
     verbs = {verb for _, _, verb in grants}
-    assert verbs <= READ_VERBS | WRITE_VERBS, f"verbs the bridge never uses: {verbs - READ_VERBS - WRITE_VERBS}"
-    written = {(g, r) for g, r, v in grants if v in WRITE_VERBS}
+    used = READ_VERBS | WRITE_VERBS | {"get"}
+    assert verbs <= used, f"verbs the bridge never uses: {verbs - used}"
+    written = {(g, r) for g, r, v in grants if v in WRITE_VERBS} - {LEASES}
     expected = {("", "services"), ("discovery.k8s.io", "endpointslices")}
     assert written == (expected if central_run.settings.sync.to_k8s else set()), (
         f"writes are for sync.to_k8s's Services and EndpointSlices only: {written}")
     for group, resource in written:
         assert {v for g, r, v in grants if (g, r) == (group, resource)} == READ_VERBS | WRITE_VERBS
+    assert {(g, r) for g, r, v in grants if v == "get"} == {LEASES, ("", "namespaces")}, (
+        "get is for the leader election only: its Lease and namespace kube-system")
 
 
 def test_central_deployment_runs_two_replicas_on_different_nodes(central):
@@ -345,10 +350,34 @@ def test_central_disruption_budget_keeps_one_replica(central):
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
-def test_central_marks_the_missing_leader_election():
-    text = (DEPLOY / "central" / "deployment.yaml").read_text()
-    assert "LEADER-ELECTION" in text and "BOTH" in text
-    assert "LEADER-ELECTION" in (ROOT / "README.md").read_text()
+def test_central_replicas_may_elect_a_writer_with_a_lease_in_their_namespace(central, central_run):
+    settings = central_run.settings
+    assert settings.ha.enabled and settings.ha.lease_namespace == "", \
+        "the Lease lives in the pod's own namespace, where the Role grants it"
+    deployment = one(central, "Deployment", "bridge")
+    namespace = deployment["metadata"]["namespace"]
+    role = one(central, "Role", "bridge-leader-election")
+    assert role["metadata"]["namespace"] == namespace
+    assert granted([role]) == {(*LEASES, verb) for verb in ("get", "create", "update")}, (
+        "get to follow it, create for the first replica, update to take, renew and release it")
+    binding = one(central, "RoleBinding", "bridge-leader-election")
+    assert binding["metadata"]["namespace"] == namespace
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "bridge-leader-election"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod_spec(deployment)["serviceAccountName"],
+                                    "namespace": namespace}]
+    [kube_system] = [rule for rule in one(central, "ClusterRole", "bridge")["rules"]
+                     if "namespaces" in rule["resources"]]
+    assert kube_system == {"apiGroups": [""], "resources": ["namespaces"],
+                           "resourceNames": ["kube-system"], "verbs": ["get"]}, \
+        "the cluster's uid is read from namespace kube-system, and nothing else of namespaces"
+
+
+def test_central_replicas_are_named_in_the_lease_by_their_pod(central):
+    container = bridge_container(pod_spec(one(central, "Deployment", "bridge")))
+    [pod_name] = [e for e in container.get("env", []) if e["name"] == "POD_NAME"]
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert config.build(environ={"POD_NAME": "bridge-7d9f-x2"}).ha.identity == "bridge-7d9f-x2"
 
 
 # --- sidecar ---------------------------------------------------------------------------

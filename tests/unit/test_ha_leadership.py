@@ -83,7 +83,7 @@ def test_without_an_election_this_replica_always_leads():
     assert Leadership(None, None, clock=clock, retry_period=2.0).may_write(), "no gate: always open"
 
 
-def test_stop_releases_the_claim_then_the_lease():
+def test_stop_releases_the_lease_then_the_claim():
     clock = FakeClock()
     elector, claim, server, consul = parts(clock)
     gate = Leadership(elector, claim, clock=clock, retry_period=2.0)
@@ -92,11 +92,38 @@ def test_stop_releases_the_claim_then_the_lease():
     while not gate.may_write():
         assert time.monotonic() < deadline, "the leadership thread never stepped"
         time.sleep(0.01)
+    order = []
+    server.before_write = lambda: order.append(("lease", consul.kv[KEY]["Session"] != ""))
     gate.stop(timeout=5)
     assert not gate.thread.is_alive()
     assert not gate.may_write()
     assert consul.kv[KEY]["Session"] == "" and not consul.sessions
     assert server.spec["holderIdentity"] == "" and server.spec["leaseDurationSeconds"] == 1
+    assert order == [("lease", True)], (
+        "the Lease is given up while the claim is still held: the claim's release is what "
+        "wakes the other replicas, and the Lease must be free by then")
+
+
+def test_wake_runs_the_next_round_at_once():
+    clock = FakeClock()
+    _, claim, _, _ = parts(clock)
+    gate = Leadership(None, claim, clock=clock, retry_period=3600.0)  # rounds an hour apart
+    rounds = []
+    step = gate.step
+    gate.step = lambda: (rounds.append(1), step())[1]  # type: ignore[method-assign]
+    gate.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(rounds) < 1:
+            assert time.monotonic() < deadline, "the first round runs at once"
+            time.sleep(0.01)
+        gate.wake()
+        while len(rounds) < 2:
+            assert time.monotonic() < deadline, "woken, the next round did not run"
+            time.sleep(0.01)
+    finally:
+        gate.stop(timeout=5)
+    assert not gate.thread.is_alive(), "stop ends a thread waiting for its next round"
 
 
 class FakeKube:

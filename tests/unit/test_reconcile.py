@@ -14,6 +14,7 @@ from bridge.catalog.model import Instance, Origin, OriginKind, Port, Service, Se
 from bridge.catalog.plan import Plan, Registration
 from bridge.catalog.sink import ApplyResult
 from bridge.catalog.to_consul import SyncOptions
+from bridge.ha.gate import NOT_WRITER
 from bridge.kube.materialise import Held, actual_service
 from bridge.kube.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from bridge.reconcile.loop import Lane, Reconciler
@@ -82,11 +83,24 @@ class Source:
         return Snapshot(synced=self.synced)
 
 
+class Gate:
+    """A write gate a test opens and closes."""
+
+    def __init__(self, open_: bool = True) -> None:
+        self.open = open_
+
+    def may_write(self) -> bool:
+        return self.open
+
+    def may_write_until(self) -> float:
+        return float("inf") if self.open else float("-inf")
+
+
 def reconciler(*lanes: Lane, kube: Source | None = None, dry_run: bool = False,
-               stop: threading.Event | None = None) -> Reconciler:
+               stop: threading.Event | None = None, gate: Gate | None = None) -> Reconciler:
     return Reconciler(kube=kube or Source(), consul=Source(), lanes=lanes,
                       trigger=Trigger(0.0, 0.0), stop=stop or threading.Event(),
-                      resync_period=3600, dry_run=dry_run)
+                      resync_period=3600, dry_run=dry_run, gate=gate)
 
 
 def lane(name: str, planner: FakePlanner, sink: FakeSink) -> Lane:
@@ -229,6 +243,7 @@ class ConsulStore:
     def __init__(self) -> None:
         self.held: dict[str, Registration] = {}
         self.reads = 0
+        self.applies = 0
         self.refuse = False
 
     def actual(self) -> dict[str, Registration]:
@@ -236,6 +251,7 @@ class ConsulStore:
         return dict(self.held)
 
     def apply(self, plan: Plan) -> ApplyResult[str]:
+        self.applies += 1
         result: ApplyResult[str] = ApplyResult()
         for reg in (*plan.create, *plan.update):
             if self.refuse:
@@ -353,3 +369,74 @@ def test_kube_planner_deletes_ours_when_the_consul_service_is_gone():
     planner = KubePlanner(KubeHeld(Held({held.key: held}, frozenset())))
     decision = planner.plan(Snapshot(synced=True), consul_services(), reread=False)
     assert [d.key for d in decision.plan.delete] == [("services", "consul", "gone")]
+
+
+# --- the write gate (high availability) -----------------------------------------------
+
+
+class World(Source):
+    """A Kubernetes source whose snapshot a test sets."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.now = snapshot
+
+    def snapshot(self) -> Snapshot:
+        return self.now
+
+
+def consul_lane(store: ConsulStore) -> Lane:
+    return Lane("consul", ConsulPlanner(store, SyncOptions(cluster_id="c1")), store)
+
+
+def test_a_replica_that_is_not_the_writer_neither_reads_nor_writes_the_sinks():
+    store, gate = ConsulStore(), Gate(open_=False)
+    rec = reconciler(consul_lane(store), kube=World(web("10.0.0.1")), gate=gate)
+    assert rec.step() is True, "nothing to retry: the gate's opening wakes the reconciler"
+    assert (store.reads, store.applies) == (0, 0) and not rec.in_sync
+    gate.open = True
+    assert rec.step() is True
+    assert store.reads == 1 and [r.address for r in store.held.values()] == ["10.0.0.1"]
+    assert rec.in_sync
+
+
+def test_a_new_writer_starts_from_what_the_sink_holds_and_writes_nothing_unchanged():
+    world = World(web("10.0.0.1"))
+    store = ConsulStore()
+    first, second = Gate(), Gate(open_=False)
+    a = reconciler(consul_lane(store), kube=world, gate=first)
+    b = reconciler(consul_lane(store), kube=world, gate=second)
+    a.step()
+    b.step()
+    assert (store.reads, store.applies) == (1, 1), "only the writer read and wrote"
+    first.open, second.open = False, True  # b takes over
+    a.step()
+    assert b.step() is True
+    assert (store.reads, store.applies) == (2, 1), "b read what Consul holds and wrote nothing"
+    world.now = web("10.0.0.1", "10.0.0.2")
+    b.step()
+    assert {r.address for r in store.held.values()} == {"10.0.0.1", "10.0.0.2"}
+    second.open, first.open = False, True  # a leads again: what it remembers is stale
+    store.held.clear()  # (drift while a did not write)
+    a.step()
+    assert store.reads == 3, "a writer again reads the sink before planning"
+    assert {r.address for r in store.held.values()} == {"10.0.0.1", "10.0.0.2"}
+
+
+def test_a_gate_closing_during_a_pass_leaves_the_rest_to_the_next_writer(caplog):
+    gate = Gate()
+
+    class Closing(FakeSink):
+        def apply(self, plan: FakePlan) -> ApplyResult[str]:
+            self.plans.append(plan)
+            gate.open = False  # another replica took over while this one was writing
+            return ApplyResult(written=["a"], failed={"b": NOT_WRITER})
+
+    sink = Closing()
+    rec = reconciler(lane("one", FakePlanner(("a", "b")), sink), gate=gate)
+    with caplog.at_level(logging.INFO):
+        assert rec.step() is False, "unsettled: the pass is retried"
+    assert "no longer the writer; 1 left to the next" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], \
+        "losing the gate is not a write failure"
+    assert rec.step() is True and len(sink.plans) == 1, "the retry ends at the gate"

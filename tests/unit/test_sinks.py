@@ -1,18 +1,20 @@
 """Both sinks report every item's outcome, retry what is transient, and send nothing once
-the bridge stops."""
+the bridge stops or the write gate closes."""
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from bridge.catalog.model import Service, ServiceKey, ServiceType
 from bridge.catalog.plan import Plan, Registration
-from bridge.consul.sink import ConsulSink
+from bridge.consul.sink import TXN_TIMEOUT, ConsulSink
 from bridge.errors import Conflict, Transient
+from bridge.ha.gate import NOT_WRITER
 from bridge.kube.materialise import Desired, KubePlan
 from bridge.kube.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE
-from bridge.kube.sink import KubeSink
+from bridge.kube.sink import WRITE_TIMEOUT, KubeSink
 
 
 def regs(count: int) -> tuple[Registration, ...]:
@@ -28,6 +30,7 @@ class FakeConsul:
                  on_txn: Any = None) -> None:
         self.outcomes = list(outcomes or [])
         self.txns: list[list[dict[str, Any]]] = []
+        self.timeouts: list[float | None] = []
         self.on_txn = on_txn
 
     def node_services(self, node: str) -> dict[str, Any] | None:
@@ -36,8 +39,10 @@ class FakeConsul:
     def node_checks(self, node: str) -> list[dict[str, Any]]:
         return []
 
-    def txn(self, operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def txn(self, operations: list[dict[str, Any]], *, timeout: float | None = None
+            ) -> list[dict[str, Any]]:
         self.txns.append(operations)
+        self.timeouts.append(timeout)
         if self.on_txn:
             self.on_txn()
         outcome = self.outcomes.pop(0) if self.outcomes else None
@@ -50,9 +55,26 @@ def ids(ops: list[dict[str, Any]]) -> list[str]:
     return [op["Service"]["Service"]["ID"] for op in ops if "Service" in op]
 
 
-def consul_sink(client: FakeConsul, stop: threading.Event | None = None) -> ConsulSink:
+class Gate:
+    """A write gate open until `until` (monotonic), which a test moves."""
+
+    def __init__(self, open_for: float = 3600.0) -> None:
+        self.until = time.monotonic() + open_for
+
+    def close(self) -> None:
+        self.until = float("-inf")
+
+    def may_write(self) -> bool:
+        return time.monotonic() < self.until
+
+    def may_write_until(self) -> float:
+        return self.until
+
+
+def consul_sink(client: FakeConsul, stop: threading.Event | None = None,
+                gate: Gate | None = None) -> ConsulSink:
     sink = ConsulSink(client, node="k8s-sync-c1", cluster_id="c1",
-                      stop=stop or threading.Event(), batch_size=8)
+                      stop=stop or threading.Event(), batch_size=8, gate=gate)
     sink.actual()  # the node exists: no node operation in the batches
     return sink
 
@@ -89,14 +111,45 @@ def test_consul_sink_sends_no_batch_once_the_bridge_stops():
     assert all(why.startswith("not sent") for why in result.failed.values()), result.failed
 
 
+def test_consul_sink_sends_no_batch_once_the_gate_closes_and_does_not_retry_for_it():
+    gate = Gate()
+    client = FakeConsul(on_txn=gate.close)  # another replica takes over during the first batch
+    result = consul_sink(client, gate=gate).apply(Plan(create=regs(12)))
+    assert len(client.txns) == 1, "the batch in flight completes; no other is sent, none again"
+    assert result.written == ids(client.txns[0])
+    assert set(result.failed) == {r.service_id for r in regs(12)} - set(result.written)
+    assert set(result.failed.values()) == {NOT_WRITER}
+
+
+def test_consul_sink_sends_nothing_through_a_closed_gate():
+    gate = Gate()
+    gate.close()
+    client = FakeConsul()
+    result = consul_sink(client, gate=gate).apply(Plan(create=regs(3)))
+    assert client.txns == [] and set(result.failed) == {r.service_id for r in regs(3)}
+
+
+def test_consul_sink_waits_for_a_transaction_no_longer_than_the_gate_stays_open():
+    client = FakeConsul()
+    consul_sink(client, gate=Gate(open_for=2.0)).apply(Plan(create=regs(1)))
+    consul_sink(client, gate=Gate()).apply(Plan(create=regs(1)))
+    consul_sink(client).apply(Plan(create=regs(1)))
+    closing, far, ungated = client.timeouts
+    assert closing is not None and 0 < closing <= 2.0, f"capped at the gate's 2 s: {closing}"
+    assert far == ungated == TXN_TIMEOUT, "a gate open for long leaves the usual timeout"
+
+
 class FakeKube:
     def __init__(self, fail: dict[str, Exception] | None = None, on_write: Any = None) -> None:
         self.fail = fail or {}
         self.writes: list[tuple[str, str, str, str, Any]] = []
+        self.timeouts: list[float] = []
         self.on_write = on_write
 
-    def write(self, verb: str, plural: str, namespace: str, name: str, body: Any = None) -> None:
+    def write(self, verb: str, plural: str, namespace: str, name: str, body: Any = None, *,
+              timeout: float = 30.0) -> None:
         self.writes.append((verb, plural, namespace, name, body))
+        self.timeouts.append(timeout)
         if self.on_write:
             self.on_write()
         if name in self.fail:
@@ -107,8 +160,9 @@ def desired(name: str) -> Desired:
     return Desired("services", "consul", name, ())
 
 
-def kube_sink(client: FakeKube, stop: threading.Event | None = None, objects: Any = None) -> KubeSink:
-    return KubeSink(client, objects or (lambda: ({}, {})), stop or threading.Event())
+def kube_sink(client: FakeKube, stop: threading.Event | None = None, objects: Any = None,
+              gate: Gate | None = None) -> KubeSink:
+    return KubeSink(client, objects or (lambda: ({}, {})), stop or threading.Event(), gate=gate)
 
 
 def test_kube_sink_writes_each_object_with_its_body_and_reports_each():
@@ -147,3 +201,21 @@ def test_kube_sink_actual_is_read_from_the_source_caches():
     assert set(held.ours) == {("services", "consul", "billing")}
     assert held.foreign == {("services", "default", "web")}
     assert held.local_services == {ServiceKey("default", "web")}
+
+
+def test_kube_sink_sends_nothing_more_once_the_gate_closes():
+    gate = Gate()
+    client = FakeKube(on_write=gate.close)
+    plan = KubePlan(create=(desired("a"), desired("b"), desired("c")))
+    result = kube_sink(client, gate=gate).apply(plan)
+    assert [w[3] for w in client.writes] == ["a"] and result.written == [desired("a").key]
+    assert result.failed == {desired("b").key: NOT_WRITER, desired("c").key: NOT_WRITER}
+
+
+def test_kube_sink_waits_for_a_write_no_longer_than_the_gate_stays_open():
+    client = FakeKube()
+    kube_sink(client, gate=Gate(open_for=2.0)).apply(KubePlan(create=(desired("a"),)))
+    kube_sink(client).apply(KubePlan(create=(desired("b"),)))
+    closing, ungated = client.timeouts
+    assert 0 < closing <= 2.0, f"capped at the gate's 2 s: {closing}"
+    assert ungated == WRITE_TIMEOUT
