@@ -68,7 +68,14 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "Service": {"metadata": _METADATA, "spec": {"ports": MergeList("port")}, "status": _CONDITIONS},
+    "ServiceAccount": {"metadata": _METADATA, "secrets": MergeList("name")},
+    "PodDisruptionBudget": {"metadata": _METADATA, "status": _CONDITIONS},
     "Namespace": {"metadata": _METADATA, "status": _CONDITIONS},
+}
+SCHEMAS["Deployment"] = {
+    "metadata": _METADATA,
+    "spec": {"template": {"metadata": _METADATA, "spec": SCHEMAS["Pod"]["spec"]}},
+    "status": _CONDITIONS,
 }
 _DEFAULT_SCHEMA: Schema = {"metadata": _METADATA}
 
