@@ -5,7 +5,9 @@
 supports uses JSON). The body is the `k8s\\x00` magic followed by a `runtime.Unknown`
 envelope whose `raw` field holds the object. Only Namespace and Service are decoded, with the
 field numbers of `k8s.io/api/core/v1/generated.proto` and apimachinery's `meta/v1`,
-`intstr` and `runtime` protos; other kinds raise `ProtobufError` (answered with 415).
+`intstr` and `runtime` protos, and the access and token reviews `kubectl auth can-i` and
+`kubectl auth whoami` post (`authorization/v1`, `authentication/v1` protos); other kinds
+raise `ProtobufError` (answered with 415).
 
 Go writes zero values of non-pointer fields on the wire; JSON would omit them, so decoded
 zero values are dropped unless the field is a pointer in Go (e.g. a `false`
@@ -73,7 +75,47 @@ _SERVICE_SPEC: Schema = {
     21: ("loadBalancerClass", "str"),
     22: ("internalTrafficPolicy", "str"),
 }
+# k8s.io/api/authorization/v1/generated.proto
+_RESOURCE_ATTRIBUTES: Schema = {
+    1: ("namespace", "str"),
+    2: ("verb", "str"),
+    3: ("group", "str"),
+    4: ("version", "str"),
+    5: ("resource", "str"),
+    6: ("subresource", "str"),
+    7: ("name", "str"),
+}
+_NON_RESOURCE_ATTRIBUTES: Schema = {1: ("path", "str"), 2: ("verb", "str")}
+_ACCESS_REVIEW_SPEC: Schema = {
+    1: ("resourceAttributes", "msg", _RESOURCE_ATTRIBUTES),
+    2: ("nonResourceAttributes", "msg", _NON_RESOURCE_ATTRIBUTES),
+    3: ("user", "str"),
+    4: ("groups", "rstr"),
+    6: ("uid", "str"),
+}
+_AUTHZ = "authorization.k8s.io/v1"
+_AUTHN = "authentication.k8s.io/v1"
+
 _SCHEMAS: dict[tuple[str, str], Schema] = {
+    (_AUTHZ, "SelfSubjectAccessReview"): {
+        1: ("metadata", "msg", _OBJECT_META),
+        2: ("spec", "msg", _ACCESS_REVIEW_SPEC),
+    },
+    (_AUTHZ, "SubjectAccessReview"): {1: ("metadata", "msg", _OBJECT_META), 2: ("spec", "msg", _ACCESS_REVIEW_SPEC)},
+    (_AUTHZ, "LocalSubjectAccessReview"): {
+        1: ("metadata", "msg", _OBJECT_META),
+        2: ("spec", "msg", _ACCESS_REVIEW_SPEC),
+    },
+    (_AUTHZ, "SelfSubjectRulesReview"): {
+        1: ("metadata", "msg", _OBJECT_META),
+        2: ("spec", "msg", {1: ("namespace", "str")}),
+    },
+    # k8s.io/api/authentication/v1/generated.proto
+    (_AUTHN, "SelfSubjectReview"): {1: ("metadata", "msg", _OBJECT_META)},
+    (_AUTHN, "TokenReview"): {
+        1: ("metadata", "msg", _OBJECT_META),
+        2: ("spec", "msg", {1: ("token", "str"), 2: ("audiences", "rstr")}),
+    },
     ("v1", "Namespace"): {
         1: ("metadata", "msg", _OBJECT_META),
         2: ("spec", "msg", {1: ("finalizers", "rstr")}),
