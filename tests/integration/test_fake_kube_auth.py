@@ -53,13 +53,13 @@ def call(server, method, path, *, token=None, body=None, headers=None):
     context = ssl.create_default_context(cadata=server.ca_pem.decode())
     try:
         with urllib.request.urlopen(request, context=context, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"null")
+            code, raw = response.status, response.read()
     except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw)
-        except ValueError:
-            return exc.code, raw.decode()
+        code, raw = exc.code, exc.read()
+    try:
+        return code, json.loads(raw or b"null")
+    except ValueError:
+        return code, raw.decode()  # /healthz answers plain text
 
 
 def run_kubectl(kubeconfig, cache_dir, *args, check=True):
