@@ -410,6 +410,8 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
         self, method: str, rt: ResourceType, namespace: str | None, query: dict[str, str], raw: bytes, accept: str
     ) -> None:
         store = self.backend.store
+        if not rt.stored and method != "POST":
+            raise errors.method_not_allowed()
         if method == "GET":
             if parse_bool("watch", query.get("watch")):
                 self._watch(rt, namespace, query, accept)
@@ -441,8 +443,6 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
                 raise errors.method_not_allowed()
             answer = reviews.create(self.backend.guard, rt, namespace, self._decode(raw), self._user)
             self._send_json(201, answer)
-        elif not rt.stored:
-            raise errors.method_not_allowed()
         elif method == "POST":
             if rt.namespaced and namespace is None:
                 raise errors.method_not_allowed()
