@@ -395,3 +395,54 @@ def test_kubectl_prints_the_denial_as_with_a_cluster(kube, tmp_path):
         f'error: failed to create configmap: configmaps is forbidden: User "{SA}" cannot create resource '
         '"configmaps" in API group "" in the namespace "bridge"'
     )
+
+
+# --- escalation prevention (pkg/registry/rbac/*/policybased/storage.go) ----------------------------
+
+
+def test_nobody_grants_through_rbac_objects_what_they_do_not_hold(kube, sa_token):
+    grant(
+        kube,
+        role("Role", "rbac-writer", "[{apiGroups: [rbac.authorization.k8s.io], resources: [roles, rolebindings], "
+             "verbs: [create]}, {apiGroups: [''], resources: [services], verbs: [get, list]}]", "bridge"),
+        binding("RoleBinding", "rbac-writer", "Role", "rbac-writer", SA_SUBJECT, "bridge"),
+    )  # fmt: skip
+    roles = "/apis/rbac.authorization.k8s.io/v1/namespaces/bridge/roles"
+    wider = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "wider"},
+        "rules": [{"apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["get", "delete"]}],
+    }
+    status, body = call(kube, "POST", roles, token=sa_token, body=wider)
+    assert status == 403
+    assert body["message"] == (
+        'roles.rbac.authorization.k8s.io "wider" is forbidden: user "system:serviceaccount:bridge:bridge" '
+        '(groups=["system:serviceaccounts" "system:serviceaccounts:bridge" "system:authenticated"]) is attempting '
+        "to grant RBAC permissions not currently held:\n"
+        '{APIGroups:[""], Resources:["secrets"], Verbs:["get" "delete"]}\n'
+        '{APIGroups:[""], Resources:["services"], Verbs:["delete"]}'
+    )
+    held = dict(
+        wider, metadata={"name": "held"}, rules=[{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}]
+    )
+    assert call(kube, "POST", roles, token=sa_token, body=held)[0] == 201, "a subset of one's own rules is fine"
+    bindings = "/apis/rbac.authorization.k8s.io/v1/namespaces/bridge/rolebindings"
+    to_admin = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "to-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "bridge"}],
+    }
+    status, body = call(kube, "POST", bindings, token=sa_token, body=to_admin)
+    assert status == 403 and "is attempting to grant RBAC permissions not currently held" in body["message"]
+    # The `bind` verb on the role lets one bind it without holding its rules.
+    grant(
+        kube,
+        role("Role", "binder", "[{apiGroups: [rbac.authorization.k8s.io], resources: [clusterroles], verbs: [bind], "
+             "resourceNames: [cluster-admin]}]", "bridge"),
+        binding("RoleBinding", "binder", "Role", "binder", "[{kind: ServiceAccount, name: bridge}]", "bridge"),
+    )  # fmt: skip
+    assert call(kube, "POST", bindings, token=sa_token, body=to_admin)[0] == 201
+    assert call(kube, "GET", "/api/v1/namespaces/bridge/secrets", token=sa_token)[0] == 200, "now bridge-wide admin"

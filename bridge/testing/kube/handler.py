@@ -31,6 +31,7 @@ import yaml
 
 from bridge.testing.kube import discovery, errors, openapi, protobuf, reviews, tables
 from bridge.testing.kube.errors import StatusError
+from bridge.testing.kube.escalation import current_user
 from bridge.testing.kube.faults import Faults, RequestRecord
 from bridge.testing.kube.guard import OPEN_USER, Guard
 from bridge.testing.kube.jsonvalue import load_yaml
@@ -268,7 +269,11 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
                 record.injected = True
                 self._send_error(failure)
             else:
-                self._route(method, path, query, raw)
+                acting = current_user.set(self._user)  # for RBAC escalation checks in the store
+                try:
+                    self._route(method, path, query, raw)
+                finally:
+                    current_user.reset(acting)
         except StatusError as exc:
             if record.status is not None:
                 self.close_connection = True  # a response is already under way

@@ -31,6 +31,7 @@ import yaml
 
 from bridge.testing.kube import bootstrap, errors
 from bridge.testing.kube.certs import ServingCA
+from bridge.testing.kube.escalation import EscalationCheck
 from bridge.testing.kube.faults import Faults, RequestRecord
 from bridge.testing.kube.guard import Guard
 from bridge.testing.kube.handler import Backend, KubeRequestHandler, StreamTracker
@@ -195,7 +196,9 @@ class KubeAPIServer:
         if tls:
             self._ca = ServingCA(host)
             self._authority = TokenAuthority(self.store, clock=clock)
-            self.guard = Guard(self._authority, RBACAuthorizer(self.store))
+            authorizer = RBACAuthorizer(self.store)
+            self.guard = Guard(self._authority, authorizer)
+            self.store.admission.append(EscalationCheck(authorizer))
             for obj in bootstrap.policy():
                 self.store.apply(obj)
             self._admin_token = self._authority.issue_user_token(UserInfo(ADMIN_USER, (MASTERS,)))
