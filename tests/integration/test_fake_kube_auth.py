@@ -20,7 +20,7 @@ from pathlib import Path
 import jwt
 import pytest
 import yaml
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
@@ -377,3 +377,16 @@ def test_cli_refuses_a_service_account_volume_without_tls(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert "invalid setting --write-serviceaccount=" in result.stderr and "needs --tls" in result.stderr
+
+
+def test_watch_over_tls_streams_and_ends_when_the_client_goes(kube, admin_api):
+    core = client.CoreV1Api(admin_api)
+    stream = watch.Watch()
+    events = stream.stream(core.list_namespaced_config_map, "default", timeout_seconds=30)
+    kube.store.create("configmaps", "default", {"metadata": {"name": "first"}})
+    event = next(events)
+    assert (event["type"], event["object"].metadata.name) == ("ADDED", "first")
+    assert kube.store.watcher_count() == 1
+    stream.stop()
+    events.close()  # closes the HTTPS response, and with it the connection
+    eventually(lambda: kube.store.watcher_count() == 0, what="the server noticed the TLS client left")

@@ -19,7 +19,6 @@ server behaved before it learnt to authenticate.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from email.message import Message
 
 from bridge.testing.kube import errors
@@ -141,11 +140,3 @@ class Guard:
         if username != ANONYMOUS and not any(g in (AUTHENTICATED, UNAUTHENTICATED) for g in groups):
             groups.append(AUTHENTICATED)
         return UserInfo(username, tuple(groups), uid, {k: tuple(v) for k, v in extra.items()})
-
-
-def header_map(headers: Mapping[str, str]) -> Message:
-    """Headers as the `Message` the HTTP layer hands over (for callers outside a request)."""
-    message = Message()
-    for key, value in headers.items():
-        message[key] = value
-    return message

@@ -73,7 +73,7 @@ def _exact_name(selector: str) -> str:
     for term in selector.split(","):
         for op in ("==", "="):
             key, sep, value = term.partition(op)
-            if sep and key.strip() == "metadata.name" and not key.endswith("!"):
+            if sep and key.strip() == "metadata.name":  # `metadata.name!=x` leaves the key `metadata.name!`
                 value = value.strip()
                 return value if value not in (".", "..") and "/" not in value and "%" not in value else ""
     return ""

@@ -169,6 +169,9 @@ class KubeAPIServer:
 
     `tls=True` makes it authenticate and authorize (see the module docstring); `clock` is
     what token grace periods are measured on, `token_grace` their default length in seconds.
+    Admin endpoints of a TLS server (POST, JSON): `/_admin/rotate-token` {directory?,
+    graceSeconds?}, `/_admin/write-serviceaccount` {directory, serviceAccount: "NS/NAME"},
+    `/_admin/tokens` {user, groups?} or {serviceAccount: "NS/NAME"} -> {token}.
     """
 
     def __init__(
