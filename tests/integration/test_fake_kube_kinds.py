@@ -221,7 +221,9 @@ def test_pod_disruption_budget_validation(kube):
 def test_rbac_object_validation(kube):
     message = invalid(kube, "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: r}\n"
                             "rules: [{apiGroups: [''], resources: [pods]}]\n")  # fmt: skip
-    assert message == 'Role "r" is invalid: rules[0].verbs: Required value: verbs must contain at least one value'
+    # (A cluster names the kind with its group, `Role.rbac.authorization.k8s.io "r"`; the fake's
+    # shared errors.invalid leaves the group out for every grouped kind, so only the cause is pinned.)
+    assert message.endswith('"r" is invalid: rules[0].verbs: Required value: verbs must contain at least one value')
     message = invalid(kube, "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: r}\n"
                             "rules: [{nonResourceURLs: [/healthz], verbs: [get]}]\n")  # fmt: skip
     assert "namespaced rules cannot apply to non-resource URLs" in message
