@@ -276,3 +276,38 @@ def test_lease_writes_conflict_on_a_stale_resource_version(kube, api):
     with pytest.raises(ApiException) as negative:
         coordination.replace_namespaced_lease("bridge-one", "default", renewed)
     assert "spec.leaseTransitions: Invalid value: -1: must be greater than or equal to 0" in negative.value.body
+
+
+def test_kubectl_create_generators_post_protobuf_that_the_fake_decodes(kube, tmp_path):
+    kubeconfig, cache = kube.write_kubeconfig(tmp_path / "kubeconfig"), tmp_path / "cache"
+    commands = [
+        ("configmap", "settings", "--from-literal=cluster_id=one"),
+        ("secret", "generic", "token", "--from-literal=token=s3cret"),
+        ("serviceaccount", "bridge"),
+        ("role", "leader", "--verb=get,update", "--resource=leases.coordination.k8s.io,services/status"),
+        ("rolebinding", "leader", "--role=leader", "--serviceaccount=default:bridge", "--group=ops"),
+        ("clusterrole", "reader", "--verb=list,watch", "--resource=services"),
+        ("clusterrolebinding", "reader", "--clusterrole=reader", "--user=bob"),
+        ("deployment", "web", "--image=nginx:1.27", "--replicas=0", "--port=8080"),
+    ]
+    for command in commands:
+        run_kubectl(kubeconfig, cache, "create", *command)
+    assert kube.store.get("configmaps", "default", "settings")["data"] == {"cluster_id": "one"}
+    assert base64.b64decode(kube.store.get("secrets", "default", "token")["data"]["token"]) == b"s3cret"
+    assert kube.store.get("roles", "default", "leader")["rules"] == [
+        {"verbs": ["get", "update"], "apiGroups": [""], "resources": ["services/status"]},
+        {"verbs": ["get", "update"], "apiGroups": ["coordination.k8s.io"], "resources": ["leases"]},
+    ]
+    rolebinding = kube.store.get("rolebindings", "default", "leader")
+    assert rolebinding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "leader"}
+    assert {(s["kind"], s["name"]) for s in rolebinding["subjects"]} == {("ServiceAccount", "bridge"), ("Group", "ops")}
+    assert kube.store.get("clusterrolebindings", None, "reader")["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}
+    ]
+    deployment = kube.store.get("deployments", "default", "web")
+    assert deployment["spec"]["replicas"] == 0, "a pointer field keeps its zero"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert (container["image"], container["ports"]) == ("nginx:1.27", [{"containerPort": 8080, "protocol": "TCP"}])
+    can_i = run_kubectl(kubeconfig, cache, "auth", "can-i", "update", "services", "--subresource=status", "--as",
+                        "system:serviceaccount:default:bridge", check=False)  # fmt: skip
+    assert can_i.stdout.strip() == "yes"

@@ -373,8 +373,9 @@ def test_kubectl_applies_rbac_and_auth_can_i_answers(kube, tmp_path):
     ]
     assert can_i("list", "services") == ("yes", 0)
     assert can_i("watch", "endpointslices.discovery.k8s.io") == ("yes", 0)
-    assert can_i("patch", "services/status", "-n", "bridge") == ("yes", 0)
-    assert can_i("patch", "services/status", "-n", "default") == ("no", 1)
+    assert can_i("patch", "services", "--subresource=status", "-n", "bridge") == ("yes", 0)
+    assert can_i("patch", "services", "--subresource=status", "-n", "default") == ("no", 1)
+    assert can_i("patch", "services", "--subresource=scale", "-n", "bridge") == ("no", 1)
     assert can_i("delete", "namespaces") == ("no", 1)
     assert run_kubectl(kubeconfig, cache, "auth", "can-i", "delete", "namespaces").stdout.strip() == "yes"
     again = run_kubectl(kubeconfig, cache, "apply", "-f", str(manifest)).stdout
