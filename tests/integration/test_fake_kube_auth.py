@@ -390,3 +390,27 @@ def test_watch_over_tls_streams_and_ends_when_the_client_goes(kube, admin_api):
     stream.stop()
     events.close()  # closes the HTTPS response, and with it the connection
     eventually(lambda: kube.store.watcher_count() == 0, what="the server noticed the TLS client left")
+
+
+def test_kubectl_create_token_issues_an_expiring_service_account_token(kube, clock, sa_dir, tmp_path):
+    kubeconfig, cache = kube.write_kubeconfig(tmp_path / "kubeconfig"), tmp_path / "cache"
+    token = run_kubectl(kubeconfig, cache, "create", "token", "bridge", "-n", "bridge", "--duration=15m").stdout.strip()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 900
+    status, body = call(kube, "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", token=token,
+                        body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})  # fmt: skip
+    assert (status, body["status"]["userInfo"]["username"]) == (201, "system:serviceaccount:bridge:bridge")
+    clock.now += 900
+    assert call(kube, "GET", "/version", token=token)[0] == 401, "refused once expired"
+    short = run_kubectl(kubeconfig, cache, "create", "token", "bridge", "-n", "bridge", "--duration=1m", check=False)
+    assert short.stderr.strip() == (
+        'error: failed to create token: TokenRequest.authentication.k8s.io "bridge" is invalid: '
+        "spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"
+    )
+    # Creating tokens is its own permission: `create` on serviceaccounts/token.
+    sa_token = (sa_dir / "token").read_text()
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}
+    status, body = call(kube, "POST", "/api/v1/namespaces/bridge/serviceaccounts/bridge/token", token=sa_token,
+                        body=request)  # fmt: skip
+    assert status == 403
+    assert 'cannot create resource "serviceaccounts/token" in API group "" in the namespace "bridge"' in body["message"]

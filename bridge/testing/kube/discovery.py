@@ -75,6 +75,18 @@ def _legacy_resource(rt: ResourceType) -> list[JSON]:
     if rt.categories:
         entry["categories"] = list(rt.categories)
     entries = [entry]
+    if rt.plural == "serviceaccounts":
+        entries.append(
+            {
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": True,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }
+        )
     if rt.status_subresource:
         entries.append(
             {

@@ -352,6 +352,12 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
             raise errors.path_not_found()
         name = rest[1] if len(rest) > 1 else None
         subresource = rest[2] if len(rest) > 2 else None
+        if rt.plural == "serviceaccounts" and subresource == "token" and name and namespace:
+            if method != "POST":
+                raise errors.method_not_allowed()
+            answer = reviews.token_request(self.backend.guard, self.backend.store, namespace, name, self._decode(raw))
+            self._send_json(201, answer)
+            return
         if subresource is not None and (subresource != "status" or not rt.status_subresource):
             raise errors.path_not_found()
         if name is not None and rt.namespaced and namespace is None:

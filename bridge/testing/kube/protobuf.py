@@ -197,6 +197,22 @@ _SCHEMAS: dict[tuple[str, str], Schema] = {
     },
     # k8s.io/api/authentication/v1/generated.proto
     (_AUTHN, "SelfSubjectReview"): {1: ("metadata", "msg", _OBJECT_META)},
+    (_AUTHN, "TokenRequest"): {
+        1: ("metadata", "msg", _OBJECT_META),
+        2: (
+            "spec",
+            "msg",
+            {
+                1: ("audiences", "rstr"),
+                3: (
+                    "boundObjectRef",
+                    "msg",
+                    {1: ("kind", "str"), 2: ("apiVersion", "str"), 3: ("name", "str"), 4: ("uid", "str")},
+                ),
+                4: ("expirationSeconds", "ptrint"),
+            },
+        ),
+    },
     (_AUTHN, "TokenReview"): {
         1: ("metadata", "msg", _OBJECT_META),
         2: ("spec", "msg", {1: ("token", "str"), 2: ("audiences", "rstr")}),

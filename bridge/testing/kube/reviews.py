@@ -8,6 +8,8 @@ apiserver's review registries do.
 - SelfSubjectRulesReview (`kubectl auth can-i --list`): every rule the requester holds in a namespace.
 - SelfSubjectReview (`kubectl auth whoami`): who the requester is.
 - TokenReview: who a bearer token stands for (what Consul's Kubernetes auth method asks).
+- TokenRequest, the `serviceaccounts/<name>/token` subresource (`kubectl create token`, the
+  kubelet): a new service-account token (TLS servers only).
 
 Whether the caller may create the review at all is decided before, by RBAC on the
 `create` verb (bootstrap policy grants the self reviews to every authenticated user).
@@ -21,8 +23,10 @@ from bridge.testing.kube import errors
 from bridge.testing.kube.errors import FieldError
 from bridge.testing.kube.guard import Guard
 from bridge.testing.kube.requestinfo import Attributes
-from bridge.testing.kube.resources import ResourceType
-from bridge.testing.kube.tokens import TokenError
+from bridge.testing.kube.resources import SERVICE_ACCOUNTS, ResourceType
+from bridge.testing.kube.store import Store
+from bridge.testing.kube.strategy import now
+from bridge.testing.kube.tokens import API_AUDIENCES, TokenError
 from bridge.testing.kube.users import UserInfo
 
 JSON = dict[str, Any]
@@ -154,3 +158,46 @@ def _token_review(guard: Guard, spec: JSON) -> JSON:
     except TokenError as exc:
         return {"user": {}, "error": str(exc)}
     return {"authenticated": True, "user": user.to_json(), "audiences": list(audiences)}
+
+
+_TOKEN_REQUEST = "authentication.k8s.io/v1"
+_MIN_EXPIRATION, _MAX_EXPIRATION, _DEFAULT_EXPIRATION = 600, 1 << 32, 3600
+
+
+def token_request(guard: Guard, store: Store, namespace: str, name: str, body: Any) -> JSON:
+    """A TokenRequest for the ServiceAccount `namespace/name`, answered with a new token."""
+    if guard.authority is None:
+        raise errors.path_not_found()  # no service-account token signer without TLS
+    if not isinstance(body, dict) or (body.get("kind") or "TokenRequest") != "TokenRequest":
+        raise errors.bad_request("the body must be a TokenRequest object")
+    spec = dict(body.get("spec") or {})
+    seconds = spec.get("expirationSeconds") or _DEFAULT_EXPIRATION
+    found: list[FieldError] = []
+    if not isinstance(seconds, int) or seconds < _MIN_EXPIRATION:
+        found.append(FieldError("Invalid", "spec.expirationSeconds", seconds,
+                                "may not specify a duration less than 10 minutes"))  # fmt: skip
+    elif seconds > _MAX_EXPIRATION:
+        found.append(FieldError("Invalid", "spec.expirationSeconds", seconds,
+                                "may not specify a duration larger than 2^32 seconds"))  # fmt: skip
+    if found:
+        raise errors.StatusError(
+            422,
+            "Invalid",
+            f'TokenRequest.authentication.k8s.io "{name}" is invalid: {found[0]}',
+            {"name": name, "group": "authentication.k8s.io", "kind": "TokenRequest",
+             "causes": [{"reason": e.reason, "message": e.body, "field": e.field} for e in found]},
+        )  # fmt: skip
+    store.get(SERVICE_ACCOUNTS, namespace, name)  # 404 for an account that does not exist
+    audiences = tuple(spec.get("audiences") or API_AUDIENCES)
+    token, expires = guard.authority.issue_service_account_token(
+        namespace, name, audiences=audiences, expiration_seconds=seconds
+    )
+    spec.update(audiences=list(audiences), expirationSeconds=seconds)
+    spec.setdefault("boundObjectRef", None)
+    return {
+        "kind": "TokenRequest",
+        "apiVersion": _TOKEN_REQUEST,
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": now()},
+        "spec": spec,
+        "status": {"token": token, "expirationTimestamp": expires},
+    }

@@ -334,8 +334,8 @@ class KubeAPIServer:
         """A signed service-account JWT for an existing ServiceAccount."""
         authority = self._secured()[1]
         if audiences is None:
-            return authority.issue_service_account_token(namespace, name)
-        return authority.issue_service_account_token(namespace, name, audiences=audiences)
+            return authority.issue_service_account_token(namespace, name)[0]
+        return authority.issue_service_account_token(namespace, name, audiences=audiences)[0]
 
     def write_service_account(self, directory: str | Path, namespace: str, name: str) -> Path:
         """Write `token`, `ca.crt` and `namespace` into `directory` as the kubelet projects them.
@@ -349,7 +349,7 @@ class KubeAPIServer:
                 self.store.create(NAMESPACES, None, {"metadata": {"name": namespace}})
             if self.store.find(SERVICE_ACCOUNTS, namespace, name) is None:
                 self.store.create(SERVICE_ACCOUNTS, namespace, {"metadata": {"name": name}})
-        token = authority.issue_service_account_token(namespace, name)
+        token = authority.issue_service_account_token(namespace, name)[0]
         target = Path(directory).resolve()
         self._publish(target, namespace, token)
         with self._lock:
@@ -376,7 +376,7 @@ class KubeAPIServer:
         if wanted is not None and not targets:
             raise KeyError(f"no service-account volume was written to {wanted}")
         for path, projection in targets:
-            token = authority.issue_service_account_token(projection.namespace, projection.name)
+            token = authority.issue_service_account_token(projection.namespace, projection.name)[0]
             self._publish(path, projection.namespace, token)
             authority.retire(projection.token, grace)
             with self._lock:

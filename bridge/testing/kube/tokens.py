@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -69,16 +70,26 @@ class TokenAuthority:
         return token
 
     def issue_service_account_token(
-        self, namespace: str, name: str, *, audiences: Iterable[str] = API_AUDIENCES
-    ) -> str:
-        """A signed JWT for an existing ServiceAccount (404 Status if there is none)."""
+        self,
+        namespace: str,
+        name: str,
+        *,
+        audiences: Iterable[str] = API_AUDIENCES,
+        expiration_seconds: int | None = None,
+    ) -> tuple[str, str]:
+        """(signed JWT, RFC 3339 expiry) for an existing ServiceAccount (404 Status if there is none).
+
+        Without `expiration_seconds` the token lives until a rotation retires it (as a
+        kubelet-refreshed projected token does); with it, it is refused that many seconds on.
+        """
         account = self._store.get(SERVICE_ACCOUNTS, namespace, name)
         uid = account["metadata"]["uid"]
         audience = tuple(audiences)
         now = int(time.time())
+        lifetime = expiration_seconds or _JWT_LIFETIME
         claims = {
             "aud": list(audience),
-            "exp": now + _JWT_LIFETIME,
+            "exp": now + lifetime,
             "iat": now,
             "iss": ISSUER,
             "jti": str(uuid.uuid4()),
@@ -87,9 +98,11 @@ class TokenAuthority:
             "sub": service_account_username(namespace, name),
         }
         token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self._key_id})
+        not_after = self._clock() + expiration_seconds if expiration_seconds else None
         with self._lock:
-            self._grants[token] = _Grant(None, (namespace, name, uid), audience)
-        return token
+            self._grants[token] = _Grant(None, (namespace, name, uid), audience, not_after)
+        expires = datetime.fromtimestamp(now + lifetime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return token, expires
 
     def retire(self, token: str, grace_seconds: float) -> None:
         """Refuse `token` once `grace_seconds` have passed on the clock (0: from now on)."""
