@@ -110,7 +110,7 @@ def validate_deployment(obj: JSON, old: JSON | None) -> list[FieldError]:
     if not isinstance(replicas, int) or replicas < 0:
         found.append(FieldError("Invalid", "spec.replicas", replicas, "must be greater than or equal to 0"))
     selector = spec.get("selector")
-    template = spec.get("template") if isinstance(spec.get("template"), dict) else {}
+    template: JSON = spec["template"] if isinstance(spec.get("template"), dict) else {}
     labels = (template.get("metadata") or {}).get("labels") or {}
     if selector is None:
         found.append(FieldError("Required", "spec.selector"))

@@ -307,13 +307,13 @@ def _message(data: bytes, schema: Schema) -> JSON:
             out.setdefault(name, {})[pair.get("k", "")] = pair.get("v", "")
         elif kind == "bmap":
             # map<string, bytes> (Secret data): JSON carries the bytes base64-encoded.
-            key, raw = "", b""
+            key, payload = "", b""
             for number, item in _fields(value if isinstance(value, bytes) else b""):
                 if number == 1:
                     key = _text(item)
                 elif number == 2 and isinstance(item, bytes):
-                    raw = item
-            out.setdefault(name, {})[key] = base64.b64encode(raw).decode()
+                    payload = item
+            out.setdefault(name, {})[key] = base64.b64encode(payload).decode()
         elif kind == "intstr":
             raw = _message(
                 value if isinstance(value, bytes) else b"",

@@ -42,7 +42,7 @@ def create(guard: Guard, rt: ResourceType, namespace: str | None, body: Any, use
             f'{kind} in version "{api_version}" cannot be handled as a {rt.kind}: '
             f"the object sent is not a {rt.api_version} {rt.kind}"
         )
-    spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+    spec: JSON = body["spec"] if isinstance(body.get("spec"), dict) else {}
     meta = dict(body.get("metadata") or {})
     meta.setdefault("creationTimestamp", None)
     answer: JSON = {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": meta}
@@ -99,6 +99,7 @@ def _attributes(rt: ResourceType, spec: JSON, namespace: str | None) -> Attribut
         )
     if non_resource is not None:
         return Attributes(str(non_resource.get("verb", "")), False, str(non_resource.get("path", "")))
+    assert resource is not None
     target_namespace = str(resource.get("namespace", ""))
     if rt.plural == "localsubjectaccessreviews" and target_namespace != (namespace or ""):
         raise errors.bad_request(f"spec.resourceAttributes.namespace must match namespace: {namespace}")
