@@ -26,7 +26,7 @@ from bridge.testing.kube.faults import Faults, RequestRecord
 from bridge.testing.kube.handler import Backend, KubeRequestHandler, StreamTracker
 from bridge.testing.kube.jsonvalue import load_yaml_all
 from bridge.testing.kube.store import Store
-from bridge.testing.timers import DelayedCall
+from bridge.testing.timers import SYSTEM, Clock, DelayedCall
 
 JSON = dict[str, Any]
 
@@ -126,11 +126,12 @@ class KubeAPIServer:
         seed: int | None = None,
         history_size: int = 10_000,
         watch_capacity: int = 10_000,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.store = (
             store if store is not None else Store(seed=seed, history_size=history_size, watch_capacity=watch_capacity)
         )
-        self.faults = Faults()
+        self.faults = Faults(clock=clock)
         self._host = host
         self._port = port
         self._lock = threading.Lock()
@@ -139,7 +140,7 @@ class KubeAPIServer:
         self._httpd: _HTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
         self._retired: list[_HTTPServer] = []
-        self._reopen = DelayedCall()
+        self._reopen = DelayedCall(clock)
         self._started = False
 
     # --- lifecycle -----------------------------------------------------------------------
