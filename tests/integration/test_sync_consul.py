@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.integration.harness import World, converged, eventually, namespace, pod, service
+from tests.conftest import eventually
+from tests.integration.harness import World, converged, namespace, pod, service
 
 PODS = {"10.1.0.1", "10.1.0.2"}
 
