@@ -323,3 +323,17 @@ def test_namespace_reads_equal_a_full_scan_after_any_writes(operations):
                     assert indexed == [m for m in scan if m["namespace"] == space], (plural, space)
                     listed = [i["metadata"] for i in store.list(plural, space)["items"]]
                     assert listed == indexed, (plural, space)
+
+
+def test_picked_node_ports_leave_the_static_band_to_services_that_name_one(store):
+    # Kubernetes' portallocator keeps the lowest min(max(16, 2768/32), 128) = 86 ports of
+    # 30000-32767 for Services that ask for a port: random picks come from above them first.
+    picked = []
+    for i in range(150):
+        created = store.create("services", "default", {
+            "metadata": {"name": f"np-{i}"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}})
+        picked.append(created["spec"]["ports"][0]["nodePort"])
+    assert min(picked) >= 30086, sorted(picked)[:5]
+    asked = store.create("services", "default", {
+        "metadata": {"name": "fixed"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000}]}})
+    assert asked["spec"]["ports"][0]["nodePort"] == 30000

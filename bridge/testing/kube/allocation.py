@@ -220,10 +220,16 @@ class ServiceAllocator:
 
     def _pick_port(self, store: Store, used: set[int]) -> int:
         low, high = self.node_ports
-        free = high - low + 1 - len(used)
-        if free <= 0:
-            raise RuntimeError("the node port range is full")
-        while True:
-            candidate = store.random.randint(low, high)
-            if candidate not in used:
-                return candidate
+        size = high - low + 1
+        # Kubernetes' portallocator (calculateRangeOffset): the lowest min(max(16, size/32), 128)
+        # ports are a band for Services that name their port; picks come from above it first,
+        # so a Service asking for 30000 does not find it taken by a random pick.
+        offset = 0 if size <= 16 else min(max(16, size // 32), 128)
+        for first, last in ((low + offset, high), (low, low + offset - 1)):
+            if sum(1 for port in used if first <= port <= last) >= last - first + 1:
+                continue  # this band is full (or empty)
+            while True:
+                candidate = store.random.randint(first, last)
+                if candidate not in used:
+                    return candidate
+        raise RuntimeError("the node port range is full")
