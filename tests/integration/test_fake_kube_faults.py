@@ -124,7 +124,7 @@ def test_latency_slows_requests_down(timed_kube, clock):
         eventually(lambda: clock.waiting() == [pytest.approx(0.3)], 5, "the request to be held 0.3s")
         clock.advance(0.29)
         assert_pending(slow, "a request 0.01s before its latency ran out")
-        clock.advance(0.01)
+        clock.advance(0.02)  # past the deadline whatever the float sum
         assert slow.result(timeout=10).items
     server.clear_faults()
     assert core.list_namespace().items, "served with the clock standing still"
