@@ -101,7 +101,7 @@ def test_json_logs_and_no_token_in_them_while_apis_are_down(tmp_path):
     reason = err.value.read().decode()
     assert "kubernetes list" in reason and "consul list" in reason, reason
     assert run.stop() == 0
-    stderr = run.p.stderr.read() if run.p.stderr else ""
+    stderr = run.stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines, "expected retry warnings while the APIs are down"
     for line in lines:

@@ -97,6 +97,9 @@ class Store:
         self._lock = threading.RLock()
         self._rv = 0
         self._objects: dict[str, dict[Key, JSON]] = {rt.plural: {} for rt in ALL}
+        # The same keys filed by namespace: the controllers read one namespace's Services, Pods
+        # and slices on every Pod write, which must not cost a sort of the whole table.
+        self._by_namespace: dict[str, dict[str, dict[Key, None]]] = {rt.plural: {} for rt in ALL}
         self._history: deque[Change] = deque()
         self._history_size = history_size
         self._compacted = 0  # changes with rv <= this are no longer in the history
@@ -160,9 +163,15 @@ class Store:
         """Stored objects (not copies) sorted by key; callers must hold `lock`."""
         rt = lookup(resource)
         table = self._objects[rt.plural]
-        for key in sorted(table):
-            if namespace is None or not rt.namespaced or key[0] == namespace:
-                yield table[key]
+        for key in self._keys(rt, namespace):
+            yield table[key]
+
+    def _keys(self, rt: ResourceType, namespace: str | None) -> list[Key]:
+        """The current keys of `rt` in `namespace` (all of them for None or a cluster-scoped
+        resource), sorted."""
+        if namespace is None or not rt.namespaced:
+            return sorted(self._objects[rt.plural])
+        return sorted(self._by_namespace[rt.plural].get(namespace, ()))
 
     def list(
         self,
@@ -180,6 +189,7 @@ class Store:
         rt = lookup(resource)
         labels, fields = self._selectors(rt, label_selector, field_selector)
         start_after: Key | None = None
+        keys: list[Key] | None = None
         with self._lock:
             current = self._rv
             if continue_token:
@@ -213,8 +223,9 @@ class Store:
                 if resource_version not in (None, "", "0") and _parse_rv(resource_version) > current:
                     raise errors.too_large_resource_version(_parse_rv(resource_version), current)
                 list_rv, table = current, dict(self._objects[rt.plural])
-
-            keys = sorted(k for k in table if namespace is None or not rt.namespaced or k[0] == namespace)
+                keys = self._keys(rt, namespace)
+            if keys is None:  # an older state, which the namespace index does not file
+                keys = sorted(k for k in table if namespace is None or not rt.namespaced or k[0] == namespace)
             if start_after is not None:
                 keys = [k for k in keys if k > start_after]
             items: list[JSON] = []
@@ -317,10 +328,17 @@ class Store:
         meta["resourceVersion"] = str(self._rv)
         namespace = meta.get("namespace", "") if rt.namespaced else ""
         key = (namespace, meta["name"])
+        spaces = self._by_namespace[rt.plural]
         if kind == DELETED:
             self._objects[rt.plural].pop(key, None)
+            keys = spaces.get(namespace)
+            if keys is not None:
+                keys.pop(key, None)
+                if not keys:
+                    del spaces[namespace]
         else:
             self._objects[rt.plural][key] = obj
+            spaces.setdefault(namespace, {})[key] = None
         change = Change(self._rv, kind, rt.plural, namespace, meta["name"], obj, prev)
         self._history.append(change)
         while len(self._history) > self._history_size:
