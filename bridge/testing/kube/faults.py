@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bridge.testing.kube import errors
+from bridge.testing.timers import SYSTEM, Clock
 
 
 @dataclass(slots=True)
@@ -28,6 +29,7 @@ class RequestRecord:
     status: int | None = None
     user_agent: str = ""
     injected: bool = False
+    user: str = ""  # the authenticated (or impersonated) username; "" if refused before
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -39,6 +41,7 @@ class RequestRecord:
             "status": self.status,
             "userAgent": self.user_agent,
             "injected": self.injected,
+            "user": self.user,
         }
 
 
@@ -65,6 +68,8 @@ class Faults:
 
     log_size: int = 10_000
     latency: float = 0.0
+    # What injected latency and watch timeouts count in (a ManualClock in tests about time).
+    clock: Clock = SYSTEM
     _rules: list[FailureRule] = field(default_factory=list)
     _log: deque[RequestRecord] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
