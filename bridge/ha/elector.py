@@ -39,7 +39,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from bridge.errors import BridgeError, Conflict
+from bridge.errors import BridgeError, Conflict, Rejected
 from bridge.ha.clock import Clock
 from bridge.ha.episode import Episode
 from bridge.ha.lease import LeaseRecord, LeaseStore, micro_time
@@ -80,6 +80,9 @@ class LeaderElector:
         # Send time of the last successful acquire or renew while leading; None otherwise.
         self._renewed_at: float | None = None
         self.leading = False
+        # Why the election cannot go on while the server refuses it (RBAC, a bad request):
+        # for /readyz. Transient failures pass by themselves and are only logged.
+        self.problem = ""
 
     # --- what the rest of the bridge reads --------------------------------------------
 
@@ -108,9 +111,12 @@ class LeaderElector:
             acquired = self._try_acquire_or_renew(started)
         except BridgeError as exc:
             self._episode.failed(exc)
+            if isinstance(exc, Rejected):
+                self.problem = f"leader election on {self._store.describe()} refused: {exc}"
             acquired = False
         else:
             self._episode.recovered()
+            self.problem = ""
         if acquired:
             self._renewed_at = started
             if not self.leading:

@@ -19,9 +19,9 @@ Wiring (for the composition root, `app.py`):
   cut their reads in flight by then; new requests still go out). The other replicas see
   the claim released (their `ClusterWatcher` follows it) and call `wake()`, so one of
   them takes the Lease, already free, at once instead of at its next retry.
-- Readiness: `leadership.problems()` says why nothing is written (a cluster id conflict,
-  no access to namespace kube-system); DNS still answers, so it belongs in /readyz's text,
-  not its status. Metrics register on import: bridge_leader,
+- Readiness: `leadership.problems()` says why nothing is written (the Lease refused, a
+  cluster id conflict, no access to namespace kube-system); DNS still answers, so it
+  belongs in /readyz's text, not its status. Metrics register on import: bridge_leader,
   bridge_leader_transitions_total, bridge_cluster_id_conflict, bridge_cluster_alive.
 """
 
@@ -95,11 +95,15 @@ class Leadership:
         return self.elector is None or self.elector.is_leader()
 
     def problems(self) -> list[str]:
-        """Why this replica, though leading, writes nothing."""
+        """Why this replica cannot lead (the server refuses the election), or, though
+        leading, writes nothing (the claim)."""
+        found = []
+        if self.elector is not None and self.elector.problem:
+            found.append(self.elector.problem)
         if self.claim is not None and self.claim.problem and self.claim.state in (
                 ClaimState.CONFLICT, ClaimState.UNKNOWN):
-            return [self.claim.problem]
-        return []
+            found.append(self.claim.problem)
+        return found
 
     def step(self) -> float:
         """One round: the election, then the claim; returns the seconds until the next."""

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
+import signal
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import config
 from bridge.kube.client import KubeClient
+from tests.conftest import eventually
 from tests.e2e.proc import Proc
 from tests.integration.harness import pod, service
 
@@ -51,18 +50,6 @@ BILLING = "billing.consul.svc.cluster.local."
 ANSWERS = {WEB: {"10.1.0.1", "10.1.0.2"}, BILLING: {"192.0.2.31"}}
 
 
-def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """`check()`'s first truthy value, polling until `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.02)
-
-
 def http(method: str, url: str, body: Any = None) -> tuple[int, str]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
@@ -79,25 +66,9 @@ def http_json(method: str, url: str, body: Any = None) -> Any:
     return json.loads(text)
 
 
-class Logged(Proc):
-    """A Proc whose stderr (the bridge's log) is read as it comes, so a chatty process never
-    blocks on a full pipe, and kept for `logged()`."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(*args, env=env)
-        self.log: list[str] = []
-        self._log_lock = threading.Lock()
-        threading.Thread(target=self._read_log, daemon=True).start()
-
-    def _read_log(self) -> None:
-        assert self.p.stderr is not None
-        for line in self.p.stderr:
-            with self._log_lock:
-                self.log.append(line.rstrip("\n"))
-
-    def logged(self, pattern: str) -> list[str]:
-        with self._log_lock:
-            return [line for line in self.log if re.search(pattern, line)]
+def logged(proc: Proc, pattern: str) -> list[str]:
+    """The lines of a process's log (its stderr) so far that match `pattern`."""
+    return [line for line in proc.stderr.splitlines() if re.search(pattern, line)]
 
 
 class Kube:
@@ -105,7 +76,7 @@ class Kube:
 
     def __init__(self, tmp_path: Path, name: str, objects: list[dict[str, Any]]) -> None:
         self.kubeconfig = tmp_path / f"kubeconfig-{name}"
-        self.proc = Logged("fake-k8s", "--listen", "127.0.0.1:0", "--write-kubeconfig", str(self.kubeconfig))
+        self.proc = Proc("fake-k8s", "--listen", "127.0.0.1:0", "--write-kubeconfig", str(self.kubeconfig))
         self.url = self.proc.expect(r"fake-k8s listening on (\S+)").group(1)
         for obj in objects:
             self.apply(obj)
@@ -143,7 +114,7 @@ class Consul:
     def __init__(self, tmp_path: Path, registrations: list[dict[str, Any]]) -> None:
         data = tmp_path / "consul.json"
         data.write_text(json.dumps(registrations))
-        self.proc = Logged("fake-consul", "--listen", "127.0.0.1:0", "--load", str(data))
+        self.proc = Proc("fake-consul", "--listen", "127.0.0.1:0", "--load", str(data))
         self.url = self.proc.expect(r"fake-consul listening on (\S+)").group(1)
 
     def requests(self, since: int = 0) -> list[dict[str, Any]]:
@@ -176,7 +147,7 @@ class Replica:
                  env: dict[str, str] | None = None) -> None:
         self.name = name
         self.cluster_id = cluster_id
-        self.proc = Logged("run", "--kubeconfig", str(kube.kubeconfig), "--consul-addr", consul.url,
+        self.proc = Proc("run", "--kubeconfig", str(kube.kubeconfig), "--consul-addr", consul.url,
                            "--cluster-id", cluster_id, "--dns-listen", "127.0.0.1:0",
                            "--http-listen", "127.0.0.1:0",
                            env={"POD_NAME": name, "BRIDGE_DNS_WORKERS": "0", **(env or {})})
@@ -217,16 +188,15 @@ class Replica:
         return {r.address for r in response.answer[0]}
 
     def kill(self) -> None:
-        self.proc.p.kill()
-        self.proc.p.wait(10)
+        """SIGKILL: nothing given up, nothing released."""
+        self.proc.stop(signal.SIGKILL)
 
     def terminate(self) -> None:
+        """SIGTERM, without waiting: the bridge stops cleanly while the test watches."""
         self.proc.p.terminate()
 
     def stop(self) -> None:
-        if self.alive:
-            self.proc.p.kill()
-            self.proc.p.wait(10)
+        self.proc.stop(signal.SIGKILL if self.alive else signal.SIGTERM)
 
 
 def web(ips: list[str], name: str = "web", ns: str = "default") -> list[dict[str, Any]]:
@@ -277,8 +247,8 @@ def one_cluster(tmp_path: Any, started: Started, replicas: int, env: dict[str, s
     kube = started.add(Kube(tmp_path, CLUSTER, web(["10.1.0.1", "10.1.0.2"])))
     consul = started.add(Consul(tmp_path, [vm("billing", "vm-1", "192.0.2.31")]))
     bridges = [started.add(Replica(f"bridge-{i}", kube, consul, CLUSTER, env)) for i in range(replicas)]
-    poll(lambda: all(r.ready() for r in bridges), START, "every replica ready")
-    poll(lambda: consul.instances("web") == ANSWERS[WEB], START, "web's endpoints written to Consul")
+    eventually(lambda: all(r.ready() for r in bridges), START, "every replica ready")
+    eventually(lambda: consul.instances("web") == ANSWERS[WEB], START, "web's endpoints written to Consul")
     return kube, consul, bridges
 
 
@@ -287,9 +257,12 @@ def quiet_for_resyncs(replicas: list[Replica], count: int, *, one_lease: bool = 
     write gate); with `one_lease` (replicas of one cluster), at no point may two of them
     say they lead."""
     before = [r.resyncs() for r in replicas]
+    leaders: list[list[str]] = []
 
     def done() -> bool:
-        assert not one_lease or sum(r.leads() for r in replicas) <= 1, "two replicas lead at once"
+        leaders.append([r.name for r in replicas if r.leads()])
         return all(r.resyncs() >= b + count for r, b in zip(replicas, before, strict=True))
 
-    poll(done, count * RESYNC * 3 + 10, f"{count} resyncs on every replica")
+    eventually(done, count * RESYNC * 3 + 10, f"{count} resyncs on every replica")
+    if one_lease:
+        assert all(len(names) <= 1 for names in leaders), f"two replicas led at once: {leaders}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from tests.conftest import eventually
 from tests.e2e.ha_world import (
     ANSWERS,
     CLUSTER,
@@ -18,8 +19,8 @@ from tests.e2e.ha_world import (
     Kube,
     Replica,
     leader,
+    logged,
     one_cluster,
-    poll,
     quiet_for_resyncs,
     web,
 )
@@ -31,20 +32,20 @@ EXPIRE = 3  # sync.expire_dead_clusters_after, seconds
 
 def test_a_second_cluster_with_the_same_cluster_id_changes_nothing_and_says_why(tmp_path, started):
     kube, consul, [first] = one_cluster(tmp_path, started, 1, FAST)
-    poll(lambda: leader([first], kube, CLUSTER), START, "the first cluster's bridge leading")
+    eventually(lambda: leader([first], kube, CLUSTER), START, "the first cluster's bridge leading")
     node = f"/v1/catalog/node/k8s-sync-{CLUSTER}"
     held = consul.get(node)
     mark = len(consul.requests())
 
     other = started.add(Kube(tmp_path, "other", web(["10.2.0.1"], name="api")))
     second = started.add(Replica("other-0", other, consul, CLUSTER, FAST))
-    poll(second.ready, START, "the second cluster's bridge ready: it answers DNS all the same")
-    poll(lambda: second.metric("bridge_cluster_id_conflict") == 1, 15, "bridge_cluster_id_conflict 1")
+    eventually(second.ready, START, "the second cluster's bridge ready: it answers DNS all the same")
+    eventually(lambda: second.metric("bridge_cluster_id_conflict") == 1, 15, "bridge_cluster_id_conflict 1")
     assert second.leads(), "it holds its own cluster's Lease: the claim in Consul is what stops it"
     code, text = second.readyz()
     assert code == 200, "a conflict does not take DNS away"
     assert f"warning: cluster id '{CLUSTER}' is claimed in Consul by another cluster" in text, text
-    assert second.proc.logged(r"ERROR.*claimed in Consul by another cluster.*give each cluster its own cluster_id"), \
+    assert logged(second.proc, r"ERROR.*claimed in Consul by another cluster.*give each cluster its own cluster_id"), \
         "the conflict is logged, with what to do"
 
     quiet_for_resyncs([first, second], 3, one_lease=False)  # each leads its own cluster
@@ -64,8 +65,8 @@ def test_a_dead_clusters_instances_leave_dns_after_the_set_time_except_by_self_p
     west_kube = started.add(Kube(tmp_path, "west", [*web(["10.2.0.1"]), *web(["10.2.0.5"], name="solo")]))
     west = started.add(Replica("west-0", west_kube, consul, "west", FAST))
     everyone = {"10.1.0.1", "10.1.0.2", "10.2.0.1"}
-    poll(lambda: east.ready() and east.a_records(WEB) == everyone, START, "east answering west's web instance")
-    poll(lambda: east.a_records(SOLO) == {"10.2.0.5"}, 15, "east answering west's solo")
+    eventually(lambda: east.ready() and east.a_records(WEB) == everyone, START, "east answering west's web instance")
+    eventually(lambda: east.a_records(SOLO) == {"10.2.0.5"}, 15, "east answering west's solo")
     assert east.metric("bridge_cluster_alive", cluster="west") == 1
 
     # SIGTERM: west's bridge gives up its claim on the way out, so east sees it dead at once
@@ -73,16 +74,16 @@ def test_a_dead_clusters_instances_leave_dns_after_the_set_time_except_by_self_p
     stopped_at = time.monotonic()
     west.terminate()
     assert west.proc.p.wait(10) == 0
-    poll(lambda: east.a_records(WEB) == {"10.1.0.1", "10.1.0.2"}, EXPIRE + 15, "west's web instance hidden")
+    eventually(lambda: east.a_records(WEB) == {"10.1.0.1", "10.1.0.2"}, EXPIRE + 15, "west's web instance hidden")
     hidden_after = time.monotonic() - stopped_at
     assert hidden_after >= EXPIRE, f"hidden {hidden_after:.1f}s after west's bridge stopped, before {EXPIRE}s"
     assert east.metric("bridge_cluster_alive", cluster="west") == 0
     assert consul.instances("web") == everyone, "nothing is deleted from Consul: only DNS hides them"
     assert east.a_records(SOLO) == {"10.2.0.5"}, \
         "self-preservation: hiding solo's only instance would take away more than half of the name"
-    assert east.proc.logged(r"still answering instances of dead cluster\(s\) west for 1 name\(s\): default/solo")
+    assert logged(east.proc, r"still answering instances of dead cluster\(s\) west for 1 name\(s\): default/solo")
 
     # West's bridge back: its claim is held again and its instances are answered again.
     started.add(Replica("west-1", west_kube, consul, "west", FAST))
-    poll(lambda: east.a_records(WEB) == everyone, START, "west's web instance answered again")
+    eventually(lambda: east.a_records(WEB) == everyone, START, "west's web instance answered again")
     assert east.metric("bridge_cluster_alive", cluster="west") == 1

@@ -5,6 +5,7 @@ replica can renew, read or take the Lease, while Services are still watched."""
 
 from __future__ import annotations
 
+from tests.conftest import eventually
 from tests.e2e.ha_world import (
     ANSWERS,
     CLUSTER,
@@ -17,7 +18,6 @@ from tests.e2e.ha_world import (
     WEB,
     leader,
     one_cluster,
-    poll,
     quiet_for_resyncs,
     web,
 )
@@ -27,11 +27,11 @@ LATE = "late.default.svc.cluster.local."
 
 def test_a_leader_whose_renewals_fail_stops_writing_before_its_lease_can_lapse(tmp_path, started):
     kube, consul, replicas = one_cluster(tmp_path, started, 2, FAST)
-    first = poll(lambda: leader(replicas, kube, CLUSTER), START, "exactly one leader, the Lease's holder")
+    first = eventually(lambda: leader(replicas, kube, CLUSTER), START, "exactly one leader, the Lease's holder")
     kube.fail("/apis/coordination.k8s.io/")
     # It steps down once no renewal has succeeded for renew_deadline, noticed at its next
     # try (retry_period later); 2 s more for processes sharing two loaded cores.
-    poll(lambda: not first.leads(), RENEW_DEADLINE + RETRY_PERIOD + 2.0, "the leader stepping down")
+    eventually(lambda: not first.leads(), RENEW_DEADLINE + RETRY_PERIOD + 2.0, "the leader stepping down")
     # Its Lease writes: the create, if it was the first, then its renewals (the follower
     # only reads a Lease that is held).
     renewals = [r for r in kube.requests() if "/leases" in r["path"]
@@ -44,7 +44,7 @@ def test_a_leader_whose_renewals_fail_stops_writing_before_its_lease_can_lapse(t
     # A change it would write if it still could: it sees it (DNS answers it) and passes over it.
     for obj in web(["10.1.0.9"], name="late"):
         kube.apply(obj)
-    poll(lambda: first.a_records(LATE) == {"10.1.0.9"}, 15, "the old leader answering the new Service")
+    eventually(lambda: first.a_records(LATE) == {"10.1.0.9"}, 15, "the old leader answering the new Service")
     quiet_for_resyncs(replicas, 2)
     assert consul.instances("late") == set(), "a replica wrote without holding the Lease"
     late_writes = [w for w in consul.writes() if w["at"] >= lapses_at]
@@ -54,5 +54,5 @@ def test_a_leader_whose_renewals_fail_stops_writing_before_its_lease_can_lapse(t
 
     # The Lease API back: one of them leads and writes what waited.
     kube.reset()
-    poll(lambda: leader(replicas, kube, CLUSTER), TAKEOVER, "a leader again")
-    poll(lambda: consul.instances("late") == {"10.1.0.9"}, TAKEOVER, "the waiting change written")
+    eventually(lambda: leader(replicas, kube, CLUSTER), TAKEOVER, "a leader again")
+    eventually(lambda: consul.instances("late") == {"10.1.0.9"}, TAKEOVER, "the waiting change written")

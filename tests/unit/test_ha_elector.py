@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from bridge.errors import Denied
 from bridge.ha.elector import LeaderElector
 from bridge.ha.lease import LeaseRecord, micro_time
 from tests.unit.ha_fakes import FakeClock, LeaseServer
@@ -197,6 +198,29 @@ def test_a_leader_that_cannot_renew_steps_down_at_the_deadline_and_logs_once(cap
     assert a.leading, "the Lease still names us and nobody took it: renewed"
     recovered = [r for r in caplog.records if "recovered" in r.getMessage()]
     assert len(recovered) == 1, "one line when they recover"
+
+
+def test_a_refused_election_is_a_problem_for_readiness_and_an_unreachable_server_is_not():
+    server, clock = LeaseServer(), FakeClock()
+    a = make(server, clock)
+    view = server.store("a")
+    view.down = True
+    a.tick()
+    assert a.problem == "", "an unreachable server passes by itself: logged, not a problem"
+    view.down = False
+
+    def refused() -> None:
+        raise Denied('get leases bridge/bridge-test: HTTP 403: leases.coordination.k8s.io "bridge-test" '
+                     'is forbidden: User "system:serviceaccount:bridge:bridge" cannot get resource "leases"')
+
+    view.get = refused  # type: ignore[method-assign]  # RBAC without the Lease Role
+    a.tick()
+    assert a.problem.startswith("leader election on lease bridge/bridge-test refused: get leases")
+    assert "forbidden" in a.problem and not a.leading
+    del view.get  # the Role granted
+    clock.advance(3)
+    a.tick()
+    assert a.leading and a.problem == ""
 
 
 def test_a_leader_steps_down_at_once_when_the_lease_names_someone_else():

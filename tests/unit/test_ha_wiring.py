@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -17,6 +16,7 @@ from bridge.catalog.model import Catalog, ServiceKey, Snapshot
 from bridge.ha.wiring import HighAvailability
 from bridge.http import HealthServer
 from bridge.reconcile.publish import Publisher
+from tests.conftest import eventually
 from tests.unit.ha_fakes import FakeClock, consul_instance, local_instance, web
 from tests.unit.test_ha_clusters import entry
 
@@ -62,13 +62,6 @@ class FakeLeadership:
         self.answer.wait(60)
 
 
-def polled(check: Any, what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.01)
-
-
 def watching(leadership: FakeLeadership) -> tuple[Claims, list[int], threading.Event]:
     claims, pokes, stop = Claims(), [], threading.Event()
     ha = HighAvailability(settings(cluster_id="home"), None, claims, stop=stop,  # type: ignore[arg-type]
@@ -83,10 +76,10 @@ def test_a_replica_that_does_not_write_tries_the_lease_when_this_clusters_claim_
     claims, pokes, stop = watching(follower)
     try:
         claims.listings.put([entry("home", "s1"), entry("east", "s2")])
-        polled(lambda: pokes, "the publisher woken for the first listing")
+        eventually(lambda: pokes, timeout=5, what="the publisher woken for the first listing")
         assert not follower.woken.is_set(), "the claim is held: nothing to try"
         claims.listings.put([entry("home"), entry("east", "s2")])  # the writer stopped cleanly
-        polled(follower.woken.is_set, "the follower woken to try the Lease")
+        eventually(follower.woken.is_set, timeout=5, what="the follower woken to try the Lease")
     finally:
         stop.set()
         claims.listings.put([])
@@ -98,7 +91,7 @@ def test_the_writer_is_not_woken_by_its_own_claim():
     try:
         claims.listings.put([entry("home", "s1")])
         claims.listings.put([entry("home")])
-        polled(lambda: len(pokes) == 2, "both listings seen")
+        eventually(lambda: len(pokes) == 2, timeout=5, what="both listings seen")
         assert not leader.woken.is_set()
     finally:
         stop.set()
