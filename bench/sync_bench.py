@@ -414,10 +414,10 @@ class TxnTimes:
     def attach(self, app: App) -> None:
         original = app.consul_client.txn
 
-        def txn(operations: list[dict[str, Any]]) -> Any:
+        def txn(operations: list[dict[str, Any]], **options: Any) -> Any:
             began = time.perf_counter()
             try:
-                return original(operations)
+                return original(operations, **options)
             finally:
                 self.client.append((began, time.perf_counter()))
 
