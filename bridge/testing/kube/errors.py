@@ -193,7 +193,7 @@ def _go_repr(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return "[]string{" + ", ".join(json.dumps(v) for v in value) + "}"
     if isinstance(value, int | float):
@@ -205,7 +205,7 @@ def _go_repr(value: Any) -> str:
 class FieldError:
     """One validation failure on one field path, e.g. `metadata.name`."""
 
-    type: str  # Invalid | Required | Forbidden | Duplicate | NotSupported
+    type: str  # Invalid | Required | Forbidden | Duplicate | NotSupported | TooLong | TooMany
     field: str
     value: Any = None
     detail: str = ""
@@ -218,6 +218,8 @@ class FieldError:
             "Forbidden": "FieldValueForbidden",
             "Duplicate": "FieldValueDuplicate",
             "NotSupported": "FieldValueNotSupported",
+            "TooLong": "FieldValueTooLong",
+            "TooMany": "FieldValueTooMany",
         }[self.type]
 
     @property
@@ -231,6 +233,10 @@ class FieldError:
             text = "Forbidden"
         elif self.type == "Duplicate":
             text = f"Duplicate value: {_go_repr(self.value)}"
+        elif self.type == "TooLong":
+            text = "Too long"  # the value may be huge: upstream leaves it out
+        elif self.type == "TooMany":
+            text = f"Too many: {_go_repr(self.value)}"
         else:
             text = f"Unsupported value: {_go_repr(self.value)}"
         return f"{text}: {self.detail}" if self.detail else text
@@ -240,7 +246,11 @@ class FieldError:
 
 
 def invalid(rt: ResourceType, name: str, errors: list[FieldError]) -> StatusError:
-    listed = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(map(str, errors)) + "]"
+    """apierrors.NewInvalid: every error a cause; the message lists them once each (the
+    aggregate drops repeats) after the group-qualified kind, `EndpointSlice.discovery.k8s.io`."""
+    lines = list(dict.fromkeys(map(str, errors)))
+    listed = lines[0] if len(lines) == 1 else "[" + ", ".join(lines) + "]"
     details: JSON = _details(rt, name, kind=rt.kind)
     details["causes"] = [{"reason": e.reason, "message": e.body, "field": e.field} for e in errors]
-    return StatusError(422, "Invalid", f'{rt.kind} "{name}" is invalid: {listed}', details)
+    kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
+    return StatusError(422, "Invalid", f'{kind} "{name}" is invalid: {listed}', details)
