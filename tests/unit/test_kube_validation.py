@@ -195,6 +195,10 @@ SERVICE_REFUSED = [
     Refused("validateServicePort: allNames", "services",
             service(ports=[{"name": "http", "port": 80}, {"name": "http", "port": 81}]), "spec.ports[1].name",
             'Duplicate value: "http"'),
+    Refused("ValidateService: one (protocol, port) pair once", "services",
+            service(ports=[{"name": "http", "port": 80}, {"name": "web", "port": 80}]), "spec.ports[1]",
+            'Duplicate value: core.ServicePort{Name:"", Protocol:"TCP", AppProtocol:(*string)(nil), Port:80, '
+            'TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:""}, NodePort:0}'),
     Refused("validateServicePort: IsValidPortNum(port)", "services",
             service(ports=[{"port": 70000}]), "spec.ports[0].port",
             "Invalid value: 70000: must be between 1 and 65535, inclusive"),
@@ -219,6 +223,8 @@ SERVICE_REFUSED = [
 SERVICE_ACCEPTED = [
     Accepted("ValidateService: a headless Service needs no ports", "services", service(ports=[])),
     Accepted("validateServicePort: one port needs no name", "services", service(ports=[{"port": 80}])),
+    Accepted("ValidateService: one number under two protocols", "services",
+             service(ports=[{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53}])),
     Accepted("validateServicePort: a name is a DNS-1123 label, digits first and 63 long are fine", "services",
              service(ports=[{"name": "8080-" + "x" * 58, "port": 80}, {"name": "grpc", "port": 90}])),
 ]

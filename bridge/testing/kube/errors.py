@@ -188,8 +188,14 @@ def injected(code: int, retry_after: int | None = None) -> StatusError:
 # --- field validation errors (apimachinery's field.Error) -------------------------------------
 
 
+class GoSyntax(str):
+    """A value already written as Go prints it (a struct's %#v): shown as is."""
+
+
 def _go_repr(value: Any) -> str:
     """Render a value roughly as Go's %#v does in validation messages."""
+    if isinstance(value, GoSyntax):
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.testing.kube import errors, formats, ips
-from bridge.testing.kube.errors import FieldError
+from bridge.testing.kube.errors import FieldError, GoSyntax
 
 JSON = dict[str, Any]
 
@@ -88,6 +88,23 @@ def _service_port_errors(port: Any, path: str, *, require_name: bool, kind: str,
     return found
 
 
+def _duplicate_port_errors(ports: list[Any]) -> list[FieldError]:
+    """ValidateService: no two ports with one (protocol, port) pair, whatever their names.
+    The value shown is the key struct as Go's %#v prints it."""
+    found: list[FieldError] = []
+    seen: set[tuple[Any, Any]] = set()
+    for i, port in enumerate(ports):
+        if not isinstance(port, dict):
+            continue
+        key = (port.get("protocol"), port.get("port", 0))
+        if key in seen:
+            found.append(FieldError("Duplicate", f"spec.ports[{i}]", GoSyntax(
+                f'core.ServicePort{{Name:"", Protocol:"{key[0]}", AppProtocol:(*string)(nil), Port:{key[1]}, '
+                'TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:""}, NodePort:0}')))
+        seen.add(key)
+    return found
+
+
 def validate_service(obj: JSON, old: JSON | None) -> list[FieldError]:
     """ValidateService and ValidateServiceUpdate's clusterIP rule."""
     spec = obj.get("spec") or {}
@@ -108,6 +125,7 @@ def validate_service(obj: JSON, old: JSON | None) -> list[FieldError]:
     for i, port in enumerate(ports if isinstance(ports, list) else []):
         found += _service_port_errors(port, f"spec.ports[{i}]", require_name=len(ports) > 1, kind=kind,
                                       names=names)
+    found += _duplicate_port_errors(ports if isinstance(ports, list) else [])
     if kind == "ExternalName" and not spec.get("externalName"):
         found.append(FieldError("Required", "spec.externalName"))
     if old is not None:
