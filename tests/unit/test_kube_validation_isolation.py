@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -248,22 +249,15 @@ class RefusingSink:
         return result
 
 
-class Fixed:
-    def __init__(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot
-
-    @property
-    def synced(self) -> bool:
-        return True
-
-    def snapshot(self) -> Snapshot:
-        return self._snapshot
+def fixed(snapshot: Snapshot) -> Any:
+    """A source that has listed and always sees `snapshot`."""
+    return SimpleNamespace(synced=True, snapshot=lambda: snapshot)
 
 
 def test_a_pass_whose_only_trouble_is_a_rejection_is_settled():
     sink = RefusingSink()
     lane = Lane("kubernetes", KubePlanner(sink, Rejections()), sink)
-    reconciler = Reconciler(kube=Fixed(Snapshot(synced=True)), consul=Fixed(consul(bad="192.0.2.1", ok="192.0.2.2")),
+    reconciler = Reconciler(kube=fixed(Snapshot(synced=True)), consul=fixed(consul(bad="192.0.2.1", ok="192.0.2.2")),
                             lanes=[lane], trigger=Trigger(0.01, 0.1), stop=threading.Event(), resync_period=300)
     assert reconciler.step() is True, "nothing to retry with backoff"
     assert reconciler.in_sync and sink.applies == 1
