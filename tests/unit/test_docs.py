@@ -25,8 +25,9 @@ MARKDOWN_NAME = re.compile(r"(?<![\w./-])([\w./-]*[\w-]\.md)\b")
 # A path into one of the repository's own top-level folders. A match followed by `<` is a
 # template (the Consul KV key `bridge/clusters/<cluster_id>`), not a path.
 TOP_LEVEL = ("bridge", "tests", "docs", "deploy", "config", "examples", "bench")
-# Names shaped like paths that are not: annotation keys the bridge writes on objects.
-NOT_PATHS = frozenset({"bridge/consul-service"})
+# Names shaped like paths that are not: annotation keys the bridge writes on objects, and
+# the Consul KV prefix of the clusters' claims.
+NOT_PATHS = frozenset({"bridge/consul-service", "bridge/clusters/"})
 REPO_PATH = re.compile(r"(?<![\w./-])((?:" + "|".join(TOP_LEVEL) + r")/[\w./*-]*)")
 CITED_TEST = re.compile(r"`(test_\w+)(?:\[([^\]`]*)\])?`")
 DEFINED_TEST = re.compile(r"^\s*(?:async\s+)?def (test_\w+)", re.MULTILINE)

@@ -105,7 +105,8 @@ class FakeKube:
         self.refuse = refuse or {}
         self.writes: list[tuple[str, str, str]] = []
 
-    def write(self, verb: str, plural: str, namespace: str, name: str, body: Any = None) -> None:
+    def write(self, verb: str, plural: str, namespace: str, name: str, body: Any = None, *,
+              timeout: float = 30.0) -> None:
         self.writes.append((verb, plural, name))
         if name in self.refuse:
             raise self.refuse[name]
