@@ -184,7 +184,7 @@ class App:
             self._dns_bound = True
             self.http.start()
             self.publisher.start()
-            self.ha.start()  # before the reconciler, which writes only once the gate opens
+            self.ha.start(self.threads)  # before the reconciler, which writes only once the gate opens
             self.reconciler.start()
             self.kube.start()
             if self.consul is not None:

@@ -29,6 +29,7 @@ from bridge.catalog.model import Service, ServiceKey
 from bridge.consul.blocking import BlockingLoop
 from bridge.ha.claim import KEY_PREFIX, ClaimValue
 from bridge.ha.clock import Clock
+from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,12 @@ class ClusterWatcher:
         """Dead clusters other than ours, each with when it was first seen dead."""
         return self._dead
 
-    def start(self) -> None:
-        self.thread.start()
+    def start(self, threads: Threads | None = None) -> None:
+        """Starts the loop; through `threads` when given, so its death fails /healthz."""
+        if threads is None:
+            self.thread.start()
+        else:
+            self.thread = threads.start("consul-clusters", self._run)
 
     def _run(self) -> None:
         BlockingLoop(f"consul kv {KEY_PREFIX}", lambda index: self._consul.kv_list(KEY_PREFIX, index),

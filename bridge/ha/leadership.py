@@ -41,6 +41,7 @@ from bridge.ha.clock import Clock, SystemClock
 from bridge.ha.elector import LeaderElector
 from bridge.ha.lease import KubeLeaseStore
 from bridge.kube.client import KubeClient
+from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,12 @@ class Leadership:
             self._on_change()
         return delay
 
-    def start(self) -> None:
-        self.thread.start()
+    def start(self, threads: Threads | None = None) -> None:
+        """Starts the loop; through `threads` when given, so its death fails /healthz."""
+        if threads is None:
+            self.thread.start()
+        else:
+            self.thread = threads.start("ha-leadership", self._run)
 
     def wake(self) -> None:
         """Run the next round now: the Lease may have just been given up."""

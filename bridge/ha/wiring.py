@@ -26,6 +26,7 @@ from bridge.ha.clock import Clock, SystemClock
 from bridge.ha.clusters import ClusterWatcher, DeadClusterFilter
 from bridge.ha.leadership import Leadership, build
 from bridge.kube.client import KubeClient
+from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,11 @@ class HighAvailability:
         """Why this replica, though it leads, writes nothing (for /readyz's text)."""
         return self.leadership.problems()
 
-    def start(self) -> None:
+    def start(self, threads: Threads | None = None) -> None:
         if self.leadership.elector is not None or self.leadership.claim is not None:
-            self.leadership.start()  # with neither the gate is open and there is nothing to run
+            self.leadership.start(threads)  # with neither the gate is open and there is nothing to run
         if self.watcher is not None:
-            self.watcher.start()
+            self.watcher.start(threads)
 
     def stop(self, deadline: float) -> None:
         """Gives up the Lease and the claim, waiting `deadline` seconds at most (an API
