@@ -4,7 +4,8 @@
 ones that died, so the kubelet restarts a bridge that can no longer keep up. `/readyz`
 answers 200 only once both sources have listed completely and DNS is bound, so a Service
 in front of several bridges never routes DNS to one that would answer SERVFAIL; while not
-ready it answers 503 and says what it is waiting for. `/metrics` is the Prometheus text
+ready it answers 503 and names what it is waiting for, one line each (the composition root
+decides what counts: see `App.waiting_for`). `/metrics` is the Prometheus text
 format. The port is bound by `start()`, not by the constructor.
 """
 
@@ -62,8 +63,9 @@ class HealthServer:
                 elif path == "/readyz":
                     missing = waiting_for()
                     if missing:
-                        body = ("not ready: waiting for " + ", ".join(missing) + "\n").encode()
-                        self._send(503, body, "text/plain; charset=utf-8")
+                        # One line each: an API server's refusal is a sentence of its own.
+                        body = "not ready, waiting for:\n" + "".join(f"- {m}\n" for m in missing)
+                        self._send(503, body.encode(), "text/plain; charset=utf-8")
                     else:
                         self._send(200, b"ready\n", "text/plain; charset=utf-8")
                 elif path == "/metrics":

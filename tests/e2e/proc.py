@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -19,12 +20,19 @@ class Proc:
     """A `bridge` subprocess whose stdout lines are collected by a reader thread."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, program: str = BRIDGE,
-                 cwd: str | Path | None = None) -> None:
+                 cwd: str | Path | None = None, inherit_env: bool = True,
+                 stderr_file: Path | None = None) -> None:
+        """`env` is added to this process's environment, or with `inherit_env=False` is the
+        whole environment (as a container's is). `stderr_file`: stderr (the log) goes there,
+        to be read while the process runs (`log()`), instead of to a pipe."""
         self.args = [program, *args]
-        self.p = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})}, cwd=cwd,
-        )
+        self.stderr_file = stderr_file
+        with open(stderr_file, "w") if stderr_file else contextlib.nullcontext() as err:
+            self.p = subprocess.Popen(
+                self.args, stdout=subprocess.PIPE,
+                stderr=err if err is not None else subprocess.PIPE, text=True,
+                env={**(os.environ if inherit_env else {}), **(env or {})}, cwd=cwd,
+            )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -48,13 +56,20 @@ class Proc:
             except queue.Empty:
                 continue
             if line is None:
-                err = self.p.stderr.read() if self.p.stderr else ""
+                err = self.log()
                 raise AssertionError(f"process ended before {pattern!r}; stdout {self.lines}; "
                                      f"stderr {err[-3000:]}")
             self.lines.append(line)
             match = re.search(pattern, line)
             if match:
                 return match
+
+    def log(self) -> str:
+        """What the process wrote to stderr: so far, with `stderr_file`; from the pipe,
+        all of it (this waits for the process to close it)."""
+        if self.stderr_file is not None:
+            return self.stderr_file.read_text()
+        return self.p.stderr.read() if self.p.stderr else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5) -> int:
         """Sends `sig` and returns the exit code; fails if it takes longer than `timeout`."""
