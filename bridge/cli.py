@@ -196,15 +196,42 @@ def _serve_fake(server: Any, name: str, loads: Sequence[str], loader: str,
 def cmd_fake_k8s(args: argparse.Namespace) -> int:
     from bridge.testing.kube import KubeAPIServer
 
+    if (args.write_serviceaccount is None) != (args.serviceaccount is None):
+        raise ConfigError("--write-serviceaccount", args.write_serviceaccount,
+                          "goes together with --serviceaccount NAMESPACE/NAME")
+    if args.write_serviceaccount and not args.tls:
+        raise ConfigError("--write-serviceaccount", args.write_serviceaccount,
+                          "needs --tls (the volume carries the server's ca.crt)")
     host, port = config.parse_hostport(args.listen)
-    server = KubeAPIServer(host=host, port=port)
+    server = KubeAPIServer(host=host, port=port, tls=args.tls, token_grace=args.token_grace)
 
     def write() -> None:
         if args.write_kubeconfig:
             server.write_kubeconfig(args.write_kubeconfig)
             _say(f"kubeconfig written to {args.write_kubeconfig}")
+        if args.write_serviceaccount:
+            namespace, name = args.serviceaccount
+            server.write_service_account(args.write_serviceaccount, namespace, name)
+            _say(f"service account {namespace}/{name} token written to {args.write_serviceaccount}")
 
     return _serve_fake(server, "fake-k8s", args.load, "load_manifests", write)
+
+
+def _serviceaccount_arg(value: str) -> tuple[str, str]:
+    namespace, _, name = value.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAMESPACE/NAME")
+    return namespace, name
+
+
+def _seconds_arg(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of seconds") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: must not be negative")
+    return seconds
 
 
 def cmd_fake_consul(args: argparse.Namespace) -> int:
@@ -250,7 +277,16 @@ def parser() -> argparse.ArgumentParser:
     k8s.add_argument("--listen", default="127.0.0.1:0", type=_listen_arg)
     k8s.add_argument("--load", action="append", default=[], metavar="FILE",
                      help="multi-document YAML manifests to apply (repeatable)")
-    k8s.add_argument("--write-kubeconfig", metavar="PATH")
+    k8s.add_argument("--write-kubeconfig", metavar="PATH",
+                     help="write a kubeconfig for the server (with --tls: its CA and a system:masters admin)")
+    k8s.add_argument("--tls", action="store_true",
+                     help="serve HTTPS with a CA made at start; require bearer tokens; authorize with RBAC")
+    k8s.add_argument("--write-serviceaccount", metavar="DIR",
+                     help="write token, ca.crt and namespace for --serviceaccount as the kubelet does (needs --tls)")
+    k8s.add_argument("--serviceaccount", metavar="NAMESPACE/NAME", type=_serviceaccount_arg,
+                     help="the service account whose token --write-serviceaccount writes")
+    k8s.add_argument("--token-grace", metavar="SECONDS", type=_seconds_arg, default=10.0,
+                     help="how long a rotated-out token keeps working (default 10; 0 refuses it at once)")
     k8s.set_defaults(func=cmd_fake_k8s)
 
     fc = sub.add_parser("fake-consul", help="the Consul HTTP API test server")

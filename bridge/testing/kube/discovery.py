@@ -11,7 +11,6 @@ from typing import Any
 
 from bridge.testing.kube.resources import (
     STATUS_VERBS,
-    VERBS,
     ResourceType,
     group_versions,
     in_group_version,
@@ -69,13 +68,25 @@ def _legacy_resource(rt: ResourceType) -> list[JSON]:
         "singularName": rt.singular,
         "namespaced": rt.namespaced,
         "kind": rt.kind,
-        "verbs": list(VERBS),
+        "verbs": list(rt.verbs),
     }
     if rt.short_names:
         entry["shortNames"] = list(rt.short_names)
     if rt.categories:
         entry["categories"] = list(rt.categories)
     entries = [entry]
+    if rt.plural == "serviceaccounts":
+        entries.append(
+            {
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": True,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }
+        )
     if rt.status_subresource:
         entries.append(
             {
@@ -109,7 +120,7 @@ def _aggregated_resource(rt: ResourceType) -> JSON:
         "responseKind": kind,
         "scope": "Namespaced" if rt.namespaced else "Cluster",
         "singularResource": rt.singular,
-        "verbs": list(VERBS),
+        "verbs": list(rt.verbs),
     }
     if rt.short_names:
         entry["shortNames"] = list(rt.short_names)

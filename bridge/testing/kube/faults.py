@@ -28,6 +28,7 @@ class RequestRecord:
     status: int | None = None
     user_agent: str = ""
     injected: bool = False
+    user: str = ""  # the authenticated (or impersonated) username; "" if refused before
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -39,6 +40,7 @@ class RequestRecord:
             "status": self.status,
             "userAgent": self.user_agent,
             "injected": self.injected,
+            "user": self.user,
         }
 
 

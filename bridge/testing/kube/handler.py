@@ -17,23 +17,27 @@ import json
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from bridge.testing.kube import discovery, errors, openapi, protobuf, tables
+from bridge.testing.kube import discovery, errors, openapi, protobuf, reviews, tables
 from bridge.testing.kube.errors import StatusError
+from bridge.testing.kube.escalation import current_user
 from bridge.testing.kube.faults import Faults, RequestRecord
+from bridge.testing.kube.guard import OPEN_USER, Guard
 from bridge.testing.kube.jsonvalue import load_yaml
 from bridge.testing.kube.resources import ResourceType, by_path
-from bridge.testing.kube.store import PATCH_TYPES, Store
+from bridge.testing.kube.store import APPLY_PATCH, PATCH_TYPES, Store
+from bridge.testing.kube.users import UserInfo
 from bridge.testing.kube.watchers import ERROR, Watcher, WatchEvent
 
 JSON = dict[str, Any]
@@ -78,6 +82,7 @@ class Backend:
     address: Callable[[], str]
     # Returns (status, body, action to run once the response is written).
     admin: Callable[[str, str, JSON], tuple[int, JSON, Callable[[], None] | None]]
+    guard: Guard = field(default_factory=lambda: Guard(None, None))
 
 
 def parse_bool(name: str, value: str | None) -> bool:
@@ -126,6 +131,7 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     backend: Backend  # set on a per-server subclass
     _record: RequestRecord | None = None  # the log entry of the request being served
+    _user: UserInfo = OPEN_USER  # who the request being served acts as
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -256,12 +262,18 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
         try:
             if backend.faults.latency:
                 backend.stopping.wait(backend.faults.latency)
+            self._user = backend.guard.admit(method, path, query, self.headers)
+            record.user = self._user.name
             failure = backend.faults.take_failure(method, path, watch)
             if failure is not None:
                 record.injected = True
                 self._send_error(failure)
             else:
-                self._route(method, path, query, raw)
+                acting = current_user.set(self._user)  # for RBAC escalation checks in the store
+                try:
+                    self._route(method, path, query, raw)
+                finally:
+                    current_user.reset(acting)
         except StatusError as exc:
             if record.status is not None:
                 self.close_connection = True  # a response is already under way
@@ -340,6 +352,12 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
             raise errors.path_not_found()
         name = rest[1] if len(rest) > 1 else None
         subresource = rest[2] if len(rest) > 2 else None
+        if rt.plural == "serviceaccounts" and subresource == "token" and name and namespace:
+            if method != "POST":
+                raise errors.method_not_allowed()
+            answer = reviews.token_request(self.backend.guard, self.backend.store, namespace, name, self._decode(raw))
+            self._send_json(201, answer)
+            return
         if subresource is not None and (subresource != "status" or not rt.status_subresource):
             raise errors.path_not_found()
         if name is not None and rt.namespaced and namespace is None:
@@ -403,6 +421,8 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
         self, method: str, rt: ResourceType, namespace: str | None, query: dict[str, str], raw: bytes, accept: str
     ) -> None:
         store = self.backend.store
+        if not rt.stored and method != "POST":
+            raise errors.method_not_allowed()
         if method == "GET":
             if parse_bool("watch", query.get("watch")):
                 self._watch(rt, namespace, query, accept)
@@ -429,6 +449,11 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
             elif not accepts_json(accept):
                 raise errors.not_acceptable(["application/json", "application/yaml"])
             self._send_json(200, listed, extra=self._headers_for(rt))
+        elif method == "POST" and not rt.stored:
+            if rt.namespaced and namespace is None:
+                raise errors.method_not_allowed()
+            answer = reviews.create(self.backend.guard, rt, namespace, self._decode(raw), self._user)
+            self._send_json(201, answer)
         elif method == "POST":
             if rt.namespaced and namespace is None:
                 raise errors.method_not_allowed()
@@ -457,6 +482,8 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
     ) -> None:
         store = self.backend.store
         dry_run = query.get("dryRun") == "All"
+        if not rt.stored:
+            raise errors.method_not_allowed()
         if method == "GET":
             self._respond_object(200, rt, store.get(rt, namespace, name), query, accept)
         elif method == "PUT":
@@ -466,6 +493,20 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
             content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
             if content_type not in PATCH_TYPES:
                 raise errors.unsupported_media_type(content_type, list(PATCH_TYPES))
+            if content_type == APPLY_PATCH:
+                if not query.get("fieldManager"):
+                    raise errors.StatusError(
+                        422,
+                        "Invalid",
+                        'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
+                        "is required for apply patch",
+                        {"group": "meta.k8s.io", "kind": "PatchOptions"},
+                    )
+                obj, created = store.server_side_apply(
+                    rt, namespace, name, self._decode(raw), subresource=subresource, dry_run=dry_run
+                )
+                self._respond_object(201 if created else 200, rt, obj, query, accept)
+                return
             obj = store.patch(
                 rt, namespace, name, content_type, self._decode(raw), subresource=subresource, dry_run=dry_run
             )
@@ -574,10 +615,26 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def _client_gone(self) -> bool:
+        conn = self.connection
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
+            readable, _, _ = select.select([conn], [], [], 0)
+            if isinstance(conn, ssl.SSLSocket):
+                return (bool(readable) or conn.pending() > 0) and self._tls_closed(conn)
             if not readable:
                 return False
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
+            return conn.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):
             return True
+
+    @staticmethod
+    def _tls_closed(conn: ssl.SSLSocket) -> bool:
+        # TLS cannot peek, and TLS 1.3 hides a close_notify among data records. A client may not
+        # send anything else while a watch response is under way, so reading here is safe.
+        timeout = conn.gettimeout()
+        conn.settimeout(0.0)
+        try:
+            return conn.recv(1) == b""
+        except ssl.SSLWantReadError:
+            return False
+        finally:
+            conn.settimeout(timeout)

@@ -45,6 +45,8 @@ def _operation(rt: ResourceType, action: str, params: list[str]) -> JSON:
 def _paths(rt: ResourceType) -> JSON:
     write = ["dryRun", "fieldManager", "fieldValidation"]
     collection = rt.collection_path("{namespace}" if rt.namespaced else None)
+    if not rt.stored:
+        return {collection: {"post": _operation(rt, "post", write)}}
     item = f"{collection}/{{name}}"
     paths: JSON = {
         collection: {

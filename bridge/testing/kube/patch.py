@@ -35,7 +35,8 @@ class MergeList:
     item: Mapping[str, Any] = field(default_factory=dict)
 
 
-Schema = Mapping[str, Any]  # field name -> nested Schema | MergeList
+Schema = Mapping[str, Any]  # field name -> nested Schema | MergeList | REPLACE
+REPLACE = "replace"  # `patchStrategy:"replace"` on a struct field: a patch sets it whole
 
 _CONTAINER: Schema = {
     "ports": MergeList("containerPort"),
@@ -68,7 +69,14 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "Service": {"metadata": _METADATA, "spec": {"ports": MergeList("port")}, "status": _CONDITIONS},
+    "ServiceAccount": {"metadata": _METADATA, "secrets": MergeList("name")},
+    "PodDisruptionBudget": {"metadata": _METADATA, "spec": {"selector": REPLACE}, "status": _CONDITIONS},
     "Namespace": {"metadata": _METADATA, "status": _CONDITIONS},
+}
+SCHEMAS["Deployment"] = {
+    "metadata": _METADATA,
+    "spec": {"template": {"metadata": _METADATA, "spec": SCHEMAS["Pod"]["spec"]}},
+    "status": _CONDITIONS,
 }
 _DEFAULT_SCHEMA: Schema = {"metadata": _METADATA}
 
@@ -144,6 +152,8 @@ def _merge_map(original: Any, patch: JSON, schema: Schema) -> Any:
         sub = schema.get(key)
         if value is None:
             result.pop(key, None)
+        elif isinstance(value, dict) and sub == REPLACE:
+            result[key] = clone(value)
         elif isinstance(value, dict):
             merged = _merge_map(result.get(key), value, sub if isinstance(sub, Mapping) else {})
             if merged is _DELETE:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 STATUS_VERBS = ("get", "patch", "update")
+CREATE_ONLY = ("create",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,12 @@ class ResourceType:
     returns_deleted_object: bool = True
     allow_create_on_update: bool = False
     has_generation: bool = False
+    # What discovery advertises; create-only types (access and token reviews) are never stored.
+    verbs: tuple[str, ...] = VERBS
+
+    @property
+    def stored(self) -> bool:
+        return self.verbs != CREATE_ONLY
 
     @property
     def api_version(self) -> str:
@@ -143,15 +150,177 @@ LEASES = ResourceType(
     allow_create_on_update=True,
 )
 
+CONFIG_MAPS = ResourceType(
+    plural="configmaps",
+    singular="configmap",
+    kind="ConfigMap",
+    group="",
+    version="v1",
+    namespaced=True,
+    short_names=("cm",),
+    returns_deleted_object=False,
+)
+SECRETS = ResourceType(
+    plural="secrets",
+    singular="secret",
+    kind="Secret",
+    group="",
+    version="v1",
+    namespaced=True,
+    returns_deleted_object=False,
+)
+SERVICE_ACCOUNTS = ResourceType(
+    plural="serviceaccounts",
+    singular="serviceaccount",
+    kind="ServiceAccount",
+    group="",
+    version="v1",
+    namespaced=True,
+    short_names=("sa",),
+    returns_deleted_object=False,
+)
+DEPLOYMENTS = ResourceType(
+    plural="deployments",
+    singular="deployment",
+    kind="Deployment",
+    group="apps",
+    version="v1",
+    namespaced=True,
+    short_names=("deploy",),
+    categories=("all",),
+    status_subresource=True,
+    returns_deleted_object=False,
+    has_generation=True,
+)
+POD_DISRUPTION_BUDGETS = ResourceType(
+    plural="poddisruptionbudgets",
+    singular="poddisruptionbudget",
+    kind="PodDisruptionBudget",
+    group="policy",
+    version="v1",
+    namespaced=True,
+    short_names=("pdb",),
+    status_subresource=True,
+    returns_deleted_object=False,
+    has_generation=True,
+)
+_RBAC = "rbac.authorization.k8s.io"
+ROLES = ResourceType(
+    plural="roles",
+    singular="role",
+    kind="Role",
+    group=_RBAC,
+    version="v1",
+    namespaced=True,
+    returns_deleted_object=False,
+)
+CLUSTER_ROLES = ResourceType(
+    plural="clusterroles",
+    singular="clusterrole",
+    kind="ClusterRole",
+    group=_RBAC,
+    version="v1",
+    namespaced=False,
+    returns_deleted_object=False,
+)
+ROLE_BINDINGS = ResourceType(
+    plural="rolebindings",
+    singular="rolebinding",
+    kind="RoleBinding",
+    group=_RBAC,
+    version="v1",
+    namespaced=True,
+    returns_deleted_object=False,
+)
+CLUSTER_ROLE_BINDINGS = ResourceType(
+    plural="clusterrolebindings",
+    singular="clusterrolebinding",
+    kind="ClusterRoleBinding",
+    group=_RBAC,
+    version="v1",
+    namespaced=False,
+    returns_deleted_object=False,
+)
+TOKEN_REVIEWS = ResourceType(
+    plural="tokenreviews",
+    singular="tokenreview",
+    kind="TokenReview",
+    group="authentication.k8s.io",
+    version="v1",
+    namespaced=False,
+    verbs=CREATE_ONLY,
+)
+SELF_SUBJECT_REVIEWS = ResourceType(
+    plural="selfsubjectreviews",
+    singular="selfsubjectreview",
+    kind="SelfSubjectReview",
+    group="authentication.k8s.io",
+    version="v1",
+    namespaced=False,
+    verbs=CREATE_ONLY,
+)
+_AUTHZ = "authorization.k8s.io"
+SELF_SUBJECT_ACCESS_REVIEWS = ResourceType(
+    plural="selfsubjectaccessreviews",
+    singular="selfsubjectaccessreview",
+    kind="SelfSubjectAccessReview",
+    group=_AUTHZ,
+    version="v1",
+    namespaced=False,
+    verbs=CREATE_ONLY,
+)
+SELF_SUBJECT_RULES_REVIEWS = ResourceType(
+    plural="selfsubjectrulesreviews",
+    singular="selfsubjectrulesreview",
+    kind="SelfSubjectRulesReview",
+    group=_AUTHZ,
+    version="v1",
+    namespaced=False,
+    verbs=CREATE_ONLY,
+)
+SUBJECT_ACCESS_REVIEWS = ResourceType(
+    plural="subjectaccessreviews",
+    singular="subjectaccessreview",
+    kind="SubjectAccessReview",
+    group=_AUTHZ,
+    version="v1",
+    namespaced=False,
+    verbs=CREATE_ONLY,
+)
+LOCAL_SUBJECT_ACCESS_REVIEWS = ResourceType(
+    plural="localsubjectaccessreviews",
+    singular="localsubjectaccessreview",
+    kind="LocalSubjectAccessReview",
+    group=_AUTHZ,
+    version="v1",
+    namespaced=True,
+    verbs=CREATE_ONLY,
+)
+
 ALL: tuple[ResourceType, ...] = (
     NAMESPACES,
     SERVICES,
     ENDPOINTS,
     PODS,
     NODES,
+    CONFIG_MAPS,
+    SECRETS,
+    SERVICE_ACCOUNTS,
     ENDPOINT_SLICES,
     INGRESSES,
     LEASES,
+    DEPLOYMENTS,
+    POD_DISRUPTION_BUDGETS,
+    ROLES,
+    CLUSTER_ROLES,
+    ROLE_BINDINGS,
+    CLUSTER_ROLE_BINDINGS,
+    TOKEN_REVIEWS,
+    SELF_SUBJECT_REVIEWS,
+    SELF_SUBJECT_ACCESS_REVIEWS,
+    SELF_SUBJECT_RULES_REVIEWS,
+    SUBJECT_ACCESS_REVIEWS,
+    LOCAL_SUBJECT_ACCESS_REVIEWS,
 )
 
 _BY_PATH = {(rt.group, rt.version, rt.plural): rt for rt in ALL}

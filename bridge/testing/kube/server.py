@@ -5,27 +5,43 @@ within a second or two (closing watch streams and idle keep-alive connections so
 lingers), and simulate an outage by closing the listener and every connection, then
 listening again on the same port. Also the Python and HTTP (`/_admin/...`) faces of the
 fault-injection hooks. Object semantics live in `store.py`, the wire format in `handler.py`.
+
+With `tls=True` the server is a secured one: HTTPS with a CA made at start (`certs.py`),
+bearer tokens (`tokens.py`), RBAC (`rbac.py`, seeded with `bootstrap.py`'s policy), an admin
+kubeconfig for a `system:masters` user, and service-account token volumes written like the
+kubelet's (`projection.py`) whose token a fault can rotate.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bridge.testing.kube import errors
+from bridge.testing.kube import bootstrap, errors
+from bridge.testing.kube.certs import ServingCA
+from bridge.testing.kube.escalation import EscalationCheck
 from bridge.testing.kube.faults import Faults, RequestRecord
+from bridge.testing.kube.guard import Guard
 from bridge.testing.kube.handler import Backend, KubeRequestHandler, StreamTracker
 from bridge.testing.kube.jsonvalue import load_yaml_all
+from bridge.testing.kube.projection import write_projection
+from bridge.testing.kube.rbac import RBACAuthorizer
+from bridge.testing.kube.resources import NAMESPACES, SERVICE_ACCOUNTS
 from bridge.testing.kube.store import Store
+from bridge.testing.kube.tokens import TokenAuthority
+from bridge.testing.kube.users import MASTERS, UserInfo
 from bridge.testing.timers import DelayedCall
 
 JSON = dict[str, Any]
@@ -33,6 +49,17 @@ JSON = dict[str, Any]
 log = logging.getLogger(__name__)
 
 _MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+_HANDSHAKE_TIMEOUT = 10.0  # a client that opens a connection and says nothing does not hold a thread forever
+ADMIN_USER = "kubernetes-admin"
+
+
+@dataclass(slots=True)
+class _Projection:
+    """A service-account token volume this server wrote and may rotate."""
+
+    namespace: str
+    name: str
+    token: str
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -42,8 +69,11 @@ class _HTTPServer(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], handler: type[KubeRequestHandler]) -> None:
+    def __init__(
+        self, address: tuple[str, int], handler: type[KubeRequestHandler], ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.ssl_context = ssl_context
         self._tracked_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._conn_threads: set[threading.Thread] = set()
@@ -69,9 +99,11 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def _serve_connection(self, request: Any, client_address: Any) -> None:
         try:
+            if self.ssl_context is not None:
+                request = self._handshake(request)
             self.finish_request(request, client_address)
         except OSError:
-            pass  # the peer went away or we cut the connection on purpose
+            pass  # the peer went away, failed the TLS handshake, or we cut the connection on purpose
         except Exception:
             log.exception("fake kube-apiserver connection from %s failed", client_address)
         finally:
@@ -79,6 +111,24 @@ class _HTTPServer(ThreadingHTTPServer):
             with self._tracked_lock:
                 self._connections.discard(request)
                 self._conn_threads.discard(threading.current_thread())
+
+    def _handshake(self, raw: socket.socket) -> ssl.SSLSocket:
+        assert self.ssl_context is not None
+        wrapped = self.ssl_context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        with self._tracked_lock:
+            # The raw socket object is detached now; cutting must reach the wrapped one.
+            self._connections.discard(raw)
+            self._connections.add(wrapped)
+        wrapped.settimeout(_HANDSHAKE_TIMEOUT)
+        try:
+            wrapped.do_handshake()
+        except (OSError, ssl.SSLError):
+            with self._tracked_lock:
+                self._connections.discard(wrapped)
+            wrapped.close()
+            raise
+        wrapped.settimeout(None)
+        return wrapped
 
     def cut_connections(self) -> None:
         with self._tracked_lock:
@@ -113,8 +163,15 @@ class KubeAPIServer:
         server.stop()                          # within a second or two
 
     `store` gives direct access to the objects; the fault hooks (`fail_next`, `set_latency`,
-    `begin_outage`, `compact`, `emit_bookmark`, `drop_watches`, `requests`) are also served
-    as JSON under `/_admin/` for out-of-process users of the CLI.
+    `begin_outage`, `compact`, `emit_bookmark`, `drop_watches`, `requests`,
+    `rotate_service_account_tokens`) are also served as JSON under `/_admin/` for
+    out-of-process users of the CLI.
+
+    `tls=True` makes it authenticate and authorize (see the module docstring); `clock` is
+    what token grace periods are measured on, `token_grace` their default length in seconds.
+    Admin endpoints of a TLS server (POST, JSON): `/_admin/rotate-token` {directory?,
+    graceSeconds?}, `/_admin/write-serviceaccount` {directory, serviceAccount: "NS/NAME"},
+    `/_admin/tokens` {user, groups?} or {serviceAccount: "NS/NAME"} -> {token}.
     """
 
     def __init__(
@@ -126,10 +183,28 @@ class KubeAPIServer:
         seed: int | None = None,
         history_size: int = 10_000,
         watch_capacity: int = 10_000,
+        tls: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        token_grace: float = 10.0,
     ) -> None:
         self.store = (
             store if store is not None else Store(seed=seed, history_size=history_size, watch_capacity=watch_capacity)
         )
+        self.token_grace = token_grace
+        self._ca: ServingCA | None = None
+        self._authority: TokenAuthority | None = None
+        self._admin_token = ""
+        self._projections: dict[Path, _Projection] = {}
+        self.guard = Guard(None, None)
+        if tls:
+            self._ca = ServingCA(host)
+            self._authority = TokenAuthority(self.store, clock=clock)
+            authorizer = RBACAuthorizer(self.store)
+            self.guard = Guard(self._authority, authorizer)
+            self.store.admission.append(EscalationCheck(authorizer))
+            for obj in bootstrap.policy():
+                self.store.apply(obj)
+            self._admin_token = self._authority.issue_user_token(UserInfo(ADMIN_USER, (MASTERS,)))
         self.faults = Faults()
         self._host = host
         self._port = port
@@ -156,7 +231,13 @@ class KubeAPIServer:
 
     def _handler_class(self) -> type[KubeRequestHandler]:
         backend = Backend(
-            self.store, self.faults, self._stopping, self._streams, lambda: f"{self._host}:{self._port}", self._admin
+            self.store,
+            self.faults,
+            self._stopping,
+            self._streams,
+            lambda: f"{self._host}:{self._port}",
+            self._admin,
+            self.guard,
         )
         return type("BoundKubeRequestHandler", (KubeRequestHandler,), {"backend": backend})
 
@@ -164,7 +245,8 @@ class KubeAPIServer:
         deadline = time.monotonic() + 3.0
         while True:
             try:
-                httpd = _HTTPServer((self._host, self._port), self._handler_class())
+                context = self._ca.server_context() if self._ca is not None else None
+                httpd = _HTTPServer((self._host, self._port), self._handler_class(), context)
                 break
             except OSError as exc:
                 # Reopening after an outage: the old socket may linger for a moment.
@@ -220,7 +302,86 @@ class KubeAPIServer:
         """Where clients connect; a wildcard bind address is reached through loopback."""
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self._host, self._host)
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self._port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self._port}"
+
+    # --- authentication ------------------------------------------------------------------
+
+    @property
+    def tls(self) -> bool:
+        return self._ca is not None
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The PEM of the CA that signed the serving certificate (TLS servers only)."""
+        return self._secured()[0].ca_pem
+
+    @property
+    def admin_token(self) -> str:
+        """The bearer token of `kubernetes-admin` (group `system:masters`)."""
+        self._secured()
+        return self._admin_token
+
+    def _secured(self) -> tuple[ServingCA, TokenAuthority]:
+        if self._ca is None or self._authority is None:
+            raise RuntimeError("this KubeAPIServer was started without tls=True")
+        return self._ca, self._authority
+
+    def issue_token(self, user: str, groups: Iterable[str] = (), *, uid: str = "") -> str:
+        """A bearer token that authenticates as `user` in `groups` (plus system:authenticated)."""
+        return self._secured()[1].issue_user_token(UserInfo(user, tuple(groups), uid))
+
+    def service_account_token(self, namespace: str, name: str, *, audiences: Iterable[str] | None = None) -> str:
+        """A signed service-account JWT for an existing ServiceAccount."""
+        authority = self._secured()[1]
+        if audiences is None:
+            return authority.issue_service_account_token(namespace, name)[0]
+        return authority.issue_service_account_token(namespace, name, audiences=audiences)[0]
+
+    def write_service_account(self, directory: str | Path, namespace: str, name: str) -> Path:
+        """Write `token`, `ca.crt` and `namespace` into `directory` as the kubelet projects them.
+
+        The namespace and ServiceAccount are created if missing (a pod could not run as an
+        account that does not exist). Returns the directory.
+        """
+        authority = self._secured()[1]
+        with self.store.lock:
+            if self.store.find(NAMESPACES, None, namespace) is None:
+                self.store.create(NAMESPACES, None, {"metadata": {"name": namespace}})
+            if self.store.find(SERVICE_ACCOUNTS, namespace, name) is None:
+                self.store.create(SERVICE_ACCOUNTS, namespace, {"metadata": {"name": name}})
+        token = authority.issue_service_account_token(namespace, name)[0]
+        target = Path(directory).resolve()
+        self._publish(target, namespace, token)
+        with self._lock:
+            self._projections[target] = _Projection(namespace, name, token)
+        return target
+
+    def _publish(self, target: Path, namespace: str, token: str) -> None:
+        files = {"ca.crt": self._secured()[0].ca_pem, "namespace": namespace.encode(), "token": token.encode()}
+        write_projection(target, files)
+
+    def rotate_service_account_tokens(
+        self, directory: str | Path | None = None, *, grace_seconds: float | None = None
+    ) -> int:
+        """Fault: write a new token into each service-account volume (or just `directory`).
+
+        The old token keeps working for `grace_seconds` (default `token_grace`; 0 refuses it
+        at once), as a projected token does until its expiry. Returns how many were rotated.
+        """
+        authority = self._secured()[1]
+        grace = self.token_grace if grace_seconds is None else grace_seconds
+        wanted = Path(directory).resolve() if directory is not None else None
+        with self._lock:
+            targets = [(path, p) for path, p in self._projections.items() if wanted in (None, path)]
+        if wanted is not None and not targets:
+            raise KeyError(f"no service-account volume was written to {wanted}")
+        for path, projection in targets:
+            token = authority.issue_service_account_token(projection.namespace, projection.name)[0]
+            self._publish(path, projection.namespace, token)
+            authority.retire(projection.token, grace)
+            with self._lock:
+                self._projections[path] = _Projection(projection.namespace, projection.name, token)
+        return len(targets)
 
     # --- objects -------------------------------------------------------------------------
 
@@ -264,13 +425,22 @@ class KubeAPIServer:
         return stored
 
     def write_kubeconfig(
-        self, path: str | Path, *, namespace: str = "default", context: str = "fake-kube", token: str = "fake-token"
+        self, path: str | Path, *, namespace: str = "default", context: str = "fake-kube", token: str | None = None
     ) -> Path:
-        """Write a kubeconfig that kubectl and the official client use as is."""
+        """Write a kubeconfig that kubectl and the official client use as is.
+
+        On a TLS server it trusts the server's CA and, unless `token` says otherwise, signs in
+        as the `system:masters` admin.
+        """
+        cluster: JSON = {"server": self.url}
+        if self._ca is not None:
+            cluster["certificate-authority-data"] = base64.b64encode(self._ca.ca_pem).decode()
+        if token is None:
+            token = self._admin_token or "fake-token"
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": context, "cluster": {"server": self.url}}],
+            "clusters": [{"name": context, "cluster": cluster}],
             "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}],
             "current-context": context,
             "preferences": {},
@@ -363,6 +533,7 @@ class KubeAPIServer:
                     "compactedResourceVersion": str(self.store.compacted_resource_version),
                     "watchers": self.store.watcher_count(),
                     "latency": self.faults.latency,
+                    "tls": self.tls,
                 },
                 None,
             )
@@ -407,7 +578,35 @@ class KubeAPIServer:
         if action == "load":
             loaded = self.load_manifests(str(body.get("manifests", "")))
             return 200, {"items": loaded}, None
+        if action in ("rotate-token", "tokens", "write-serviceaccount"):
+            if not self.tls:
+                raise errors.bad_request(f"{action} needs a server started with TLS")
+            return 200, self._admin_auth(action, body), None
         raise errors.path_not_found()
+
+    def _admin_auth(self, action: str, body: JSON) -> JSON:
+        if action == "rotate-token":
+            grace = body.get("graceSeconds")
+            try:
+                rotated = self.rotate_service_account_tokens(
+                    body.get("directory"), grace_seconds=None if grace is None else float(grace)
+                )
+            except KeyError as exc:
+                raise errors.bad_request(str(exc.args[0])) from None
+            return {"rotated": rotated}
+        if action == "write-serviceaccount":
+            directory, account = body.get("directory"), str(body.get("serviceAccount", ""))
+            namespace, _, name = account.partition("/")
+            if not directory or not namespace or not name:
+                raise errors.bad_request("write-serviceaccount takes directory and serviceAccount NAMESPACE/NAME")
+            return {"directory": str(self.write_service_account(directory, namespace, name))}
+        # tokens: a bearer token for a user, or for a service account given as NAMESPACE/NAME.
+        if body.get("serviceAccount"):
+            namespace, _, name = str(body["serviceAccount"]).partition("/")
+            return {"token": self.service_account_token(namespace, name)}
+        if not body.get("user"):
+            raise errors.bad_request("tokens takes user (and groups) or serviceAccount NAMESPACE/NAME")
+        return {"token": self.issue_token(str(body["user"]), [str(g) for g in body.get("groups") or []])}
 
 
 def _manifest_texts(source: str | Path | Iterable[str | Path]) -> list[str]:

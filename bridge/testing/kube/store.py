@@ -52,7 +52,8 @@ _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # apimachinery's SimpleNameGenerato
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-PATCH_TYPES = (JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH)
+APPLY_PATCH = "application/apply-patch+yaml"
+PATCH_TYPES = (JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, APPLY_PATCH)
 
 
 class Admission(Protocol):
@@ -505,6 +506,46 @@ class Store:
                     "the namespace of the provided object does not match the namespace sent on the request"
                 )
             return self._update(rt, old, patched, _rv_of(patched), subresource, dry_run, True)
+
+    def server_side_apply(
+        self,
+        resource: str | ResourceType,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        subresource: str | None = None,
+        dry_run: bool = False,
+    ) -> tuple[JSON, bool]:
+        """An `application/apply-patch+yaml` PATCH; returns (object, created).
+
+        Simplified: the applied configuration creates the object or is merged onto it like a
+        strategic merge patch. There are no managedFields, so fields a manager stops applying
+        stay, and no conflicts between managers are reported (as if every apply were forced).
+        """
+        rt = lookup(resource)
+        if not isinstance(body, dict) or not body.get("apiVersion") or not body.get("kind"):
+            raise errors.bad_request("error decoding YAML: the applied configuration needs apiVersion and kind")
+        self._check_kind(rt, body)
+        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        if meta.get("name") and meta["name"] != name:
+            raise errors.bad_request(
+                f"the name of the object ({meta['name']}) does not match the name on the URL ({name})"
+            )
+        ns = self._resolve_namespace(rt, namespace, body)
+        with self._transaction():
+            old = self.peek(rt, ns, name)
+            if old is None:
+                if subresource:
+                    raise errors.not_found(rt, name)
+                fresh = clone(body)
+                fresh.setdefault("metadata", {})["name"] = name
+                return self.create(rt, ns or None, fresh, dry_run=dry_run), True
+            applied = clone(body)
+            applied.get("metadata", {}).pop("resourceVersion", None)
+            merged = patch.strategic_merge_patch(old, applied, patch.schema_for(rt.kind))
+            requested_rv = _rv_of(body)
+            return self._update(rt, old, merged, requested_rv, subresource, dry_run, True), False
 
     def _update(
         self,

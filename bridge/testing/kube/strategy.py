@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,6 +94,8 @@ def micro_time(value: str) -> str:
 
 def name_errors(rt: ResourceType, name: str, field: str = "metadata.name") -> list[FieldError]:
     """Validate an object name with the rule the real type uses."""
+    if rt.group == "rbac.authorization.k8s.io":
+        return [FieldError("Invalid", field, name, msg) for msg in path_segment_errors(name)]
     if rt.plural == "services":
         limit, pattern, message = 63, _DNS1035_LABEL, DNS1035_LABEL_MSG
     elif rt.plural == "namespaces":
@@ -105,6 +108,13 @@ def name_errors(rt: ResourceType, name: str, field: str = "metadata.name") -> li
     if not pattern.match(name):
         found.append(FieldError("Invalid", field, name, message))
     return found
+
+
+def path_segment_errors(name: str) -> list[str]:
+    """apimachinery's path.IsValidPathSegmentName, the name rule of RBAC objects (`system:masters` is valid)."""
+    if name in (".", ".."):
+        return [f"may not be '{name}'"]
+    return [f"may not contain '{c}'" for c in ("/", "%") if c in name]
 
 
 def _qualified_name_errors(key: str, field: str) -> list[FieldError]:
@@ -267,7 +277,7 @@ def _without_meta_status(obj: JSON) -> JSON:
 def validate(rt: ResourceType, obj: JSON, old: JSON | None = None) -> list[FieldError]:
     """All validation failures for the object as it would be stored."""
     found = _metadata_errors(rt, obj)
-    check = _VALIDATORS.get(rt.plural)
+    check = _rules()[1].get(rt.plural)
     if check is not None:
         found += check(obj, old)
     return found
@@ -277,7 +287,7 @@ def validate(rt: ResourceType, obj: JSON, old: JSON | None = None) -> list[Field
 
 
 def apply_defaults(rt: ResourceType, obj: JSON) -> None:
-    fill = _DEFAULTERS.get(rt.plural)
+    fill = _rules()[0].get(rt.plural)
     if fill is not None:
         fill(obj)
 
@@ -334,6 +344,25 @@ def _default_pod(obj: JSON) -> None:
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         spec = obj["spec"] = {}
+    default_pod_spec(spec)
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        status = obj["status"] = {}
+    # The kubelet keeps podIP and podIPs[0] in step; manifests often give only one of them.
+    if status.get("podIP") and not status.get("podIPs"):
+        status["podIPs"] = [{"ip": status["podIP"]}]
+    elif status.get("podIPs") and not status.get("podIP"):
+        first = status["podIPs"][0]
+        if isinstance(first, dict) and first.get("ip"):
+            status["podIP"] = first["ip"]
+    if "phase" not in status:
+        ready = any(c.get("type") == "Ready" for c in status.get("conditions") or [] if isinstance(c, dict))
+        status["phase"] = "Running" if status.get("podIP") or ready else "Pending"
+    status.setdefault("qosClass", "BestEffort")
+
+
+def default_pod_spec(spec: JSON) -> None:
+    """The PodSpec defaults, shared by Pods and the pod templates of workloads."""
     spec.setdefault("restartPolicy", "Always")
     spec.setdefault("dnsPolicy", "ClusterFirst")
     spec.setdefault("terminationGracePeriodSeconds", 30)
@@ -353,20 +382,6 @@ def _default_pod(obj: JSON) -> None:
             for port in container.get("ports") or []:
                 if isinstance(port, dict):
                     port.setdefault("protocol", "TCP")
-    status = obj.get("status")
-    if not isinstance(status, dict):
-        status = obj["status"] = {}
-    # The kubelet keeps podIP and podIPs[0] in step; manifests often give only one of them.
-    if status.get("podIP") and not status.get("podIPs"):
-        status["podIPs"] = [{"ip": status["podIP"]}]
-    elif status.get("podIPs") and not status.get("podIP"):
-        first = status["podIPs"][0]
-        if isinstance(first, dict) and first.get("ip"):
-            status["podIP"] = first["ip"]
-    if "phase" not in status:
-        ready = any(c.get("type") == "Ready" for c in status.get("conditions") or [] if isinstance(c, dict))
-        status["phase"] = "Running" if status.get("podIP") or ready else "Pending"
-    status.setdefault("qosClass", "BestEffort")
 
 
 def _default_endpoint_slice(obj: JSON) -> None:
@@ -519,13 +534,35 @@ def _validate_service(obj: JSON, old: JSON | None) -> list[FieldError]:
 
 def _validate_pod(obj: JSON, old: JSON | None) -> list[FieldError]:
     spec = obj.get("spec") or {}
+    found = pod_spec_errors(spec, "spec")
+    for i, entry in enumerate((obj.get("status") or {}).get("podIPs") or []):
+        ip = entry.get("ip") if isinstance(entry, dict) else None
+        if not _is_ip(ip):
+            found.append(FieldError("Invalid", f"status.podIPs[{i}].ip", ip, "must be a valid IP address"))
+    if old is not None and _mutable_pod_spec(old.get("spec") or {}, spec) != spec:
+        found.append(
+            FieldError(
+                "Forbidden",
+                "spec",
+                None,
+                "pod updates may not change fields other than `spec.containers[*].image`,"
+                "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` "
+                "(only additions to existing tolerations),`spec.terminationGracePeriodSeconds` "
+                "(allow it to be set to 1 if it was previously negative)",
+            )
+        )
+    return found
+
+
+def pod_spec_errors(spec: JSON, where: str) -> list[FieldError]:
+    """ValidatePodSpec's checks that manifests trip over; `where` is the spec's field path."""
     found: list[FieldError] = []
     containers = spec.get("containers") or []
     if not containers:
-        found.append(FieldError("Required", "spec.containers"))
+        found.append(FieldError("Required", f"{where}.containers"))
     seen: set[str] = set()
     for i, container in enumerate(containers):
-        path = f"spec.containers[{i}]"
+        path = f"{where}.containers[{i}]"
         if not isinstance(container, dict):
             found.append(FieldError("Invalid", path, container, "must be an object"))
             continue
@@ -557,23 +594,7 @@ def _validate_pod(obj: JSON, old: JSON | None) -> list[FieldError]:
     for key in ("hostname", "subdomain"):
         value = spec.get(key)
         if value and not _DNS1123_LABEL.match(value):
-            found.append(FieldError("Invalid", f"spec.{key}", value, DNS1123_LABEL_MSG))
-    for i, entry in enumerate((obj.get("status") or {}).get("podIPs") or []):
-        ip = entry.get("ip") if isinstance(entry, dict) else None
-        if not _is_ip(ip):
-            found.append(FieldError("Invalid", f"status.podIPs[{i}].ip", ip, "must be a valid IP address"))
-    if old is not None and _mutable_pod_spec(old.get("spec") or {}, spec) != spec:
-        found.append(
-            FieldError(
-                "Forbidden",
-                "spec",
-                None,
-                "pod updates may not change fields other than `spec.containers[*].image`,"
-                "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` "
-                "(only additions to existing tolerations),`spec.terminationGracePeriodSeconds` "
-                "(allow it to be set to 1 if it was previously negative)",
-            )
-        )
+            found.append(FieldError("Invalid", f"{where}.{key}", value, DNS1123_LABEL_MSG))
     return found
 
 
@@ -795,11 +816,16 @@ def _validate_ingress(obj: JSON, old: JSON | None) -> list[FieldError]:
 
 
 def _validate_lease(obj: JSON, old: JSON | None) -> list[FieldError]:
+    """coordination/validation.ValidateLeaseSpec."""
     spec = obj.get("spec") or {}
+    found: list[FieldError] = []
     duration = spec.get("leaseDurationSeconds")
     if duration is not None and (not isinstance(duration, int) or duration <= 0):
-        return [FieldError("Invalid", "spec.leaseDurationSeconds", duration, "must be greater than 0")]
-    return []
+        found.append(FieldError("Invalid", "spec.leaseDurationSeconds", duration, "must be greater than 0"))
+    transitions = spec.get("leaseTransitions")
+    if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
+        found.append(FieldError("Invalid", "spec.leaseTransitions", transitions, "must be greater than or equal to 0"))
+    return found
 
 
 def _validate_node(obj: JSON, old: JSON | None) -> list[FieldError]:
@@ -823,3 +849,35 @@ _VALIDATORS = {
     "ingresses": _validate_ingress,
     "leases": _validate_lease,
 }
+
+
+@functools.cache
+def _rules() -> tuple[dict[str, Callable[[JSON], None]], dict[str, Callable[[JSON, JSON | None], list[FieldError]]]]:
+    """(defaulters, validators) by plural, including the kinds whose rules live in their own modules.
+
+    Imported here, not at the top: those modules build on the helpers in this one.
+    """
+    from bridge.testing.kube import appkinds, configkinds, rbackinds
+
+    defaulters: dict[str, Callable[[JSON], None]] = {
+        **_DEFAULTERS,
+        "configmaps": configkinds.default_config_map,
+        "secrets": configkinds.default_secret,
+        "deployments": appkinds.default_deployment,
+        "poddisruptionbudgets": appkinds.default_pod_disruption_budget,
+        "rolebindings": rbackinds.default_binding,
+        "clusterrolebindings": rbackinds.default_binding,
+    }
+    validators: dict[str, Callable[[JSON, JSON | None], list[FieldError]]] = {
+        **_VALIDATORS,
+        "configmaps": configkinds.validate_config_map,
+        "secrets": configkinds.validate_secret,
+        "serviceaccounts": configkinds.validate_service_account,
+        "deployments": appkinds.validate_deployment,
+        "poddisruptionbudgets": appkinds.validate_pod_disruption_budget,
+        "roles": rbackinds.validate_role,
+        "clusterroles": rbackinds.validate_cluster_role,
+        "rolebindings": rbackinds.validate_role_binding,
+        "clusterrolebindings": rbackinds.validate_cluster_role_binding,
+    }
+    return defaulters, validators

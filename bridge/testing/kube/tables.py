@@ -208,7 +208,154 @@ def _lease_cells(obj: JSON) -> list[Any]:
     return [obj["metadata"]["name"], (obj.get("spec") or {}).get("holderIdentity", ""), _age(obj)]
 
 
+def _config_map_cells(obj: JSON) -> list[Any]:
+    return [obj["metadata"]["name"], len(obj.get("data") or {}) + len(obj.get("binaryData") or {}), _age(obj)]
+
+
+def _secret_cells(obj: JSON) -> list[Any]:
+    return [obj["metadata"]["name"], obj.get("type", ""), len(obj.get("data") or {}), _age(obj)]
+
+
+def _service_account_cells(obj: JSON) -> list[Any]:
+    return [obj["metadata"]["name"], len(obj.get("secrets") or []), _age(obj)]
+
+
+def _deployment_cells(obj: JSON) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    template = (spec.get("template") or {}).get("spec") or {}
+    containers = template.get("containers") or []
+    selector = ",".join(f"{k}={v}" for k, v in sorted(((spec.get("selector") or {}).get("matchLabels") or {}).items()))
+    return [
+        obj["metadata"]["name"],
+        f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
+        status.get("updatedReplicas", 0),
+        status.get("availableReplicas", 0),
+        _age(obj),
+        ",".join(c.get("name", "") for c in containers),
+        ",".join(c.get("image", "") for c in containers),
+        selector or "<none>",
+    ]
+
+
+def _pdb_cells(obj: JSON) -> list[Any]:
+    spec = obj.get("spec") or {}
+    return [
+        obj["metadata"]["name"],
+        str(spec["minAvailable"]) if spec.get("minAvailable") is not None else "N/A",
+        str(spec["maxUnavailable"]) if spec.get("maxUnavailable") is not None else "N/A",
+        (obj.get("status") or {}).get("disruptionsAllowed", 0),
+        _age(obj),
+    ]
+
+
+def _role_cells(obj: JSON) -> list[Any]:
+    return [obj["metadata"]["name"], obj["metadata"].get("creationTimestamp", "")]
+
+
+def _binding_cells(obj: JSON) -> list[Any]:
+    ref = obj.get("roleRef") or {}
+    subjects = [s for s in obj.get("subjects") or [] if isinstance(s, dict)]
+
+    def names(kind: str) -> str:
+        return ", ".join(
+            (f"{s.get('namespace', '')}/{s.get('name', '')}" if kind == "ServiceAccount" else s.get("name", ""))
+            for s in subjects
+            if s.get("kind") == kind
+        )
+
+    return [
+        obj["metadata"]["name"],
+        f"{ref.get('kind', '')}/{ref.get('name', '')}",
+        _age(obj),
+        names("User"),
+        names("Group"),
+        names("ServiceAccount"),
+    ]
+
+
+_BINDING_COLUMNS = [
+    _column("Name", fmt="name"),
+    _column("Role", "Role of the binding."),
+    _column("Age"),
+    _column("Users", "Users in the binding.", priority=1),
+    _column("Groups", "Groups in the binding.", priority=1),
+    _column("ServiceAccounts", "ServiceAccounts in the binding.", priority=1),
+]
+_ROLE_COLUMNS = [_column("Name", fmt="name"), _column("Created At", "Time when the role was created.", fmt="date")]
+
 _LAYOUTS: dict[str, tuple[list[JSON], Callable[[JSON], list[Any]]]] = {
+    "configmaps": (
+        [
+            _column("Name", fmt="name"),
+            _column("Data", "Data contains the configuration data.", type_="integer"),
+            _column("Age"),
+        ],
+        _config_map_cells,
+    ),
+    "secrets": (
+        [
+            _column("Name", fmt="name"),
+            _column("Type", "Used to facilitate programmatic handling of secret data."),
+            _column("Data", "Data contains the secret data.", type_="integer"),
+            _column("Age"),
+        ],
+        _secret_cells,
+    ),
+    "serviceaccounts": (
+        [
+            _column("Name", fmt="name"),
+            _column(
+                "Secrets",
+                "Secrets is a list of the secrets in the same namespace "
+                "that pods running using this ServiceAccount are allowed to use.",
+                type_="integer",
+            ),
+            _column("Age"),
+        ],
+        _service_account_cells,
+    ),
+    "deployments": (
+        [
+            _column("Name", fmt="name"),
+            _column("Ready", "Number of the pod with ready state"),
+            _column(
+                "Up-to-date",
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+                type_="integer",
+            ),
+            _column(
+                "Available",
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+                type_="integer",
+            ),
+            _column("Age"),
+            _column("Containers", "Names of each container in the template.", priority=1),
+            _column("Images", "Images referenced by each container in the template.", priority=1),
+            _column(
+                "Selector",
+                "Label selector for pods. Existing ReplicaSets whose pods are selected by this will "
+                "be the ones affected by this deployment.",
+                priority=1,
+            ),
+        ],
+        _deployment_cells,
+    ),
+    "poddisruptionbudgets": (
+        [
+            _column("Name", fmt="name"),
+            _column("Min Available", "The minimum number of pods that must be available simultaneously."),
+            _column("Max Unavailable", "The maximum number of pods that may be unavailable simultaneously."),
+            _column(
+                "Allowed Disruptions", "Calculated number of pods that may be disrupted at this time.", type_="integer"
+            ),
+            _column("Age"),
+        ],
+        _pdb_cells,
+    ),
+    "roles": (_ROLE_COLUMNS, _role_cells),
+    "clusterroles": (_ROLE_COLUMNS, _role_cells),
+    "rolebindings": (_BINDING_COLUMNS, _binding_cells),
+    "clusterrolebindings": (_BINDING_COLUMNS, _binding_cells),
     "namespaces": (
         [_column("Name", fmt="name"), _column("Status", "The status of the namespace"), _column("Age")],
         _namespace_cells,
