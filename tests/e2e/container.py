@@ -1,8 +1,9 @@
 """A Deployment's bridge container run as a subprocess, as the kubelet would start it.
 
 The argv is the image's entrypoint plus the container's args, the environment is the
-container's (literal values; a Secret reference marked optional is left out, as the
-kubelet does when the Secret is absent) plus what the test adds for the kubelet, and the
+container's (literal values; the pod's name and namespace from the downward API; a Secret
+reference marked optional is left out, as the kubelet does when the Secret is absent) plus
+what the test adds for the kubelet, and the
 settings file is the ConfigMap key mounted at the path `--config` names, written to a
 temporary file. Only addresses and paths may be rewritten (listen ports, the Consul
 address, the DNS upstreams, the service-account directory, `--config` itself), so what runs
@@ -41,6 +42,7 @@ def start(objects: list[dict[str, Any]], deployment: dict[str, Any], tmp_path: P
     assert set(settings) <= ADDRESS_SETTINGS, f"not an address: {set(settings) - ADDRESS_SETTINGS}"
     assert set(env or {}) <= ADDRESS_ENV, f"not an address: {set(env or {}) - ADDRESS_ENV}"
     assert set(timing_env or {}) <= TIMING_ENV, f"not a timing: {set(timing_env or {}) - TIMING_ENV}"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     spec = pod_spec(deployment)
     container = bridge_container(spec)
     argv = [*container.get("command", entrypoint()), *container.get("args", [])]
@@ -54,10 +56,13 @@ def start(objects: list[dict[str, Any]], deployment: dict[str, Any], tmp_path: P
 
     environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
     for var in container.get("env", []):
+        source = var.get("valueFrom", {})
         if "value" in var:
             environ[var["name"]] = str(var["value"])
+        elif "fieldRef" in source:
+            environ[var["name"]] = _pod_field(deployment, source["fieldRef"]["fieldPath"])
         else:
-            ref = var.get("valueFrom", {}).get("secretKeyRef", {})
+            ref = source.get("secretKeyRef", {})
             assert ref.get("optional") is True, f"{var['name']} needs an object the test lacks: {var}"
     for name, value in (env or {}).items():
         assert name in environ, f"the container does not set {name}"
@@ -76,3 +81,11 @@ def _rewritten(data: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, A
             target = target.setdefault(section, {})
         target[leaf] = value
     return data
+
+
+def _pod_field(deployment: dict[str, Any], path: str) -> str:
+    """What the downward API gives the one pod of `deployment` the test runs."""
+    fields = {"metadata.name": f"{deployment['metadata']['name']}-0",
+              "metadata.namespace": deployment["metadata"].get("namespace", "default")}
+    assert path in fields, f"the test does not provide the downward API's {path}"
+    return fields[path]
