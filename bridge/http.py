@@ -64,8 +64,8 @@ class HealthServer:
                     missing = waiting_for()
                     if missing:
                         # One line each: an API server's refusal is a sentence of its own.
-                        body = "not ready, waiting for:\n" + "".join(f"- {m}\n" for m in missing)
-                        self._send(503, body.encode(), "text/plain; charset=utf-8")
+                        text = "not ready, waiting for:\n" + "".join(f"- {m}\n" for m in missing)
+                        self._send(503, text.encode(), "text/plain; charset=utf-8")
                     else:
                         self._send(200, b"ready\n", "text/plain; charset=utf-8")
                 elif path == "/metrics":

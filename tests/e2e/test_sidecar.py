@@ -228,3 +228,14 @@ def test_an_idle_sidecar_only_reissues_blocking_queries_whose_wait_expired(regis
     for path in expected:
         indexes = {r["query"]["index"][0] for r in sent if r["path"] == path}
         assert len(indexes) == 1, f"{path}: the index moved at rest: {sorted(indexes)}"
+
+
+def test_a_sidecar_waits_for_consul_alone_and_says_so(tmp_path):
+    """With Consul unreachable, /readyz names what is missing: nothing of Kubernetes."""
+    with UpstreamServer() as upstream:
+        sidecar = start_sidecar(f"http://127.0.0.1:{closed_port()}", upstream.address, tmp_path)
+        try:
+            status, body = readyz(sidecar.http_url)
+        finally:
+            assert sidecar.proc.stop() == 0, sidecar.proc.log()[-3000:]
+    assert (status, body) == (503, "not ready, waiting for:\n- consul list\n- first catalog\n")
