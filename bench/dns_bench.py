@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import queue
 import random
@@ -62,13 +61,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = ROOT / ".venv" / "bin"
+from common import (
+    PORT_NAME,
+    ROOT,
+    TARGET_PORT,
+    VENV_BIN,
+    Child,
+    consul_main,
+    die_with_parent,
+    free_port,
+    headless_service,
+    percentile,
+    pod,
+    pod_status,
+    say,
+)
+
 ZONE = "cluster.local"
 TTL = 30
-PORT_NAME = "http"
-SERVICE_PORT = 80
-TARGET_PORT = 8080
 SERVICES_PER_NAMESPACE = 50
 EDNS_PAYLOAD = 1232
 # What pods resolve through their search path (ndots:5): each is asked with every suffix.
@@ -78,13 +88,6 @@ EXTERNAL_HOSTS = ("api.example.com", "www.google.com", "registry-1.docker.io",
 MIX = (("A", 0.70), ("SRV", 0.10), ("AAAA", 0.10), ("NX", 0.10))
 QTYPE = {"A": 1, "AAAA": 28, "SRV": 33, "SOA": 6}
 RCODE_NOERROR, RCODE_NXDOMAIN = 0, 3
-
-_START = time.monotonic()
-
-
-def say(text: str) -> None:
-    print(f"[{time.monotonic() - _START:7.1f}s] {text}", flush=True)
-
 
 # ========================================================================================
 # Pure helpers (tests/unit/test_bench_dns.py)
@@ -274,15 +277,6 @@ def binary_query_file(queries: Iterable[Query]) -> bytes:
     return bytes(out)
 
 
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of unsorted values (p in 0..100); nan when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * p // 100))  # ceil(n * p / 100)
-    return ordered[int(min(rank, len(ordered))) - 1]
-
-
 _STAT_PATTERNS = {
     "sent": r"Queries sent:\s+(\d+)",
     "completed": r"Queries completed:\s+(\d+)",
@@ -452,153 +446,6 @@ def check_sample(port: int, queries: Sequence[Query], services: Sequence[Svc], s
 # The cluster process: Kubernetes and Consul test servers, the data, the changes
 # ========================================================================================
 
-class _IndexedTable(dict):  # type: ignore[type-arg]
-    """A store table that also files its (namespace, name) keys by namespace.
-
-    The test server's `Store.live(resource, namespace)` sorts the whole table on every
-    call, and the EndpointSlice controller calls it for every Pod write (services of the
-    namespace, pods of the namespace, slices of the namespace): O(cluster) per write makes
-    10,000 services x 5 pods take hours and 100 writes/s impossible. The bench files keys
-    by namespace and serves `live()` from that; the objects and their order are the same.
-    """
-
-    def __init__(self, items: dict[Any, Any]) -> None:
-        super().__init__()
-        self.by_ns: dict[str, dict[Any, Any]] = defaultdict(dict)
-        self.allocating: set[Any] = set()  # Services holding a cluster IP or a node port
-        for key, value in items.items():
-            self[key] = value
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.by_ns[key[0]][key] = value
-        if _holds_allocation(value):
-            self.allocating.add(key)
-        else:
-            self.allocating.discard(key)
-
-    def __delitem__(self, key: Any) -> None:
-        super().__delitem__(key)
-        self.by_ns[key[0]].pop(key, None)
-        self.allocating.discard(key)
-
-    def pop(self, key: Any, *default: Any) -> Any:
-        value = super().pop(key, *default)
-        part = self.by_ns.get(key[0])
-        if part is not None:
-            part.pop(key, None)
-        self.allocating.discard(key)
-        return value
-
-    def _unsupported(self, *_: Any, **__: Any) -> None:
-        raise NotImplementedError("bench index: only set, delete and pop are kept in step")
-
-    update = setdefault = popitem = clear = _unsupported  # type: ignore[assignment]
-
-
-def _holds_allocation(obj: Any) -> bool:
-    """Whether a stored object holds a cluster IP or a node port (what Service admission
-    checks new Services against); False for anything that is not a Service."""
-    spec = obj.get("spec") if isinstance(obj, dict) else None
-    if not isinstance(spec, dict):
-        return False
-    ips = [ip for ip in spec.get("clusterIPs") or [spec.get("clusterIP")] if ip and ip != "None"]
-    return bool(ips) or any(isinstance(p, dict) and p.get("nodePort") for p in spec.get("ports") or [])
-
-
-def speed_up_store(store: Any) -> tuple[Callable[[str, str], bool], Callable[[bool], None]]:
-    """Index `store`'s tables by namespace. Returns a checker comparing `live()` with the
-    original, and a switch for bulk loading: while on, the cluster-wide Service listing
-    (used only by Service admission, to find taken cluster IPs and node ports) lists only
-    the Services that hold one: the same verdicts, without scanning every Service."""
-    from bridge.testing.kube.resources import lookup
-    from bridge.testing.kube.store import Store
-
-    for plural, table in list(store._objects.items()):
-        store._objects[plural] = _IndexedTable(table)
-    loading = [False]
-
-    def live(resource: Any, namespace: str | None = None) -> Iterator[Any]:
-        rt = lookup(resource)
-        table = store._objects[rt.plural]
-        if loading[0] and namespace is None and rt.plural == "services" \
-                and isinstance(table, _IndexedTable):
-            for key in sorted(table.allocating):
-                yield table[key]
-            return
-        if namespace is None or not rt.namespaced or not isinstance(table, _IndexedTable):
-            yield from Store.live(store, resource, namespace)
-            return
-        part = table.by_ns.get(namespace, {})
-        for key in sorted(part):
-            yield part[key]
-
-    store.live = live
-
-    def same_as_original(resource: str, namespace: str) -> bool:
-        with store.lock:
-            ours = [o["metadata"]["name"] for o in store.live(resource, namespace)]
-            theirs = [o["metadata"]["name"] for o in Store.live(store, resource, namespace)]
-        return ours == theirs
-
-    def bulk(on: bool) -> None:
-        loading[0] = on
-
-    return same_as_original, bulk
-
-
-def _pod(svc: Svc, j: int, ip: str, ready: bool) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"{svc.name}-{j}", "namespace": svc.namespace,
-                     "labels": {"app": svc.name}},
-        "spec": {"nodeName": f"node-{j}", "containers": [{
-            "name": "app", "image": "registry.example/app:1",
-            "ports": [{"name": PORT_NAME, "containerPort": TARGET_PORT, "protocol": "TCP"}]}]},
-        "status": _pod_status(ip, ready),
-    }
-
-
-def _pod_status(ip: str, ready: bool) -> dict[str, Any]:
-    flag = "True" if ready else "False"
-    return {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": flag},
-                           {"type": "ContainersReady", "status": flag}]}
-
-
-def _service(svc: Svc) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": svc.name, "namespace": svc.namespace},
-        "spec": {"clusterIP": "None", "selector": {"app": svc.name},
-                 "ports": [{"name": PORT_NAME, "port": SERVICE_PORT,
-                            "targetPort": TARGET_PORT, "protocol": "TCP"}]},
-    }
-
-
-def _consul_main(conn: Any) -> None:
-    """Child process: the Consul test server, in a process (and GIL) of its own."""
-    import logging
-
-    logging.basicConfig(level=logging.ERROR)
-    from bridge.testing.consul import ConsulServer
-
-    die_with_parent()
-    consul = ConsulServer(host="127.0.0.1", port=0, jitter=False)
-    consul.start()
-    try:
-        conn.send(("ready", {"consul": consul.url}))
-        while conn.recv()[0] != "stop":
-            pass
-    except (KeyboardInterrupt, EOFError):
-        pass  # stopped by the parent (SIGTERM) or the parent went away
-    finally:
-        with contextlib.suppress(Exception):
-            consul.stop()
-        with contextlib.suppress(Exception):
-            conn.send(("stopped",))
-
-
 def _cluster_main(conn: Any, services: list[Svc], workdir: str, seed: int) -> None:
     """Child process: the Kubernetes API test server, its data and the changes."""
     import logging
@@ -610,24 +457,18 @@ def _cluster_main(conn: Any, services: list[Svc], workdir: str, seed: int) -> No
     kube = KubeAPIServer(host="127.0.0.1", port=0, history_size=100_000,
                          watch_capacity=100_000)
     try:
-        check, bulk = speed_up_store(kube.store)
         kube.start()
         started = time.monotonic()
         store = kube.store
-        bulk(True)
         for ns in sorted({svc.namespace for svc in services}):
             store.create("namespaces", None, {"metadata": {"name": ns}})
         pods: list[list[list[Any]]] = []  # per service: [ip, ready] per pod
         for svc in services:
             for j, ip in enumerate(svc.ips):
-                store.create("pods", svc.namespace, _pod(svc, j, ip, True), detach=False)
-            store.create("services", svc.namespace, _service(svc), detach=False)
+                store.create("pods", svc.namespace, pod(svc.namespace, svc.name, j, ip, True), detach=False)
+            store.create("services", svc.namespace, headless_service(svc.namespace, svc.name), detach=False)
             pods.append([[ip, True] for ip in svc.ips])
-        bulk(False)
         load_seconds = time.monotonic() - started
-        namespaces = sorted({svc.namespace for svc in services})
-        consistent = all(check(kind, ns) for ns in namespaces[:3] + namespaces[-2:]
-                         for kind in ("pods", "services", "endpointslices"))
         slices = store.objects("endpointslices", services[0].namespace)
         first = [s for s in slices if s["metadata"]["labels"].get(
             "kubernetes.io/service-name") == services[0].name]
@@ -638,7 +479,7 @@ def _cluster_main(conn: Any, services: list[Svc], workdir: str, seed: int) -> No
         kube.write_kubeconfig(kubeconfig)
         conn.send(("ready", {"kube": kube.url,
                              "kubeconfig": str(kubeconfig), "load_seconds": load_seconds,
-                             "counts": counts, "index_consistent": consistent,
+                             "counts": counts,
                              "first_slice_addresses": sorted(
                                  a for s in first for e in s.get("endpoints") or []
                                  for a in e["addresses"] if e["conditions"]["ready"])}))
@@ -707,7 +548,7 @@ def _run_changes(conn: Any, store: Any, services: list[Svc], pods: list[list[lis
         ip, ready = state[j]
         began = time.monotonic()
         store.patch("pods", svc.namespace, f"{svc.name}-{j}", MERGE_PATCH,
-                    {"status": _pod_status(ip, ready)}, subresource="status")
+                    {"status": pod_status(ip, ready)}, subresource="status")
         written = time.monotonic()
         write_times.append(written - began)
         new = tuple(sorted(ip for ip, ready in state if ready))
@@ -718,46 +559,13 @@ def _run_changes(conn: Any, store: Any, services: list[Svc], pods: list[list[lis
                         "late": behind}))
 
 
-class _Child:
-    """A forked helper process and the pipe to it."""
-
-    def __init__(self, name: str, target: Callable[..., None], *args: Any) -> None:
-        ctx = multiprocessing.get_context("fork")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
-
-    def start(self, timeout: float) -> dict[str, Any]:
-        self.process.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.conn.poll(0.5):
-                message = self.conn.recv()
-                if message[0] == "ready":
-                    return dict(message[1])
-                raise RuntimeError(f"{self.process.name}: unexpected {message!r}")
-            if not self.process.is_alive():
-                raise RuntimeError(f"{self.process.name} died (exit {self.process.exitcode})")
-        raise TimeoutError(f"{self.process.name} not ready after {timeout:.0f}s")
-
-    def stop(self) -> None:
-        if self.process.pid is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            self.conn.send(("stop",))
-        self.process.join(10)
-        for end in (self.process.terminate, self.process.kill):
-            if self.process.is_alive():
-                end()
-                self.process.join(5)
-
-
 class Cluster:
     """The test servers: Kubernetes (with the data and the changes) and Consul, each in a
     process of its own, as the real ones are; `conn` talks to the Kubernetes one."""
 
     def __init__(self, services: list[Svc], workdir: Path, seed: int) -> None:
-        self.kube = _Child("bench-kube", _cluster_main, services, str(workdir), seed)
-        self.consul = _Child("bench-consul", _consul_main)
+        self.kube = Child("bench-kube", _cluster_main, services, str(workdir), seed)
+        self.consul = Child("bench-consul", consul_main)
         self.conn = self.kube.conn
 
     def start(self, timeout: float) -> dict[str, Any]:
@@ -776,14 +584,6 @@ class Cluster:
 # ========================================================================================
 # Processes: the bridge, unbound, dnsperf
 # ========================================================================================
-
-def die_with_parent() -> None:
-    """In a child: get SIGTERM when the bench process dies, however it dies (Linux)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
 
 def ensure_tools() -> None:
     """dnsperf and unbound from Debian packages when missing (needs root, as here)."""
@@ -805,21 +605,6 @@ def ensure_tools() -> None:
 def unbound_binary() -> str | None:
     return shutil.which("unbound") or next(
         (p for p in ("/usr/sbin/unbound", "/sbin/unbound") if os.access(p, os.X_OK)), None)
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise OSError("no free port")
 
 
 def wait_for(what: str, probe: Callable[[], bool], timeout: float, interval: float = 0.1,
@@ -1413,8 +1198,7 @@ def bench_one(n: int, args: argparse.Namespace, root: Path) -> RunReport:
         say(f"N={n}: loading {n} services x {args.endpoints} pods into the Kubernetes test server")
         info = cluster.start(timeout=args.timeout)
         report.load_seconds = info["load_seconds"]
-        say(f"N={n}: loaded in {info['load_seconds']:.1f}s: {info['counts']}; "
-            f"namespace index consistent: {info['index_consistent']}")
+        say(f"N={n}: loaded in {info['load_seconds']:.1f}s: {info['counts']}")
         if info["first_slice_addresses"] != sorted(services[0].ips):
             raise RuntimeError(f"EndpointSlice of {services[0].fqdn} holds "
                                f"{info['first_slice_addresses']}, not {sorted(services[0].ips)}")

@@ -12,10 +12,7 @@ Kubernetes API test server runs in this process (the bench writes Pods into its 
    normal write path (`Store.apply`: validation, admission, the EndpointSlice controller),
    so the cluster holds what a real one would: Services, Pods, EndpointSlices, Endpoints.
    Services are spread over namespaces of 50 and their names are unique cluster-wide, so
-   each is one Consul service. The store's `live()` scan sorts the whole table on every
-   call, and the controller calls it for every Pod write; by default the bench indexes the
-   tables by namespace (same objects, same order: checked) so that loading and the change
-   phase measure the bridge rather than that sort (`--no-index` turns it off).
+   each is one Consul service.
 2. The bridge (`bridge.app.App`, default settings except the addresses and cluster id)
    starts; we time until Consul holds every instance exactly as expected and the reconciler
    says `converged`, and count the HTTP requests it made to both servers (from the servers'
@@ -42,12 +39,10 @@ import io
 import ipaddress
 import json
 import logging
-import multiprocessing
 import os
 import pstats
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,45 +52,39 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from common import (
+    ROOT,
+    TARGET_PORT,
+    VENV_BIN,
+    Child,
+    consul_main,
+    free_port,
+    headless_service,
+    percentile,
+    pod,
+    pod_status,
+    say,
+)
 from prometheus_client import REGISTRY
 
 from bridge import config
 from bridge.app import App
 from bridge.catalog.naming import consul_service_id
-from bridge.testing.consul import ConsulServer, RequestRecord
+from bridge.testing.consul import RequestRecord
 from bridge.testing.kube import KubeAPIServer
-from bridge.testing.kube.store import MERGE_PATCH, Store
+from bridge.testing.kube.store import MERGE_PATCH
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = ROOT / ".venv" / "bin"
 CLUSTER_ID = "bench"
 NODE = f"k8s-sync-{CLUSTER_ID}"
 PER_NAMESPACE = 50
-PORT_NAME = "http"
-SERVICE_PORT = 80
-TARGET_PORT = 8080
 BASE_IP = int(ipaddress.IPv4Address("10.64.0.0"))
 NEW_IP = int(ipaddress.IPv4Address("10.200.0.0"))
-
-_START = time.monotonic()
-
-
-def say(text: str) -> None:
-    print(f"[{time.monotonic() - _START:7.1f}s] {text}", flush=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.4999)))
-    return ordered[rank - 1]
-
 
 # ========================================================================================
 # The cluster
@@ -121,99 +110,6 @@ def make_services(count: int, endpoints: int) -> list[Svc]:
             for i in range(count)]
 
 
-def pod_status(ip: str, ready: bool) -> dict[str, Any]:
-    flag = "True" if ready else "False"
-    return {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": flag},
-                           {"type": "ContainersReady", "status": flag}]}
-
-
-def pod(svc: Svc, j: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"{svc.name}-{j}", "namespace": svc.namespace,
-                     "labels": {"app": svc.name}},
-        "spec": {"nodeName": f"node-{j}", "containers": [{
-            "name": "app", "image": "registry.example/app:1",
-            "ports": [{"name": PORT_NAME, "containerPort": TARGET_PORT, "protocol": "TCP"}]}]},
-        "status": pod_status(svc.ips[j], svc.ready[j]),
-    }
-
-
-def service(svc: Svc) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": svc.name, "namespace": svc.namespace},
-        "spec": {"clusterIP": "None", "selector": {"app": svc.name},
-                 "ports": [{"name": PORT_NAME, "port": SERVICE_PORT, "targetPort": PORT_NAME,
-                            "protocol": "TCP"}]},
-    }
-
-
-class _ByNamespace(dict):  # type: ignore[type-arg]
-    """A store table that also files its (namespace, name) keys by namespace.
-
-    The store writes its tables only with `table[key] = obj` and `table.pop(key, None)`;
-    both are kept in step here, anything else is refused so a change there is noticed.
-    """
-
-    def __init__(self, items: dict[Any, Any]) -> None:
-        super().__init__(items)
-        self.by_ns: dict[str, dict[Any, Any]] = defaultdict(dict)
-        for key, value in items.items():
-            self.by_ns[key[0]][key] = value
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.by_ns[key[0]][key] = value
-
-    def pop(self, key: Any, *default: Any) -> Any:
-        value = super().pop(key, *default)
-        part = self.by_ns.get(key[0])
-        if part is not None:
-            part.pop(key, None)
-        return value
-
-    def _refuse(self, *_: Any, **__: Any) -> None:
-        raise NotImplementedError("bench index: the store wrote its table in a new way")
-
-    __delitem__ = update = setdefault = popitem = clear = _refuse  # type: ignore[assignment]
-
-
-def index_store(store: Store) -> Callable[[], bool]:
-    """Serve `store.live(resource, namespace)` from a per-namespace index; returns a check
-    that the indexed answers equal the original ones."""
-    from bridge.testing.kube.resources import lookup
-
-    with store.lock:
-        for plural, table in list(store._objects.items()):
-            store._objects[plural] = _ByNamespace(table)
-
-    def live(resource: Any, namespace: str | None = None) -> Iterator[Any]:
-        rt = lookup(resource)
-        table = store._objects[rt.plural]
-        if namespace is None or not rt.namespaced:
-            yield from Store.live(store, resource, namespace)
-            return
-        part = table.by_ns.get(namespace, {})
-        for key in sorted(part):
-            yield part[key]
-
-    store.live = live  # type: ignore[method-assign]
-
-    def same() -> bool:
-        with store.lock:
-            for plural in ("pods", "services", "endpointslices", "endpoints"):
-                for ns in {k[0] for k in store._objects[plural]}:
-                    ours = [o["metadata"]["name"] for o in store.live(plural, ns)]
-                    theirs = [o["metadata"]["name"] for o in Store.live(store, plural, ns)]
-                    if ours != theirs:
-                        return False
-        return True
-
-    return same
-
-
 def load_cluster(kube: KubeAPIServer, services: list[Svc]) -> float:
     started = time.monotonic()
     for ns in sorted({s.namespace for s in services}):
@@ -221,8 +117,8 @@ def load_cluster(kube: KubeAPIServer, services: list[Svc]) -> float:
     for svc in services:
         # Pods first, then the Service: the controller builds the slice once, from all pods.
         for j in range(len(svc.ips)):
-            kube.apply(pod(svc, j))
-        kube.apply(service(svc))
+            kube.apply(pod(svc.namespace, svc.name, j, svc.ips[j], svc.ready[j]))
+        kube.apply(headless_service(svc.namespace, svc.name))
     return time.monotonic() - started
 
 
@@ -250,32 +146,6 @@ def check_cluster(kube: KubeAPIServer, services: list[Svc]) -> dict[str, Any]:
 
 # A query parameter marking the bench's own /v1 reads, so they stay out of the counts.
 OBSERVER = "bench-observer"
-
-
-def _die_with_parent() -> None:
-    """In a child: get SIGTERM when the bench process dies, however it dies (Linux)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _consul_main(conn: Any) -> None:
-    """Child process: the Consul test server, in a process (and GIL) of its own."""
-    _die_with_parent()
-    consul = ConsulServer(host="127.0.0.1", port=0, jitter=False)
-    try:
-        consul.start()
-        conn.send(("ready", consul.url))
-        while conn.recv()[0] != "stop":
-            pass
-    except (KeyboardInterrupt, EOFError):
-        pass  # stopped by the parent (SIGTERM, Ctrl-C) or the parent went away
-    finally:
-        with contextlib.suppress(Exception):
-            consul.stop()
-        with contextlib.suppress(Exception):
-            conn.send(("stopped",))
 
 
 class RemoteRequests:
@@ -316,21 +186,12 @@ class ConsulProcess:
     process starts any thread."""
 
     def __init__(self, timeout: float = 60.0) -> None:
-        ctx = multiprocessing.get_context("fork")
-        self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_consul_main, args=(child,), name="bench-consul",
-                                   daemon=True)
-        self.process.start()
-        child.close()
+        self._child = Child("bench-consul", consul_main)
+        self.process = self._child.process
         self._http: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
         self._ours: tuple[int, dict[str, dict[str, Any]], dict[str, str]] | None = None
-        if not self._conn.poll(timeout):
-            self.stop()
-            raise TimeoutError(f"Consul test server not up after {timeout:.0f}s")
-        what, self.url = self._conn.recv()
-        if what != "ready":
-            raise RuntimeError(f"Consul test server: unexpected {what!r}")
+        self.url = self._child.start(timeout)["consul"]
         host, _, port = self.url.removeprefix("http://").rpartition(":")
         self._address = (host, int(port))
         self.requests = RemoteRequests(self)
@@ -392,15 +253,7 @@ class ConsulProcess:
             if self._http is not None:
                 self._http.close()
                 self._http = None
-        if self.process.pid is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            self._conn.send(("stop",))
-        self.process.join(10)
-        for end in (self.process.terminate, self.process.kill):
-            if self.process.is_alive():
-                end()
-                self.process.join(5)
+        self._child.stop()
 
 
 def count_ours(consul: ConsulProcess) -> int:
@@ -590,16 +443,16 @@ class TxnTimes:
         server = self.server(since[1])
         if not server:
             return "no txns"
-        own = (f"Consul test server's own handling of a txn p50 {pct(server, 50) * 1000:.0f} ms, "
+        own = (f"Consul test server's own handling of a txn p50 {percentile(server, 50) * 1000:.0f} ms, "
                f"max {max(server) * 1000:.0f} ms, sum {sum(server):.1f} s")
         if not client:
             return own
         rtt = [b - a for a, b in client]
         gaps = [client[i + 1][0] - client[i][1] for i in range(len(client) - 1)]
-        text = (f"txn round trip (bridge's client) p50 {pct(rtt, 50) * 1000:.0f} ms, max "
+        text = (f"txn round trip (bridge's client) p50 {percentile(rtt, 50) * 1000:.0f} ms, max "
                 f"{max(rtt) * 1000:.0f} ms, sum {sum(rtt):.1f} s; {own}")
         if gaps:
-            text += f"; bridge time between txns p50 {pct(gaps, 50) * 1000:.1f} ms"
+            text += f"; bridge time between txns p50 {percentile(gaps, 50) * 1000:.1f} ms"
         return text
 
 
@@ -906,12 +759,6 @@ class InProcessBridge:
             self.app.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ProcessBridge:
     """`bridge run` in a child process (its own interpreter and GIL); observed through
     /readyz, /metrics and the test servers' request logs."""
@@ -1045,8 +892,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--resyncs", type=int, default=60,
                    help="idle resync passes at a 1 s period (default 60; 12 = one hour at 5 min)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per phase")
-    p.add_argument("--no-index", action="store_true",
-                   help="leave the test server's store unindexed (its live() sorts every table)")
     p.add_argument("--profile", action="store_true",
                    help="cProfile the reconciler's passes in each phase and print the top entries")
     p.add_argument("--bridge-process", action="store_true",
@@ -1095,7 +940,6 @@ def main(argv: list[str]) -> int:
         stack.callback(consul.stop)
         kube = KubeAPIServer(host="127.0.0.1", port=0, history_size=200_000,
                              watch_capacity=200_000)
-        same_order = None if args.no_index else index_store(kube.store)
         kube.start()
         stack.callback(kube.stop)
         txn_times = TxnTimes(consul)
@@ -1103,12 +947,10 @@ def main(argv: list[str]) -> int:
             f"(child process {consul.process.pid})")
 
         # --- the cluster ---------------------------------------------------------------------
-        say(f"loading {args.services} headless Services x {args.endpoints} ready Pods "
-            f"({'namespace-indexed store' if same_order else 'unindexed store'}) ...")
+        say(f"loading {args.services} headless Services x {args.endpoints} ready Pods ...")
         load_s = load_cluster(kube, services)
         facts = check_cluster(kube, services)
-        order_ok = same_order() if same_order else None
-        say(f"loaded in {load_s:.1f}s: {facts}; index order = original: {order_ok}")
+        say(f"loaded in {load_s:.1f}s: {facts}")
         kubeconfig = kube.write_kubeconfig(workdir / "kubeconfig")
         kube.clear_requests()
         consul.requests.clear()
@@ -1250,9 +1092,7 @@ def main(argv: list[str]) -> int:
               f"{facts['pods']} Pods, {facts['endpointslices']} EndpointSlices "
               f"({facts['slices_ok']} with {args.endpoints} endpoints on port {TARGET_PORT}), "
               f"{facts['ready_endpoints']} ready endpoints; loaded through Store.apply in "
-              f"{load_s:.1f}s ("
-              + (f"namespace-indexed live(), order checked: {order_ok})" if same_order
-                 else "unindexed)"))
+              f"{load_s:.1f}s")
         if extra:
             print(f"bridge settings changed from the defaults: {extra}")
         print()
@@ -1274,7 +1114,7 @@ def main(argv: list[str]) -> int:
         rate_text = "as fast as possible" if args.rate <= 0 else f"at a steady {args.rate:g}/s"
         print(f"2. {len(changes)} endpoint changes, one per Service, {rate_text} "
               f"(written in {write_s:.2f} s; Kubernetes write p50 "
-              f"{pct([c.took for c in changes], 50) * 1000:.1f} ms)")
+              f"{percentile([c.took for c in changes], 50) * 1000:.1f} ms)")
         print(f"    bridge trigger: sync.quiet_period={sync_settings.quiet_period:g} s, "
               f"sync.max_delay={sync_settings.max_delay:g} s; sync.batch_size="
               f"{sync_settings.batch_size} ops per txn")
@@ -1302,16 +1142,16 @@ def main(argv: list[str]) -> int:
         lag_values = list(lags.values())
         if lag_values:
             print(f"    lag, Kubernetes write returned -> Consul txn applied ({len(lag_values)}/"
-                  f"{len(changes)} changes): p50 {_ms(pct(lag_values, 50))}, "
-                  f"p99 {_ms(pct(lag_values, 99))}, max {_ms(max(lag_values))}, "
+                  f"{len(changes)} changes): p50 {_ms(percentile(lag_values, 50))}, "
+                  f"p99 {_ms(percentile(lag_values, 99))}, max {_ms(max(lag_values))}, "
                   f"min {_ms(min(lag_values))}  (target p99 < 300 ms)")
             for kind in ("ready->not-ready", "ip"):
                 vals = [lags[k] for k, c in enumerate(changes) if c.kind == kind and k in lags]
                 if vals:
-                    print(f"      {kind:17s}: p50 {_ms(pct(vals, 50))}, p99 {_ms(pct(vals, 99))}")
+                    print(f"      {kind:17s}: p50 {_ms(percentile(vals, 50))}, p99 {_ms(percentile(vals, 99))}")
             net = list(lags_net.values())
             print(f"    the same lags minus the time the Consul test server's txn handler was busy "
-                  f"meanwhile: p50 {_ms(pct(net, 50))}, p99 {_ms(pct(net, 99))}, "
+                  f"meanwhile: p50 {_ms(percentile(net, 50))}, p99 {_ms(percentile(net, 99))}, "
                   f"max {_ms(max(net))}")
         else:
             print("    lag: no change reached Consul")

@@ -37,8 +37,7 @@ def start(objects: list[dict[str, Any]], deployment: dict[str, Any], tmp_path: P
     """Starts the container's command. `settings` (dotted keys) and `env` rewrite addresses
     and paths only; `kubelet_env` is what the kubelet adds (KUBERNETES_SERVICE_HOST...);
     `timing_env` shortens a timing (TIMING_ENV).
-    Its log goes to `tmp_path/<container>.log`; HOME is `tmp_path`, so no kubeconfig of
-    this machine's user is found."""
+    HOME is `tmp_path`, so no kubeconfig of this machine's user is found."""
     assert set(settings) <= ADDRESS_SETTINGS, f"not an address: {set(settings) - ADDRESS_SETTINGS}"
     assert set(env or {}) <= ADDRESS_ENV, f"not an address: {set(env or {}) - ADDRESS_ENV}"
     assert set(timing_env or {}) <= TIMING_ENV, f"not a timing: {set(timing_env or {}) - TIMING_ENV}"
@@ -69,8 +68,7 @@ def start(objects: list[dict[str, Any]], deployment: dict[str, Any], tmp_path: P
         environ[name] = value
     environ.update(kubelet_env or {})
     environ.update(timing_env or {})
-    return Proc(*args, env=environ, inherit_env=False,
-                stderr_file=tmp_path / f"{container['name']}.log")
+    return Proc(*args, env=environ, inherit_env=False)
 
 
 def _rewritten(data: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:

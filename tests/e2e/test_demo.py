@@ -13,8 +13,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from tests.conftest import eventually
 from tests.e2e.proc import Proc
-from tests.integration.harness import eventually
 
 PODS = {"10.28.3.13", "10.28.5.15"}
 VMS = {"192.0.2.21", "192.0.2.22"}

@@ -109,7 +109,7 @@ class Cluster:
         """The bridge's log messages (its settings log JSON lines)."""
         assert self.bridge is not None
         messages = []
-        for line in self.bridge.log().splitlines():
+        for line in self.bridge.stderr.splitlines():
             try:
                 messages.append(str(json.loads(line)["message"]))
             except (ValueError, KeyError, TypeError):
@@ -159,10 +159,9 @@ def servers(tmp_path: Path) -> Iterator[Callable[[list[dict[str, Any]]], Cluster
         kube = Proc("fake-k8s", "--tls", "--listen", "127.0.0.1:0",
                     "--load", str(tmp_path / "rbac.yaml"), "--load", str(tmp_path / "namespaces.yaml"),
                     "--write-kubeconfig", str(tmp_path / "admin.kubeconfig"),
-                    "--write-serviceaccount", str(account_dir), "--serviceaccount", "bridge/bridge",
-                    stderr_file=tmp_path / "fake-k8s.log")
+                    "--write-serviceaccount", str(account_dir), "--serviceaccount", "bridge/bridge")
         procs.append(kube)
-        consul = Proc("fake-consul", "--listen", "127.0.0.1:0", stderr_file=tmp_path / "fake-consul.log")
+        consul = Proc("fake-consul", "--listen", "127.0.0.1:0")
         procs.append(consul)
         kube_url = kube.expect(r"fake-k8s listening on (https://\S+)").group(1)
         consul_url = consul.expect(r"fake-consul listening on (\S+)").group(1)

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import eventually
 from tests.e2e.proc import Proc
 
 PODS = 100  # about 200 operations: several transactions of at most 64
@@ -68,15 +69,6 @@ def metric(text: str, name: str) -> float:
     return 0.0
 
 
-def poll(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
 
 def test_sigterm_exits_within_2s_with_reads_and_a_txn_in_flight_and_no_half_txn(tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
@@ -104,7 +96,7 @@ def test_sigterm_exits_within_2s_with_reads_and_a_txn_in_flight_and_no_half_txn(
 
         # Ready: both sources listed, so the Consul source's blocking queries are waiting.
         # A transaction counted: sent, and held by the server for TXN_LATENCY.
-        poll(ready_with_a_txn_in_flight, 30, "the bridge ready with a transaction sent")
+        eventually(ready_with_a_txn_in_flight, 30, "the bridge ready with a transaction sent")
         began = time.monotonic()
         bridge.p.send_signal(signal.SIGTERM)
         try:
@@ -112,8 +104,8 @@ def test_sigterm_exits_within_2s_with_reads_and_a_txn_in_flight_and_no_half_txn(
         except subprocess.TimeoutExpired:
             raise AssertionError("bridge run did not exit within 30 s of SIGTERM") from None
         took = time.monotonic() - began
-        stderr = bridge.p.stderr.read() if bridge.p.stderr else ""
-        assert code == 0, f"exit code {code}; stderr: {stderr[-3000:]}"
+        bridge.stop()  # reaped already: this ends the pipe readers
+        assert code == 0, f"exit code {code}; stderr: {bridge.stderr[-3000:]}"
         assert took < EXIT_WITHIN, f"bridge run took {took:.2f}s to exit after SIGTERM"
 
         # The transaction in flight lands (the server finishes it after its latency).
@@ -121,7 +113,7 @@ def test_sigterm_exits_within_2s_with_reads_and_a_txn_in_flight_and_no_half_txn(
             return [r for r in http("GET", consul_url + "/_admin/requests")
                     if r["method"] == "PUT" and r["path"] == "/v1/txn"]
 
-        logged = poll(txns, TXN_LATENCY + 10, "the transaction in flight answered")
+        logged = eventually(txns, TXN_LATENCY + 10, "the transaction in flight answered")
         assert len(logged) == 1, \
             f"no transaction may be sent once stopping; the server saw {len(logged)}"
         ops = json.loads(logged[0]["body"])
@@ -138,7 +130,7 @@ def test_sigterm_exits_within_2s_with_reads_and_a_txn_in_flight_and_no_half_txn(
                 "a transaction Consul refused must leave nothing"
         assert 0 < len(sent_services) < PODS, "the test needs a plan spanning several transactions"
     finally:
-        if bridge is not None and bridge.p.poll() is None:
-            bridge.p.kill()
+        if bridge is not None:
+            bridge.stop(signal.SIGKILL)
         k8s.stop()
         consul.stop()

@@ -91,8 +91,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]
         consul_url = consul.expect(r"fake-consul listening on (\S+)").group(1)
         central = Proc("run", "--kubeconfig", str(kubeconfig), "--consul-addr", consul_url,
                        "--cluster-id", central_settings.cluster_id,
-                       "--dns-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
-                       stderr_file=tmp / "central.log")
+                       "--dns-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
         try:
             def cart_registered() -> bool:
                 entries = http("GET", consul_url + "/v1/health/service/cart")
@@ -100,7 +99,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]
 
             poll(cart_registered, 30, "the central bridge registered shop/cart in Consul")
         finally:
-            assert central.stop() == 0, central.log()[-3000:]
+            assert central.stop() == 0, central.stderr[-3000:]
         yield Registered(consul_url, central_settings.cluster_id)
     finally:
         kube.stop()
@@ -173,9 +172,9 @@ def test_the_sidecar_answers_its_clusters_services_and_consuls_without_kubernete
             assert upstream.seen(OUTSIDE) >= 1, "the upstream was asked"
             assert upstream.seen("cart.shop.svc.cluster.local.") == 0, "answered, not forwarded"
         finally:
-            assert sidecar.proc.stop() == 0, sidecar.proc.log()[-3000:]
+            assert sidecar.proc.stop() == 0, sidecar.proc.stderr[-3000:]
 
-    log = sidecar.proc.log()
+    log = sidecar.proc.stderr
     assert "kubernetes" not in log.lower(), f"the sidecar touched Kubernetes: {log[-3000:]}"
     sent = http("GET", registered.consul_url + f"/_admin/requests?since={since}")
     writes = [(r["method"], r["path"]) for r in sent if r["method"] != "GET"]
@@ -209,7 +208,7 @@ def test_an_idle_sidecar_only_reissues_blocking_queries_whose_wait_expired(regis
             sent = poll(idle_window, 30 * WAIT + 30,
                         f"every watched path re-issued {REISSUES} times")
         finally:
-            assert sidecar.proc.stop() == 0, sidecar.proc.log()[-3000:]
+            assert sidecar.proc.stop() == 0, sidecar.proc.stderr[-3000:]
 
     unexpected = sorted({(r["method"], r["path"]) for r in sent
                          if r["method"] != "GET" or r["path"] not in expected})
@@ -237,5 +236,5 @@ def test_a_sidecar_waits_for_consul_alone_and_says_so(tmp_path):
         try:
             status, body = readyz(sidecar.http_url)
         finally:
-            assert sidecar.proc.stop() == 0, sidecar.proc.log()[-3000:]
+            assert sidecar.proc.stop() == 0, sidecar.proc.stderr[-3000:]
     assert (status, body) == (503, "not ready, waiting for:\n- consul list\n- first catalog\n")

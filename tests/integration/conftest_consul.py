@@ -19,23 +19,20 @@ import contextlib
 import http.client
 import json
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import consul as pyconsul
 import pytest
 
 from bridge.testing.consul import ConsulServer
+from bridge.testing.timers import ManualClock
+from tests.conftest import eventually
 
 ENV_ADDR = "BRIDGE_TEST_CONSUL_ADDR"
-T = TypeVar("T")
-# How long a query must stay unanswered before we call it "blocked" (a bound, not a sleep).
-STILL_BLOCKED = 0.3
 
 
 @dataclass
@@ -70,6 +67,26 @@ class ConsulTarget:
     port: int
     fake: ConsulServer | None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def clock(self) -> ManualClock | None:
+        """The fake's clock when a test moves it by hand (None for a real agent)."""
+        clock = self.fake.clock if self.fake is not None else None
+        return clock if isinstance(clock, ManualClock) else None
+
+    def run_out_wait(self, seconds: float) -> None:
+        """Let a blocked query's `wait` of `seconds` run out.
+
+        On a fake with a manual clock: once a query is blocked with exactly `seconds` to go
+        (which also shows that nothing has ended or shortened its wait), the clock moves by
+        that much. A real agent's clock moves by itself, so there is nothing to do.
+        """
+        clock = self.clock
+        if clock is None:
+            return
+        eventually(lambda: any(abs(left - seconds) < 1e-6 for left in clock.waiting()), 5,
+                   f"a query blocked with {seconds}s to go (waiting: {clock.waiting()})")
+        clock.advance(seconds)
 
     def client(self, **kwargs: Any) -> pyconsul.Consul:
         return pyconsul.Consul(host=self.host, port=self.port, **kwargs)
@@ -122,8 +139,8 @@ def _parse_addr(raw: str) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def consul_under_test() -> Iterator[ConsulTarget]:
-    """A real Consul if BRIDGE_TEST_CONSUL_ADDR is set, otherwise a fresh fake."""
+def consul_under_test(**fake_kwargs: Any) -> Iterator[ConsulTarget]:
+    """A real Consul if BRIDGE_TEST_CONSUL_ADDR is set, otherwise a fresh fake built with `fake_kwargs`."""
     addr = os.environ.get(ENV_ADDR)
     if addr:
         host, port = _parse_addr(addr)
@@ -133,7 +150,7 @@ def consul_under_test() -> Iterator[ConsulTarget]:
         finally:
             target.run_cleanups()
         return
-    with fake_consul() as server:
+    with fake_consul(**fake_kwargs) as server:
         yield fake_target(server)
 
 
@@ -153,24 +170,6 @@ def fake_target(server: ConsulServer) -> ConsulTarget:
     return ConsulTarget(host, port, fake=server)
 
 
-def eventually(probe: Callable[[], T | None], *, timeout: float = 5.0, interval: float = 0.02) -> T:
-    """Poll `probe` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
-        time.sleep(interval)
-
-
-def assert_pending(future: Future[Any]) -> None:
-    """The query behind `future` is still unanswered after STILL_BLOCKED seconds."""
-    with pytest.raises(FutureTimeout):
-        future.result(timeout=STILL_BLOCKED)
-
-
 # -- fixtures -------------------------------------------------------------------------
 
 
@@ -179,6 +178,17 @@ def consul() -> Iterator[ConsulTarget]:
     """The Consul under test (see consul_under_test)."""
     with consul_under_test() as target:
         yield target
+
+
+def consul_on_manual_clock() -> Any:
+    """A `consul` fixture whose fake runs on a ManualClock: waits end by `run_out_wait` only."""
+
+    @pytest.fixture
+    def consul() -> Iterator[ConsulTarget]:
+        with consul_under_test(clock=ManualClock()) as target:
+            yield target
+
+    return consul
 
 
 def fake_server(**kwargs: Any) -> Any:

@@ -8,9 +8,8 @@ Consul over plain HTTP, the way an operator would, and poll with deadlines.
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +22,9 @@ from bridge import config
 from bridge.app import App
 from bridge.testing.consul import ConsulServer
 from bridge.testing.kube import KubeAPIServer
+from tests.conftest import eventually
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
-
-
-def eventually(check: Callable[[], Any], timeout: float = 15, what: str = "") -> Any:
-    """Polls `check` until it returns a truthy value without raising AssertionError."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except AssertionError as exc:
-            last = exc
-        time.sleep(0.02)
-    raise AssertionError(f"not within {timeout}s: {what} {last or ''}")
 
 
 class World:

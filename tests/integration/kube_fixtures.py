@@ -9,12 +9,11 @@ A test module binds the fixtures it uses to their names, e.g.::
 redefinition of the import, which ruff reports as F811).
 """
 
-import time
-
 import pytest
 from kubernetes import client, config
 
 from bridge.testing.kube import KubeAPIServer
+from bridge.testing.timers import ManualClock
 
 
 def server(seed):
@@ -43,9 +42,16 @@ def core(api):
     return client.CoreV1Api(api)
 
 
-def wait_until(predicate, timeout=5.0, message="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.01)
+@pytest.fixture
+def clock():
+    return ManualClock()
+
+
+@pytest.fixture
+def timed_kube(clock, tmp_path):
+    """A server on `clock` (its latency and watch timeouts end only when the test moves it), and
+    an official-client CoreV1Api for it: `(server, core)`."""
+    with KubeAPIServer(clock=clock) as server:
+        api_client = config.new_client_from_config(str(server.write_kubeconfig(tmp_path / "timed-kubeconfig")))
+        yield server, client.CoreV1Api(api_client)
+        api_client.close()

@@ -3,6 +3,7 @@ and a loop thread that dies fails /healthz."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import urllib.error
@@ -19,7 +20,8 @@ from bridge.config import ConsulSettings
 from bridge.consul.client import ConsulClient
 from bridge.errors import Transient
 from bridge.http import HealthServer
-from tests.integration.harness import World, converged, eventually
+from tests.conftest import eventually
+from tests.integration.harness import World, converged
 
 # A call that is not cut would wait for its blocking query (60 s here) or its read
 # timeout; ending at all within this generous bound is what the tests check.
@@ -44,7 +46,8 @@ class Hanging:
         self.received = threading.Event()
         self.request_lines: list[str] = []
         self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
 
     def _accept(self) -> None:
         while True:
@@ -78,7 +81,11 @@ class Hanging:
                          + b"\r\n\r\n" + body)
 
     def close(self) -> None:
+        # Closing alone does not wake a thread blocked in accept(); shutting it down does.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
+        self._thread.join(5)
         for conn in self._conns:
             conn.close()
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.integration.harness import World, a_records, converged, eventually, namespace, pod, service
+from tests.conftest import eventually
+from tests.integration.harness import World, a_records, converged, namespace, pod, service
 
 VMS = {"192.0.2.31", "192.0.2.32"}
 

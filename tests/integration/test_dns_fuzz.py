@@ -180,12 +180,22 @@ def answers(reply: dns.message.Message) -> list[str]:
     return [rd.to_text() for rrset in reply.answer for rd in rrset]
 
 
+# Hypothesis warns when the global `random` state moves while it draws an example; here the
+# server under test moves it, on its own threads, shuffling Consul answers (random.sample in
+# bridge/dns/table.py) for fuzzed packets still in flight. The draws use no global randomness.
+@pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies:hypothesis.errors.HypothesisDeprecationWarning")
 def test_fuzz_over_100k_packets_then_still_answering(server):
     target = server.addresses[0]
     sent = {"udp": 0, "tcp": 0, "batches": 0}
-    noise = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    check = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    check.settimeout(TIMEOUT)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as noise, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as check:
+        check.settimeout(TIMEOUT)
+        fuzz_then_ask(server, target, sent, noise, check)
+
+
+def fuzz_then_ask(server: DnsServer, target: tuple[str, int], sent: dict[str, int],
+                  noise: socket.socket, check: socket.socket) -> None:
 
     @settings(max_examples=BATCHES, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
@@ -207,10 +217,7 @@ def test_fuzz_over_100k_packets_then_still_answering(server):
         reply = sync(server, check, sent["batches"] & 0xFFFF)
         assert answers(reply) == ["10.96.0.1"]
 
-    try:
-        one_batch()
-    finally:
-        noise.close()
+    one_batch()
     assert sent["udp"] + sent["tcp"] >= 100_000, sent
 
     # Still answering, correctly, over both transports, and still forwarding.
@@ -225,7 +232,6 @@ def test_fuzz_over_100k_packets_then_still_answering(server):
     forwarded = dns.query.udp(dns.message.make_query("www.example.test.", "A"), host, port=port,
                               timeout=TIMEOUT)
     assert answers(forwarded) == ["192.0.2.80"]
-    check.close()
     stats = server.stats
     assert stats["queries"] >= 100_000 - sent["tcp"], stats  # the TCP ones may still be queued
     assert stats["errors"] == 0, f"an exception escaped the handler: {stats}"

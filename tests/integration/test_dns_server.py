@@ -2,7 +2,7 @@
 
 Covers the transport (UDP and TCP on one port, IPv4 and IPv6, several queries per TCP
 connection, idle timeout, truncation and TCP retry, EDNS, garbage) and spot-checks the
-answers end to end. Numbers are checklist rules of reference/kubernetes-dns.md §5.
+answers end to end. Numbers are the rules of docs/dns-conformance.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import time
 from collections.abc import Iterator
 from types import MappingProxyType
 
@@ -35,6 +34,7 @@ from bridge.catalog.model import (
 )
 from bridge.config import DnsSettings
 from bridge.dns.server import DnsServer
+from tests.conftest import eventually
 
 K8S = Origin(OriginKind.KUBERNETES, "east")
 HTTP, HTTPS = Port("http", 80), Port("https", 443)
@@ -256,11 +256,15 @@ def test_dig_over_tcp(server):
 
 
 def test_idle_tcp_connections_are_closed():
+    # A real deadline (the DNS server reads the real clock): the idle timeout is 0.3 s and the
+    # default 10 s, so a close within the socket's 8 s is this setting at work, with room for
+    # a loaded machine; a server that never closes idle connections fails with a timeout.
     with DnsServer(local("127.0.0.1:0"), tcp_idle_timeout=0.3) as srv:
-        with socket.create_connection(endpoint(srv), timeout=5) as sock:
-            started = time.monotonic()
+        srv.publish(make_catalog())
+        with socket.create_connection(endpoint(srv), timeout=8) as sock:
+            sock.sendall(frame(dns.message.make_query("kubernetes" + Z, "A", id=9)))
+            assert addresses(read_frame(sock)) == ["10.96.0.1"], "served before it went idle"
             assert sock.recv(1) == b"", "the server must close an idle connection"
-            assert time.monotonic() - started < 4
 
 
 # --- truncation and EDNS -------------------------------------------------------------------
@@ -376,9 +380,8 @@ def test_udp_and_tcp_share_one_port_and_stop_is_quick():
     assert port != 0
     assert addresses(udp(srv, "kubernetes" + Z)) == addresses(tcp(srv, "kubernetes" + Z))
     threads = list(srv._threads)
-    started = time.monotonic()
     srv.stop()
-    assert time.monotonic() - started < 1.5
+    # stop() gives its threads about a second: any still alive it failed to wake.
     assert not any(t.is_alive() for t in threads), "serving threads must be joined"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind((host, port))  # the port is free again
@@ -402,9 +405,8 @@ def test_stats_count_queries_and_rcodes():
         udp(srv, "nosuch" + Z)
         tcp(srv, "nosuch" + Z)
         udp(srv, "big" + Z)
-        deadline = time.monotonic() + 5
-        while srv.stats["answered"] < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)  # the counter is bumped just after sendto returns
+        # The counter is bumped just after sendto returns.
+        eventually(lambda: srv.stats["answered"] >= 4, 5, "four answers counted")
         stats = srv.stats
         assert stats["queries"] == 4 and stats["answered"] == 4, stats
         assert (stats["noerror"], stats["nxdomain"], stats["truncated"]) == (2, 2, 1), stats

@@ -30,7 +30,7 @@ from bridge.catalog.model import (
 )
 from bridge.config import DnsSettings
 from bridge.dns.workers import DnsWorkers
-from tests.integration.harness import eventually
+from tests.conftest import eventually
 
 K8S = Origin(OriginKind.KUBERNETES, "east")
 HTTP = Port("http", 80)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import consul as pyconsul
 
+from tests.conftest import eventually
 from tests.integration import conftest_consul
-from tests.integration.conftest_consul import ConsulTarget, eventually
+from tests.integration.conftest_consul import ConsulTarget
 
 consul = conftest_consul.consul
 

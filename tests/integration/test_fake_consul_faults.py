@@ -8,7 +8,7 @@ mid-blocking-query, KnownLeader false, backwards indexes, and the request log.
 from __future__ import annotations
 
 import socket
-import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,12 +19,31 @@ import requests
 from consul.exceptions import ClientError
 
 from bridge.testing.consul import ConsulServer
+from bridge.testing.timers import ManualClock
+from tests.conftest import assert_pending, eventually
 from tests.integration import conftest_consul
-from tests.integration.conftest_consul import ConsulTarget, assert_pending, eventually, fake_consul, fake_target
+from tests.integration.conftest_consul import ConsulTarget, fake_consul, fake_target
 
 server = conftest_consul.fake_server()
 target = conftest_consul.target
 pool = conftest_consul.pool
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def timed(clock: ManualClock) -> Iterator[ConsulServer]:
+    """A fake on `clock`: its waits, delays and timers end only when the test moves the clock."""
+    with fake_consul(clock=clock) as fake:
+        yield fake
+
+
+def waiting_for(clock: ManualClock, seconds: float) -> None:
+    """Until something on `clock` waits with exactly `seconds` to go (and nothing else waits)."""
+    eventually(lambda: clock.waiting() == [pytest.approx(seconds)], 5, f"one wait of {seconds}s ({clock.waiting()})")
 
 
 def connect_refused(address: tuple[str, int]) -> bool:
@@ -62,11 +81,16 @@ def test_outage_refuses_connections_then_recovers_on_the_same_port(server: Consu
     assert target.http("GET", "/v1/status/leader").status == 200
 
 
-def test_timed_outage_recovers_by_itself(server: ConsulServer, target: ConsulTarget) -> None:
-    server.faults.outage(duration=0.3)
-    assert connect_refused(server.address)
-    eventually(lambda: not connect_refused(server.address), timeout=5)
-    assert target.http("GET", "/v1/status/peers").status == 200
+def test_timed_outage_recovers_by_itself(timed: ConsulServer, clock: ManualClock) -> None:
+    timed.faults.outage(duration=0.3)
+    assert connect_refused(timed.address)
+    waiting_for(clock, 0.3)
+    clock.advance(0.29)
+    waiting_for(clock, 0.01)
+    assert connect_refused(timed.address), "not before its duration"
+    clock.advance(0.02)  # past the deadline whatever the float sum
+    eventually(lambda: not connect_refused(timed.address), 5, "listening again")
+    assert fake_target(timed).http("GET", "/v1/status/peers").status == 200
 
 
 def test_outage_cuts_a_held_blocking_query(
@@ -107,12 +131,17 @@ def test_errors_can_target_a_path_prefix(server: ConsulServer, target: ConsulTar
     assert target.http("GET", "/v1/health/service/x").status == 200
 
 
-def test_slow_responses(server: ConsulServer, target: ConsulTarget) -> None:
-    server.faults.slow(0.4)
-    started = time.monotonic()
-    assert target.http("GET", "/v1/status/leader").status == 200
-    assert time.monotonic() - started >= 0.4
-    server.faults.slow(0)
+def test_slow_responses(timed: ConsulServer, clock: ManualClock, pool: ThreadPoolExecutor) -> None:
+    target = fake_target(timed)
+    timed.faults.slow(0.4)
+    slow = pool.submit(lambda: target.http("GET", "/v1/status/leader"))
+    waiting_for(clock, 0.4)
+    clock.advance(0.3)
+    assert_pending(slow)
+    clock.advance(0.15)  # past the deadline whatever the float sum
+    assert slow.result(timeout=5).status == 200
+    timed.faults.slow(0)
+    assert target.http("GET", "/v1/status/leader").status == 200, "answered without the clock moving"
 
 
 def test_drop_cuts_blocking_queries_without_a_response(
@@ -128,11 +157,15 @@ def test_drop_cuts_blocking_queries_without_a_response(
     assert [r.path for r in dropped] == ["/v1/catalog/services"]
 
 
-def test_drop_after_a_delay(server: ConsulServer, target: ConsulTarget) -> None:
-    server.faults.drop_blocking_queries_after(0.2)
+def test_drop_after_a_delay(timed: ConsulServer, clock: ManualClock, pool: ThreadPoolExecutor) -> None:
+    target = fake_target(timed)
+    timed.faults.drop_blocking_queries_after(0.2)
     index = target.http("GET", "/v1/catalog/services").index
+    query = pool.submit(lambda: target.client().catalog.services(index=index, wait="30s"))
+    waiting_for(clock, 0.2)  # the drop comes before the 30s wait
+    clock.advance(0.2)
     with pytest.raises(requests.exceptions.ConnectionError):
-        target.client().catalog.services(index=index, wait="30s")
+        query.result(timeout=5)
 
 
 def test_known_leader_false_header(server: ConsulServer, target: ConsulTarget) -> None:
@@ -143,19 +176,22 @@ def test_known_leader_false_header(server: ConsulServer, target: ConsulTarget) -
     assert target.http("GET", "/v1/status/leader").json() == ""
 
 
-def test_reset_index_moves_the_index_backwards(server: ConsulServer, target: ConsulTarget) -> None:
+def test_reset_index_moves_the_index_backwards(
+    timed: ConsulServer, clock: ManualClock, pool: ThreadPoolExecutor
+) -> None:
+    target = fake_target(timed)
     for i in range(5):
         target.register({"Node": f"n{i}", "Address": "10.0.0.1", "Service": {"Service": f"s{i}"}})
     high = target.http("GET", "/v1/catalog/services").index
-    server.faults.reset_index(2)
-    assert server.state.index == 2
+    timed.faults.reset_index(2)
+    assert timed.state.index == 2
     after = target.http("GET", "/v1/catalog/services")
     assert after.index <= 2 < high
     # A client still holding the old index blocks for its whole wait and gets the lower one.
-    started = time.monotonic()
-    blocked = target.http("GET", f"/v1/catalog/services?index={high}&wait=1s")
-    assert time.monotonic() - started >= 0.95
-    assert blocked.index == after.index
+    blocked = pool.submit(lambda: target.http("GET", f"/v1/catalog/services?index={high}&wait=1s"))
+    waiting_for(clock, 1.0)
+    clock.advance(1.0)
+    assert blocked.result(timeout=5).index == after.index
     # New writes continue from the reset index.
     target.register({"Node": "fresh", "Address": "10.0.0.2"})
     assert target.http("GET", "/v1/catalog/nodes").index == 3
@@ -239,7 +275,8 @@ def test_max_txn_ops_can_emulate_an_older_release() -> None:
 
 
 def test_session_ttl_expiry_releases_locks() -> None:
-    with fake_consul(session_ttl_min=0.1) as server:
+    clock = ManualClock()
+    with fake_consul(session_ttl_min=0.1, clock=clock) as server:
         target = fake_target(server)
         client = target.client()
         # py-consul refuses TTLs under 10s client-side, so create the session directly.
@@ -247,8 +284,13 @@ def test_session_ttl_expiry_releases_locks() -> None:
         assert created.status == 200, created.text
         sid = created.json()["ID"]
         assert client.kv.put("leader", "me", acquire=sid)
-        # Consul invalidates after TTL x 2 without renewal.
-        eventually(lambda: client.session.info(sid)[1] is None, timeout=5)
+        # Consul invalidates after TTL x 2 without renewal: not at the TTL itself.
+        waiting_for(clock, 1.0)
+        clock.advance(0.5)
+        waiting_for(clock, 0.5)
+        assert client.session.info(sid)[1] is not None, "still valid at the TTL"
+        clock.advance(0.5)
+        eventually(lambda: client.session.info(sid)[1] is None, 5, "the session to expire at TTL x 2")
         assert "Session" not in client.kv.get("leader")[1]
 
 
@@ -284,37 +326,44 @@ def test_load_rejects_invalid_items_before_writing(server: ConsulServer, target:
     assert "ok" not in {n["Node"] for n in target.http("GET", "/v1/catalog/nodes").json()}
 
 
-def test_stop_ends_held_blocking_queries_promptly(pool: ThreadPoolExecutor) -> None:
-    server = ConsulServer(jitter=False).start()
+def test_stop_ends_held_blocking_queries(pool: ThreadPoolExecutor) -> None:
+    # On a clock that never moves only stop() can end the query; the guard in tests/conftest.py
+    # fails the test if stop() left the query's connection thread behind.
+    server = ConsulServer(jitter=False, clock=ManualClock()).start()
     target = fake_target(server)
     query = held_blocking_query(target, pool, wait="5m")
-    started = time.monotonic()
     server.stop()
-    assert time.monotonic() - started < 2.5
     with pytest.raises(requests.exceptions.ConnectionError):
         query.result(timeout=5)
 
 
-def test_wait_is_capped_and_defaulted_like_consul(server: ConsulServer, target: ConsulTarget) -> None:
-    # Consul caps wait at 10m and defaults it to 5m; scaled down here so the test is quick.
-    server.config.max_query_time_ns = 300_000_000
-    server.config.default_query_time_ns = 200_000_000
+@pytest.mark.parametrize(
+    ("wait", "seconds"),
+    [("&wait=20m", 600.0), ("&wait=10m", 600.0), ("", 300.0), ("&wait=0s", 300.0), ("&wait=90s", 90.0)],
+)
+def test_wait_is_capped_and_defaulted_like_consul(
+    timed: ConsulServer, clock: ManualClock, pool: ThreadPoolExecutor, wait: str, seconds: float
+) -> None:
+    # Consul's MaxQueryTime (10m) caps a longer wait; no wait, or 0, means DefaultQueryTime (5m).
+    target = fake_target(timed)
     index = target.http("GET", "/v1/catalog/services").index
-    started = time.monotonic()
-    target.http("GET", f"/v1/catalog/services?index={index}&wait=10m")
-    capped = time.monotonic() - started
-    started = time.monotonic()
-    target.http("GET", f"/v1/catalog/services?index={index}")
-    defaulted = time.monotonic() - started
-    assert 0.29 <= capped < 1.0
-    assert 0.19 <= defaulted < capped
+    query = pool.submit(lambda: target.http("GET", f"/v1/catalog/services?index={index}{wait}"))
+    waiting_for(clock, seconds)
+    clock.advance(seconds)
+    assert query.result(timeout=5).index == index
 
 
-def test_jitter_adds_at_most_a_sixteenth_of_the_wait() -> None:
-    with fake_consul(jitter=True) as server:
+def test_jitter_adds_at_most_a_sixteenth_of_the_wait(pool: ThreadPoolExecutor) -> None:
+    clock = ManualClock()
+    with fake_consul(jitter=True, clock=clock) as server:
         target = fake_target(server)
         index = target.http("GET", "/v1/catalog/services").index
-        started = time.monotonic()
-        target.http("GET", f"/v1/catalog/services?index={index}&wait=800ms")
-        elapsed = time.monotonic() - started
-        assert 0.79 <= elapsed < 0.8 * (1 + 1 / 16) + 0.2
+        waits = []
+        for _ in range(8):
+            query = pool.submit(lambda: target.http("GET", f"/v1/catalog/services?index={index}&wait=800ms"))
+            [wait] = eventually(clock.waiting, 5, "the query to block")
+            waits.append(wait)
+            clock.advance(wait)
+            assert query.result(timeout=5).index == index
+    assert all(0.8 <= wait <= 0.8 * (1 + 1 / 16) for wait in waits), waits
+    assert len(set(waits)) > 1, f"jitter is random: {waits}"

@@ -10,8 +10,9 @@ import base64
 import consul as pyconsul
 import pytest
 
+from tests.conftest import eventually
 from tests.integration import conftest_consul
-from tests.integration.conftest_consul import ConsulTarget, eventually
+from tests.integration.conftest_consul import ConsulTarget
 
 consul = conftest_consul.consul
 

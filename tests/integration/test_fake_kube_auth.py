@@ -25,19 +25,10 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from bridge.testing.kube import KubeAPIServer
-from tests.integration.harness import eventually
+from bridge.testing.timers import ManualClock
+from tests.conftest import eventually
 
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand (token grace periods are measured on it)."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def call(server, method, path, *, token=None, body=None, headers=None):
@@ -76,7 +67,7 @@ def run_kubectl(kubeconfig, cache_dir, *args, check=True):
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return ManualClock()  # token grace periods are measured on it
 
 
 @pytest.fixture
@@ -237,9 +228,9 @@ def test_rotation_rewrites_the_token_and_retires_the_old_one_after_the_grace_per
     assert os.readlink(sa_dir / "..data") != old_version, "a new version directory, swapped in by rename"
     assert not (sa_dir / old_version).exists(), "the previous version is cleaned up"
     assert call(kube, "GET", "/version", token=new)[0] == 200
-    clock.now += 29
+    clock.advance(29)
     assert call(kube, "GET", "/version", token=old)[0] == 200, "inside the 30 s grace period"
-    clock.now += 1
+    clock.advance(1)
     assert call(kube, "GET", "/version", token=old)[0] == 401
     assert call(kube, "GET", "/version", token=new)[0] == 200
 
@@ -346,7 +337,9 @@ def cli_server(tmp_path):
     url = lines[-1].split("listening on ", 1)[1].strip()
     yield url, tmp_path
     process.terminate()
-    assert process.wait(timeout=10) == 0
+    code = process.wait(timeout=10)
+    process.stdout.close()
+    assert code == 0
 
 
 def test_cli_serves_tls_writes_kubeconfig_and_service_account_and_rotates(cli_server):
@@ -366,6 +359,7 @@ def test_cli_serves_tls_writes_kubeconfig_and_service_account_and_rotates(cli_se
     eventually(lambda: (tmp_path / "sa" / "token").read_text() != old, what="token rewritten")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, context=context, timeout=10)
+    refused.value.close()
     assert refused.value.code == 401, "--token-grace 0 refuses the old token at once"
 
 
@@ -400,7 +394,7 @@ def test_kubectl_create_token_issues_an_expiring_service_account_token(kube, clo
     status, body = call(kube, "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", token=token,
                         body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})  # fmt: skip
     assert (status, body["status"]["userInfo"]["username"]) == (201, "system:serviceaccount:bridge:bridge")
-    clock.now += 900
+    clock.advance(900)
     assert call(kube, "GET", "/version", token=token)[0] == 401, "refused once expired"
     short = run_kubectl(kubeconfig, cache, "create", "token", "bridge", "-n", "bridge", "--duration=1m", check=False)
     assert short.stderr.strip() == (

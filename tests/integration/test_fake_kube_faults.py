@@ -3,20 +3,25 @@
 import http.client
 import json
 import socket
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import urllib3
 import yaml
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
 from bridge.testing.kube import KubeAPIServer, StatusError
+from tests.conftest import assert_pending, eventually
 from tests.integration import kube_fixtures
-from tests.integration.kube_fixtures import wait_until
 
 kube = kube_fixtures.server(seed=1)
 api = kube_fixtures.api
 core = kube_fixtures.core
+clock = kube_fixtures.clock
+timed_kube = kube_fixtures.timed_kube
 
 
 def request(kube, method, path, body=None, timeout=5):
@@ -70,12 +75,26 @@ def test_429_carries_retry_after(kube, core):
     }
 
 
-def test_official_client_transparently_retries_a_429_after_retry_after(kube, core):
+class SleepRecorder:
+    """Stands in for urllib3's `time` module: its sleeps are recorded instead of slept."""
+
+    def __init__(self):
+        self.slept = []
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_official_client_transparently_retries_a_429_after_retry_after(kube, core, monkeypatch):
     # urllib3 under the official client honours Retry-After on 429/503: callers never see it.
-    kube.fail_next(1, 429, retry_after=1)
-    started = time.monotonic()
+    recorder = SleepRecorder()
+    monkeypatch.setattr(urllib3.util.retry, "time", recorder)
+    kube.fail_next(1, 429, retry_after=7)
     assert core.list_namespaced_service("default").items == []
-    assert time.monotonic() - started >= 1
+    assert recorder.slept == [7], "the client waits the Retry-After the server sent, once"
     assert [(r.status, r.injected) for r in kube.requests] == [(429, True), (200, False)]
 
 
@@ -97,15 +116,18 @@ def test_watch_only_failures_hit_the_watch_request(kube, core):
     assert info.value.status == 500
 
 
-def test_latency_slows_requests_down(kube, core):
-    kube.set_latency(0.3)
-    started = time.monotonic()
-    core.list_namespace()
-    assert time.monotonic() - started >= 0.3
-    kube.clear_faults()
-    started = time.monotonic()
-    core.list_namespace()
-    assert time.monotonic() - started < 0.3
+def test_latency_slows_requests_down(timed_kube, clock):
+    server, core = timed_kube
+    server.set_latency(0.3)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(core.list_namespace)
+        eventually(lambda: clock.waiting() == [pytest.approx(0.3)], 5, "the request to be held 0.3s")
+        clock.advance(0.29)
+        assert_pending(slow, "a request 0.01s before its latency ran out")
+        clock.advance(0.02)  # past the deadline whatever the float sum
+        assert slow.result(timeout=10).items
+    server.clear_faults()
+    assert core.list_namespace().items, "served with the clock standing still"
 
 
 def test_outage_refuses_connections_and_cuts_watches_then_recovers_on_the_same_port(kube, core):
@@ -128,8 +150,8 @@ def test_outage_refuses_connections_and_cuts_watches_then_recovers_on_the_same_p
 def test_timed_outage_through_the_admin_api(kube):
     status, _, body = request(kube, "POST", "/_admin/outage", {"seconds": 0.3})
     assert (status, body) == (200, {"seconds": 0.3})
-    wait_until(lambda: not connectable(kube.address), message="the outage to start")
-    wait_until(lambda: connectable(kube.address), message="the server to listen again")
+    eventually(lambda: not connectable(kube.address), what="the outage to start")
+    eventually(lambda: connectable(kube.address), what="the server to listen again")
     assert request(kube, "GET", "/version")[0] == 200
 
 
@@ -255,11 +277,13 @@ def test_fixed_port_context_manager_and_restart_on_same_port():
         assert request(second, "GET", "/version")[0] == 200
 
 
-def test_stop_is_fast_with_idle_keep_alive_connections(kube, core):
+def test_stop_joins_its_threads_despite_idle_keep_alive_connections(kube, core):
     core.list_namespace()  # leaves a pooled keep-alive connection open
-    started = time.monotonic()
+    threads = [t for t in threading.enumerate() if t.name.startswith("fake-kube-")]
+    assert any(t.name.startswith("fake-kube-conn-") for t in threads), "the keep-alive connection's thread"
     kube.stop()
-    assert time.monotonic() - started < 2
+    # stop() gives up joining after its 2 s timeout: a thread still alive is one it could not end.
+    assert [t.name for t in threads if t.is_alive()] == []
 
 
 def test_manifest_timestamps_stay_strings_and_yaml_is_served_on_request(kube):

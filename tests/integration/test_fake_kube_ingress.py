@@ -17,12 +17,12 @@ from bridge import config
 from bridge.catalog.model import IngressRoute
 from bridge.kube.client import KubeClient
 from bridge.kube.source import KubeSource
+from tests.conftest import eventually
 from tests.integration import kube_fixtures
 
 kube = kube_fixtures.server(seed=23)
 api = kube_fixtures.api
 core = kube_fixtures.core
-wait_until = kube_fixtures.wait_until
 
 
 @pytest.fixture
@@ -163,7 +163,7 @@ def test_ingress_watch_sees_status_changes(kube, net):
 
     thread = threading.Thread(target=consume, daemon=True)
     thread.start()
-    wait_until(lambda: kube.store.watcher_count() == 1, message="the watch to subscribe")
+    eventually(lambda: kube.store.watcher_count() == 1, what="the watch to subscribe")
     current = net.read_namespaced_ingress("front", "default")
     current.status = {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}
     net.replace_namespaced_ingress_status("front", "default", current)
@@ -206,11 +206,11 @@ def test_kube_source_mirrors_ingress_routes_when_asked(kube, tmp_path, core, net
     assert plain.ingresses is None
     try:
         source.start()
-        wait_until(lambda: source.synced, message="the source to list")
+        eventually(lambda: source.synced, what="the source to list")
         expected = IngressRoute("shop", "front", "web", "web.example.com", "/", True, ("203.0.113.7",))
         assert source.snapshot().ingresses == (expected,), "kube-system is denied by default"
         net.delete_namespaced_ingress("front", "shop")
-        wait_until(lambda: source.snapshot().ingresses == (), message="the deleted Ingress to go")
+        eventually(lambda: source.snapshot().ingresses == (), what="the deleted Ingress to go")
     finally:
         stop.set()
         kube_client.close()

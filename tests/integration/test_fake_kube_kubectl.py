@@ -5,11 +5,11 @@ import queue
 import shutil
 import subprocess
 import threading
-import time
 
 import pytest
 import yaml
 
+from tests.conftest import eventually
 from tests.integration import kube_fixtures
 
 MANIFEST = """\
@@ -204,10 +204,7 @@ def test_get_watch_streams_new_rows(kube, kubectl, manifest):
     try:
         assert next_line().split()[:3] == ["NAME", "READY", "STATUS"]
         assert next_line().split()[0] == "web-0"
-        deadline = time.monotonic() + 10
-        while not any(r.watch for r in kube.requests):
-            assert time.monotonic() < deadline, "kubectl never started watching"
-            time.sleep(0.01)
+        eventually(lambda: any(r.watch for r in kube.requests), 10, "kubectl to start watching")
         pod = yaml.safe_load(MANIFEST.split("---")[2])
         pod["metadata"]["name"] = "web-1"
         pod["status"]["conditions"][0]["status"] = "False"

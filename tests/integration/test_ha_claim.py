@@ -18,7 +18,7 @@ from bridge.consul.client import ConsulClient
 from bridge.ha.claim import ClaimState, ClaimValue, ClusterClaim
 from bridge.ha.clusters import ClusterWatcher
 from bridge.testing.consul import ConsulServer
-from tests.integration.harness import eventually
+from tests.conftest import eventually
 from tests.unit.ha_fakes import FakeClock
 
 KEY = "bridge/clusters/east"

@@ -27,7 +27,7 @@ from bridge.errors import ConfigError, Denied, Transient
 from bridge.kube.client import SERVICES, KubeClient
 from bridge.kube.objects import service_from_raw
 from bridge.kube.watch import Reflector
-from tests.integration.harness import eventually
+from tests.conftest import eventually
 
 USER = "system:serviceaccount:bridge:bridge"
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bridge.app import App
-from tests.integration.harness import World, converged, eventually, namespace
+from tests.conftest import eventually
+from tests.integration.harness import World, converged, namespace
 from tests.integration.test_consul_to_k8s import deregister, k8s_addresses, register_vm
 from tests.unit.test_deploy_manifests import granted, one, render, running
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import EXAMPLES, World, a_records, converged, eventually, pod
+from tests.conftest import eventually
+from tests.integration.harness import EXAMPLES, World, a_records, converged, pod
 
 PODS = {"10.28.3.13", "10.28.5.15"}
 PHP = "php-apache-svc.default.svc.cluster.local."

@@ -1,7 +1,7 @@
 """consul-k8s catalog sync's behaviour list, as a table: Service -> Consul registrations.
 
-Each case is one of consul-k8s's `to-consul/resource_test.go` cases (numbered as in
-../shared/reference/consul-k8s-and-peers.md §1.6), applied to the Kubernetes API test
+Each case is one of consul-k8s's `to-consul/resource_test.go` cases (its number a stable
+case number, in the order of that file), applied to the Kubernetes API test
 server and read back from the Consul test server after the bridge converged. The fixtures
 are consul-k8s's: ports http 80->8080 (nodePort 30000) and rpc 8500->2000 (nodePort
 30001); endpoints 1.1.1.1 (ready, pod foobar), 2.2.2.2 (ready unset), 3.3.3.3 (not ready);
@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -311,37 +312,56 @@ def _group_key(case: Case) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, repr(v)) for k, v in case.flags.items()))
 
 
-@pytest.fixture(scope="module")
-def groups(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Any, World]]:
-    """One world and bridge per distinct settings group, started on first use."""
-    worlds: dict[Any, World] = {}
-
-    def get(case: Case) -> World:
-        key = _group_key(case)
-        if key not in worlds:
-            world = World(tmp_path_factory.mktemp("world"))
-            members = [c for c in CASES if _group_key(c) == key]
-            world.apply(nodes(external_first=bool(case.flags.get("_external_first_nodes"))))
-            for member in members:
-                for obj in member.objects:
-                    ns = obj["metadata"].get("namespace")
-                    if ns and ns not in ("default", "kube-system", "kube-public"):
-                        world.apply([namespace(ns)])
-                world.apply(member.objects)
-            flags = {k: v for k, v in case.flags.items() if not k.startswith("_")}
-            app = world.start_bridge(CLUSTER, **{k.replace(".", "__"): v for k, v in flags.items()})
-            converged(app)
-            worlds[key] = world
-        return worlds[key]
-
-    yield get  # type: ignore[misc]
-    for world in worlds.values():
+def start_world(members: list[Case], tmp_path: Path) -> World:
+    """A world holding every object of `members` (cases sharing one settings group), with a
+    bridge on their settings, converged."""
+    world = World(tmp_path)
+    try:
+        world.apply(nodes(external_first=bool(members[0].flags.get("_external_first_nodes"))))
+        for member in members:
+            for obj in member.objects:
+                ns = obj["metadata"].get("namespace")
+                if ns and ns not in ("default", "kube-system", "kube-public"):
+                    world.apply([namespace(ns)])
+            world.apply(member.objects)
+        flags = {k: v for k, v in members[0].flags.items() if not k.startswith("_")}
+        app = world.start_bridge(CLUSTER, **{k.replace(".", "__"): v for k, v in flags.items()})
+        converged(app)
+    except BaseException:
         world.close()
+        raise
+    return world
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_consul_k8s_behaviour(case: Case, groups: Any) -> None:
-    world = groups(case)
+def settings_group(number: int, members: list[Case]) -> type:
+    """A test class for one settings group: its class-scoped world lives while its cases run,
+    and is stopped before the next group's starts (so one bridge runs at a time)."""
+
+    class Group:
+        @pytest.fixture(scope="class")
+        def world(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+            world = start_world(members, tmp_path_factory.mktemp("world"))
+            yield world
+            world.close()
+
+        @pytest.mark.parametrize("case", members, ids=[c.id for c in members])
+        def test_consul_k8s_behaviour(self, case: Case, world: World) -> None:
+            check_case(case, world)
+
+    Group.__name__ = Group.__qualname__ = f"TestSettings{number:02d}"
+    Group.__doc__ = f"Cases run with {members[0].flags or 'the default settings'}."
+    return Group
+
+
+GROUPS: dict[Any, list[Case]] = {}
+for _case in CASES:
+    GROUPS.setdefault(_group_key(_case), []).append(_case)
+for _number, _members in enumerate(GROUPS.values()):
+    _group = settings_group(_number, _members)
+    globals()[_group.__name__] = _group
+
+
+def check_case(case: Case, world: World) -> None:
     regs = [r for r in world.registrations(NODE).values() if r["Service"] in case.names]
     got = sorted((r["Service"], r["Address"], r["Port"]) for r in regs)
     want = sorted((e["name"], e["address"], e["port"]) for e in case.expect)

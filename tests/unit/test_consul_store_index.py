@@ -34,6 +34,7 @@ from bridge.testing.consul.catalog import (
 from bridge.testing.consul.errors import ApplyError
 from bridge.testing.consul.protocol import Request, Response
 from bridge.testing.consul.state import KeyIndex, Record, Tables
+from bridge.testing.timers import ManualClock
 
 NODES = ["n1", "N1", "n2", "n3"]
 SERVICE_IDS = ["s1", "S1", "s2", "s3", "s4"]
@@ -417,25 +418,29 @@ def test_blocked_catalog_services_skips_writes_that_do_not_move_services(
     assert summaries[0] == 2
 
 
-def test_blocked_query_answers_from_current_tables_at_its_deadline(
-    server: ConsulServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from bridge.testing.consul import query
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
 
+
+@pytest.fixture
+def server_on_clock(clock: ManualClock) -> Iterator[ConsulServer]:
+    srv = ConsulServer(jitter=False, clock=clock)
+    yield srv
+    srv.stop()
+
+
+def test_blocked_query_answers_from_current_tables_at_its_deadline(
+    server_on_clock: ConsulServer, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = server_on_clock
     register(server, "n1", "web-1", "web")
     index = int(call(server, "GET", "/v1/health/service/web").header("X-Consul-Index"))
-    now = [0.0]
-
-    class Clock:
-        @staticmethod
-        def monotonic() -> float:
-            return now[0]
 
     def late_unrelated_write() -> None:
         call(server, "PUT", "/v1/kv/a", "1")
-        now[0] = 3600.0  # past the 1m wait
+        clock.advance(3600.0)  # past the 1m wait
 
-    monkeypatch.setattr(query, "time", Clock)
     monkeypatch.setattr(server.state, "cond", ScriptedWait(server, [late_unrelated_write]))
     blocked = blocking_get(server, "/v1/health/service/web", index)
     monkeypatch.undo()

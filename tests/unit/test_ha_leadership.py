@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from bridge.errors import Rejected
 from bridge.ha.claim import ClaimState, ClaimValue, ClusterClaim
 from bridge.ha.elector import LeaderElector
 from bridge.ha.leadership import Leadership, build, default_identity, kube_system_uid
+from tests.conftest import eventually
 from tests.unit.ha_fakes import FakeClock, FakeConsul, LeaseServer
 
 KEY = "bridge/clusters/east"
@@ -88,10 +88,7 @@ def test_stop_releases_the_claim_then_the_lease():
     elector, claim, server, consul = parts(clock)
     gate = Leadership(elector, claim, clock=clock, retry_period=2.0)
     gate.start()
-    deadline = time.monotonic() + 5  # the thread's first step runs at once
-    while not gate.may_write():
-        assert time.monotonic() < deadline, "the leadership thread never stepped"
-        time.sleep(0.01)
+    eventually(gate.may_write, timeout=5, what="the leadership thread's first step")
     gate.stop(timeout=5)
     assert not gate.thread.is_alive()
     assert not gate.may_write()

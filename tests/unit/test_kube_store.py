@@ -1,6 +1,8 @@
 """Object-store semantics of the fake kube-apiserver, driven in-process (no sockets)."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.testing.kube.errors import StatusError
 from bridge.testing.kube.store import MERGE_PATCH, Store
@@ -277,3 +279,61 @@ def test_bookmarks_only_for_watchers_that_allow_them(store):
         "metadata": {"resourceVersion": store.resource_version},
     }
     assert without.get(0) is None
+
+
+# --- the per-namespace index behind live() and list() ---------------------------------------
+
+NAMESPACED = ("pods", "services", "endpointslices", "endpoints")
+OPERATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["create-pod", "create-service", "label-pod", "delete-pod", "delete-service"]),
+        st.sampled_from(["default", "a", "b"]),
+        st.integers(0, 3),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(OPERATIONS)
+def test_namespace_reads_equal_a_full_scan_after_any_writes(operations):
+    store = Store(seed=3)
+    for ns in ("a", "b"):
+        store.create("namespaces", None, {"metadata": {"name": ns}})
+    for op, ns, n in operations:
+        try:
+            if op == "create-pod":
+                store.create("pods", ns, pod(f"p{n}", {"app": f"s{n % 2}"}, ip=f"10.0.{n}.1"))
+            elif op == "create-service":
+                store.create("services", ns, {"metadata": {"name": f"s{n % 2}"},
+                                              "spec": {"selector": {"app": f"s{n % 2}"}, "ports": [{"port": 80}]}})
+            elif op == "label-pod":
+                store.patch("pods", ns, f"p{n}", MERGE_PATCH, {"metadata": {"labels": {"app": f"s{(n + 1) % 2}"}}})
+            elif op == "delete-pod":
+                store.delete("pods", ns, f"p{n}")
+            else:
+                store.delete("services", ns, f"s{n % 2}")
+        except StatusError:
+            pass  # already there, or not there: the write is refused and nothing changes
+        with store.lock:
+            for plural in NAMESPACED:
+                scan = [o["metadata"] for o in store.live(plural)]
+                for space in ("default", "a", "b", "nowhere"):
+                    indexed = [o["metadata"] for o in store.live(plural, space)]
+                    assert indexed == [m for m in scan if m["namespace"] == space], (plural, space)
+                    listed = [i["metadata"] for i in store.list(plural, space)["items"]]
+                    assert listed == indexed, (plural, space)
+
+
+def test_picked_node_ports_leave_the_static_band_to_services_that_name_one(store):
+    # Kubernetes' portallocator keeps the lowest min(max(16, 2768/32), 128) = 86 ports of
+    # 30000-32767 for Services that ask for a port: random picks come from above them first.
+    picked = []
+    for i in range(150):
+        created = store.create("services", "default", {
+            "metadata": {"name": f"np-{i}"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}})
+        picked.append(created["spec"]["ports"][0]["nodePort"])
+    assert min(picked) >= 30086, sorted(picked)[:5]
+    asked = store.create("services", "default", {
+        "metadata": {"name": "fixed"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30000}]}})
+    assert asked["spec"]["ports"][0]["nodePort"] == 30000

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from bridge.kube.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from bridge.reconcile.loop import Lane, Reconciler
 from bridge.reconcile.plans import ConsulPlanner, Decision, KubePlanner
 from bridge.reconcile.trigger import Trigger
+from tests.conftest import eventually
 
 # --- fakes -----------------------------------------------------------------------------
 
@@ -91,14 +91,6 @@ def reconciler(*lanes: Lane, kube: Source | None = None, dry_run: bool = False,
 
 def lane(name: str, planner: FakePlanner, sink: FakeSink) -> Lane:
     return Lane(name, planner, sink)
-
-
-def eventually(check, timeout: float = 10, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.01)
 
 
 # --- the reconciler ---------------------------------------------------------------------

@@ -139,7 +139,7 @@ def _uint_param(req: Request, name: str) -> int:
 
 def _lock_delayed(api: Api, key: str) -> bool:
     expiry = api.store.lock_delays.get(key)
-    return expiry is not None and expiry > api.store.clock()
+    return expiry is not None and expiry > api.store.clock.now()
 
 
 def _put(api: Api, req: Request, opts: QueryOptions, key: str) -> Response:

@@ -168,7 +168,7 @@ def _precheck_one(api: Api, tables: Tables, authz: Authorizer, op: Op) -> None:
             authz.require("key", key, "write")
         if op.verb == "lock":
             expiry = api.store.lock_delays.get(key)
-            if expiry is not None and expiry > api.store.clock():
+            if expiry is not None and expiry > api.store.clock.now():
                 raise ValueError(f"failed to lock key {go_quote(key)} due to lock delay")
         return
     if op.verb not in _CATALOG_VERBS:
@@ -454,7 +454,7 @@ def _read_only(api: Api, req: Request, ops: list[Op]) -> Response:
         errors = _precheck(api, api.store.tables, authz, ops)
         results: list[Result] = []
         if not errors:
-            probe = WriteTxn(idx=0, tables=api.store.tables.copy(), now=api.store.clock())
+            probe = WriteTxn(idx=0, tables=api.store.tables.copy(), now=api.store.clock.now())
             results, errors = _dispatch(api, probe, ops)
     if errors:
         response = json_response(req, {"Results": None, "Errors": errors, **meta}, status=409)

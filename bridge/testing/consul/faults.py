@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from bridge.testing.consul.state import Store
-from bridge.testing.timers import DelayedCall
+from bridge.testing.timers import SYSTEM, Clock, DelayedCall
 
 HIDDEN = "<hidden>"
 
@@ -118,7 +118,7 @@ def _redact(value: Any) -> Any:
 class Faults:
     """The fault switchboard. Outage/recover are wired to the transport by the server."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock = SYSTEM) -> None:
         self._store = store
         self._lock = threading.Lock()
         self._errors: list[ErrorRule] = []
@@ -130,7 +130,7 @@ class Faults:
         self.drop_generation = 0
         self.drop_blocking_after: float | None = None
         self._outage_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
-        self._reopen = DelayedCall()
+        self._reopen = DelayedCall(clock)
         self.in_outage = False
 
     # -- error responses --------------------------------------------------------

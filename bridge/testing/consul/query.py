@@ -17,7 +17,6 @@ passed the client's; and it never re-evaluates tables it has already evaluated.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -142,13 +141,14 @@ def run_query(
         result = _evaluate(evaluated, evaluate)
         if opts.min_index == 0 or result.index > opts.min_index:
             return result
-        started = time.monotonic()
+        clock = store.clock
+        started = clock.now()
         deadline = started + query_timeout(api, opts.wait_ns)
         drop_generation = faults.drop_generation
         while True:
             if store.closing or req.conn.closed or faults.drop_generation != drop_generation:
                 raise Abort()
-            now = time.monotonic()
+            now = clock.now()
             drop_after = faults.drop_blocking_after
             if drop_after is not None and now - started >= drop_after:
                 raise Abort()
@@ -160,7 +160,7 @@ def run_query(
                 return result
             if drop_after is not None:
                 remaining = min(remaining, started + drop_after - now)
-            store.cond.wait(remaining)
+            clock.wait(store.cond, remaining)
             tables = store.tables
             # Committed tables are never modified in place: the same object means no commit.
             if tables is evaluated:

@@ -12,6 +12,7 @@ project (tests, the `bridge fake-consul` CLI) uses:
     server.requests.records()            # what clients sent (tokens redacted)
     server.acl.create_token({...})       # with acl_master_token set
     server.config.max_txn_ops = 64       # AgentConfig fields may be changed while running
+    ConsulServer(clock=ManualClock())    # time-driven behaviour on a clock the test moves
     server.stop()
 """
 
@@ -48,6 +49,7 @@ from bridge.testing.consul.session_timers import SessionTimers
 from bridge.testing.consul.state import Store
 from bridge.testing.consul.transport import Transport
 from bridge.testing.consul.wire import SECOND
+from bridge.testing.timers import SYSTEM, Clock
 
 _UNSPECIFIED_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
@@ -68,6 +70,7 @@ class ConsulServer:
         max_txn_ops: int = 128,
         session_ttl_min: float = 10.0,
         version: str = "1.22.0",
+        clock: Clock = SYSTEM,
     ) -> None:
         self.host = host
         node_address = "127.0.0.1" if host in _UNSPECIFIED_HOSTS else host.strip("[]")
@@ -80,8 +83,9 @@ class ConsulServer:
             max_txn_ops=max_txn_ops,
             session_ttl_min_ns=int(session_ttl_min * SECOND),
         )
-        self.state = Store()
-        self.faults = Faults(self.state)
+        self.clock = clock
+        self.state = Store(clock=clock)
+        self.faults = Faults(self.state, clock)
         self.requests = RequestLog()
         self.acl = AclRegistry(acl_master_token, default_policy=acl_default_policy)
         catalog = Catalog(self.state.lock_delays)
@@ -93,7 +97,7 @@ class ConsulServer:
             acl=self.acl,
             faults=self.faults,
             requests=self.requests,
-            session_timers=SessionTimers(self._expire_session),
+            session_timers=SessionTimers(self._expire_session, clock),
         )
         routes = [
             *api_catalog.ROUTES,
@@ -171,7 +175,7 @@ class ConsulServer:
             return handle_admin(self.api, req)
         delay = self.faults.delay_for(req.path)
         if delay:
-            self._stopping.wait(delay)
+            self.clock.sleep(delay, self._stopping)
         began = time.perf_counter()  # after any injected delay: `took` is the handling alone
         rule = self.faults.take_error(req.method, req.path)
         if rule is not None:

@@ -9,15 +9,17 @@ blocked readers wake exactly as for an explicit destroy.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
+
+from bridge.testing.timers import SYSTEM, Clock
 
 SESSION_TTL_MULTIPLIER = 2
 
 
 class SessionTimers:
-    def __init__(self, expire: Callable[[str], None]) -> None:
+    def __init__(self, expire: Callable[[str], None], clock: Clock = SYSTEM) -> None:
         self._expire = expire
+        self._clock = clock
         self._cond = threading.Condition()
         self._deadlines: dict[str, float] = {}
         self._stopped = False
@@ -27,7 +29,7 @@ class SessionTimers:
     def reset(self, session_id: str, ttl_seconds: float) -> None:
         """(Re)arm a session's timer, as create and renew do."""
         with self._cond:
-            self._deadlines[session_id] = time.monotonic() + ttl_seconds * SESSION_TTL_MULTIPLIER
+            self._deadlines[session_id] = self._clock.now() + ttl_seconds * SESSION_TTL_MULTIPLIER
             self._cond.notify()
 
     def cancel(self, session_id: str) -> None:
@@ -44,14 +46,15 @@ class SessionTimers:
         while True:
             with self._cond:
                 while not self._stopped:
-                    now = time.monotonic()
+                    now = self._clock.now()
                     due = [sid for sid, deadline in self._deadlines.items() if deadline <= now]
                     if due:
                         for sid in due:
                             del self._deadlines[sid]
                         break
-                    wait = min(self._deadlines.values(), default=now + 3600) - now
-                    self._cond.wait(wait)
+                    # With nothing armed, only reset() or stop() can give us work.
+                    wait = min(self._deadlines.values(), default=None)
+                    self._clock.wait(self._cond, None if wait is None else wait - now)
                 if self._stopped:
                     return
             # Expire outside our lock: the store takes its own lock for the write.

@@ -21,13 +21,13 @@ written only by catalog.py's write functions, and are copied on write like the t
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Hashable, Iterator, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from bridge.testing.consul.errors import ApplyError
+from bridge.testing.timers import SYSTEM, Clock
 
 Record = dict[str, Any]
 NodeKey = str
@@ -188,7 +188,7 @@ class WriteTxn:
 class Store:
     """Holds the committed tables and serialises writes; the only owner of the Condition."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, clock: Clock = SYSTEM) -> None:
         self.clock = clock
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
@@ -219,7 +219,7 @@ class Store:
     def write(self) -> Iterator[WriteTxn]:
         """Run one atomic write. ApplyError rolls back but still consumes the index."""
         with self.cond:
-            txn = WriteTxn(idx=self._index + 1, tables=self._tables.copy(), now=self.clock())
+            txn = WriteTxn(idx=self._index + 1, tables=self._tables.copy(), now=self.clock.now())
             try:
                 yield txn
             except ApplyError:
@@ -264,7 +264,8 @@ class Store:
             raise ValueError("index must be >= 0")
         with self.cond:
             tables = self._tables.copy()
-            for table in (tables.nodes, tables.services, tables.checks, tables.kvs, tables.sessions):
+            every: list[dict[Any, Record]] = [tables.nodes, tables.services, tables.checks, tables.kvs, tables.sessions]
+            for table in every:
                 for key, record in list(table.items()):
                     table[key] = {
                         **record,

@@ -14,6 +14,7 @@ lower band for addresses users ask for explicitly, as KEP-3070 does.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bridge.testing.kube.errors import FieldError
@@ -57,18 +58,23 @@ class ServiceAllocator:
                 spec.pop(key, None)
             return []
         meta = new["metadata"]
-        others = [
-            s
-            for s in store.live("services")
-            if (s["metadata"]["namespace"], s["metadata"]["name"]) != (meta.get("namespace"), meta["name"])
-        ]
+
+        def others() -> list[JSON]:
+            # Only a Service that takes a cluster IP or a node port needs the others (a scan
+            # of every Service): a headless ClusterIP one, the common kind in bulk, does not.
+            return [
+                s
+                for s in store.live("services")
+                if (s["metadata"]["namespace"], s["metadata"]["name"]) != (meta.get("namespace"), meta["name"])
+            ]
+
         found = self._cluster_ips(store, spec, others)
         found += self._node_ports(store, spec, others)
         return found
 
     # --- cluster IPs ---------------------------------------------------------------------
 
-    def _cluster_ips(self, store: Store, spec: JSON, others: list[JSON]) -> list[FieldError]:
+    def _cluster_ips(self, store: Store, spec: JSON, others: Callable[[], list[JSON]]) -> list[FieldError]:
         found: list[FieldError] = []
         cluster_ip = spec.get("clusterIP") or ""
         given: list[str] = list(spec.get("clusterIPs") or ([cluster_ip] if cluster_ip else []))
@@ -136,7 +142,7 @@ class ServiceAllocator:
         if headless:
             return []
 
-        used = {ip for s in others for ip in (s.get("spec") or {}).get("clusterIPs") or []}
+        used = {ip for s in others() for ip in (s.get("spec") or {}).get("clusterIPs") or []}
         ips: list[str] = []
         for i, family in enumerate(families):
             if i < len(given):
@@ -177,14 +183,14 @@ class ServiceAllocator:
 
     # --- node ports ----------------------------------------------------------------------
 
-    def _node_ports(self, store: Store, spec: JSON, others: list[JSON]) -> list[FieldError]:
+    def _node_ports(self, store: Store, spec: JSON, others: Callable[[], list[JSON]]) -> list[FieldError]:
         kind = spec.get("type", "ClusterIP")
         wants = kind == "NodePort" or (kind == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts", True))
         if kind not in ("NodePort", "LoadBalancer"):
             spec.pop("healthCheckNodePort", None)
             return []
         used: set[int] = set()
-        for s in others:
+        for s in others():
             other = s.get("spec") or {}
             used.update(p["nodePort"] for p in other.get("ports") or [] if p.get("nodePort"))
             if other.get("healthCheckNodePort"):
@@ -214,10 +220,16 @@ class ServiceAllocator:
 
     def _pick_port(self, store: Store, used: set[int]) -> int:
         low, high = self.node_ports
-        free = high - low + 1 - len(used)
-        if free <= 0:
-            raise RuntimeError("the node port range is full")
-        while True:
-            candidate = store.random.randint(low, high)
-            if candidate not in used:
-                return candidate
+        size = high - low + 1
+        # Kubernetes' portallocator (calculateRangeOffset): the lowest min(max(16, size/32), 128)
+        # ports are a band for Services that name their port; picks come from above it first,
+        # so a Service asking for 30000 does not find it taken by a random pick.
+        offset = 0 if size <= 16 else min(max(16, size // 32), 128)
+        for first, last in ((low + offset, high), (low, low + offset - 1)):
+            if sum(1 for port in used if first <= port <= last) >= last - first + 1:
+                continue  # this band is full (or empty)
+            while True:
+                candidate = store.random.randint(first, last)
+                if candidate not in used:
+                    return candidate
+        raise RuntimeError("the node port range is full")

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bridge.testing.kube import errors
+from bridge.testing.timers import SYSTEM, Clock
 
 
 @dataclass(slots=True)
@@ -67,6 +68,8 @@ class Faults:
 
     log_size: int = 10_000
     latency: float = 0.0
+    # What injected latency and watch timeouts count in (a ManualClock in tests about time).
+    clock: Clock = SYSTEM
     _rules: list[FailureRule] = field(default_factory=list)
     _log: deque[RequestRecord] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -19,7 +19,6 @@ import select
 import socket
 import ssl
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -261,7 +260,7 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
         backend.faults.record(record)
         try:
             if backend.faults.latency:
-                backend.stopping.wait(backend.faults.latency)
+                backend.faults.clock.sleep(backend.faults.latency, backend.stopping)
             self._user = backend.guard.admit(method, path, query, self.headers)
             record.user = self._user.name
             failure = backend.faults.take_failure(method, path, watch)
@@ -539,6 +538,8 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
     def _watch(self, rt: ResourceType, namespace: str | None, query: dict[str, str], accept: str) -> None:
         store = self.backend.store
         timeout = parse_int("timeoutSeconds", query.get("timeoutSeconds"))
+        # From the request, before the watch is registered (what tests wait for).
+        deadline = self.backend.faults.clock.now() + timeout if timeout else None
         send_initial = query.get("sendInitialEvents")
         watcher = store.watch(
             rt,
@@ -558,18 +559,18 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
                 self.send_header("Transfer-Encoding", "chunked")
                 self._mark(200)
                 self.end_headers()  # flushes: clients see the 200 before any event happens
-                self._stream(watcher, timeout, table_version(accept), query.get("includeObject", "Metadata"))
+                self._stream(watcher, deadline, table_version(accept), query.get("includeObject", "Metadata"))
         finally:
             store.unwatch(watcher)
 
-    def _stream(self, watcher: Watcher, timeout: int | None, table: str | None, include: str) -> None:
-        deadline = time.monotonic() + timeout if timeout else None
+    def _stream(self, watcher: Watcher, deadline: float | None, table: str | None, include: str) -> None:
+        clock = self.backend.faults.clock
         first = True
         try:
             while True:
                 wait = _WATCH_POLL
                 if deadline is not None:
-                    wait = max(0.0, min(wait, deadline - time.monotonic()))
+                    wait = max(0.0, min(wait, deadline - clock.now()))
                 event = watcher.get(wait)
                 if event is not None:
                     self._write_event(watcher, event, table, include, first)
@@ -580,7 +581,7 @@ class KubeRequestHandler(BaseHTTPRequestHandler):
                 if self.backend.stopping.is_set():
                     watcher.close()
                     continue
-                if deadline is not None and time.monotonic() >= deadline:
+                if deadline is not None and clock.now() >= deadline:
                     # A last bookmark lets the client resume from here without a relist.
                     self.backend.store.bookmark(watcher)
                     watcher.close()

@@ -42,7 +42,7 @@ from bridge.testing.kube.resources import NAMESPACES, SERVICE_ACCOUNTS
 from bridge.testing.kube.store import Store
 from bridge.testing.kube.tokens import TokenAuthority
 from bridge.testing.kube.users import MASTERS, UserInfo
-from bridge.testing.timers import DelayedCall
+from bridge.testing.timers import SYSTEM, Clock, DelayedCall
 
 JSON = dict[str, Any]
 
@@ -184,7 +184,7 @@ class KubeAPIServer:
         history_size: int = 10_000,
         watch_capacity: int = 10_000,
         tls: bool = False,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
         token_grace: float = 10.0,
     ) -> None:
         self.store = (
@@ -198,14 +198,14 @@ class KubeAPIServer:
         self.guard = Guard(None, None)
         if tls:
             self._ca = ServingCA(host)
-            self._authority = TokenAuthority(self.store, clock=clock)
+            self._authority = TokenAuthority(self.store, clock=clock.now)
             authorizer = RBACAuthorizer(self.store)
             self.guard = Guard(self._authority, authorizer)
             self.store.admission.append(EscalationCheck(authorizer))
             for obj in bootstrap.policy():
                 self.store.apply(obj)
             self._admin_token = self._authority.issue_user_token(UserInfo(ADMIN_USER, (MASTERS,)))
-        self.faults = Faults()
+        self.faults = Faults(clock=clock)
         self._host = host
         self._port = port
         self._lock = threading.Lock()
@@ -214,7 +214,7 @@ class KubeAPIServer:
         self._httpd: _HTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
         self._retired: list[_HTTPServer] = []
-        self._reopen = DelayedCall()
+        self._reopen = DelayedCall(clock)
         self._started = False
 
     # --- lifecycle -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ stores a new dict), which lets history entries and watch events share them safel
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import random
 import threading
@@ -97,6 +98,9 @@ class Store:
         self._lock = threading.RLock()
         self._rv = 0
         self._objects: dict[str, dict[Key, JSON]] = {rt.plural: {} for rt in ALL}
+        # The same keys filed by namespace: the controllers read one namespace's Services, Pods
+        # and slices on every Pod write, which must not cost a sort of the whole table.
+        self._by_namespace: dict[str, dict[str, dict[Key, None]]] = {rt.plural: {} for rt in ALL}
         self._history: deque[Change] = deque()
         self._history_size = history_size
         self._compacted = 0  # changes with rv <= this are no longer in the history
@@ -160,9 +164,15 @@ class Store:
         """Stored objects (not copies) sorted by key; callers must hold `lock`."""
         rt = lookup(resource)
         table = self._objects[rt.plural]
-        for key in sorted(table):
-            if namespace is None or not rt.namespaced or key[0] == namespace:
-                yield table[key]
+        for key in self._keys(rt, namespace):
+            yield table[key]
+
+    def _keys(self, rt: ResourceType, namespace: str | None) -> list[Key]:
+        """The current keys of `rt` in `namespace` (all of them for None or a cluster-scoped
+        resource), sorted."""
+        if namespace is None or not rt.namespaced:
+            return sorted(self._objects[rt.plural])
+        return sorted(self._by_namespace[rt.plural].get(namespace, ()))
 
     def list(
         self,
@@ -180,6 +190,7 @@ class Store:
         rt = lookup(resource)
         labels, fields = self._selectors(rt, label_selector, field_selector)
         start_after: Key | None = None
+        keys: list[Key] | None = None
         with self._lock:
             current = self._rv
             if continue_token:
@@ -213,8 +224,9 @@ class Store:
                 if resource_version not in (None, "", "0") and _parse_rv(resource_version) > current:
                     raise errors.too_large_resource_version(_parse_rv(resource_version), current)
                 list_rv, table = current, dict(self._objects[rt.plural])
-
-            keys = sorted(k for k in table if namespace is None or not rt.namespaced or k[0] == namespace)
+                keys = self._keys(rt, namespace)
+            if keys is None:  # an older state, which the namespace index does not file
+                keys = sorted(k for k in table if namespace is None or not rt.namespaced or k[0] == namespace)
             if start_after is not None:
                 keys = [k for k in keys if k > start_after]
             items: list[JSON] = []
@@ -317,10 +329,17 @@ class Store:
         meta["resourceVersion"] = str(self._rv)
         namespace = meta.get("namespace", "") if rt.namespaced else ""
         key = (namespace, meta["name"])
+        spaces = self._by_namespace[rt.plural]
         if kind == DELETED:
             self._objects[rt.plural].pop(key, None)
+            keys = spaces.get(namespace)
+            if keys is not None:
+                keys.pop(key, None)
+                if not keys:
+                    del spaces[namespace]
         else:
             self._objects[rt.plural][key] = obj
+            spaces.setdefault(namespace, {})[key] = None
         change = Change(self._rv, kind, rt.plural, namespace, meta["name"], obj, prev)
         self._history.append(change)
         while len(self._history) > self._history_size:
@@ -331,7 +350,7 @@ class Store:
         return obj
 
     def _resolve_namespace(self, rt: ResourceType, namespace: str | None, body: JSON) -> str:
-        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        meta: JSON = body["metadata"] if isinstance(body.get("metadata"), dict) else {}
         given = meta.get("namespace") if meta else None
         if not rt.namespaced:
             return ""
@@ -351,7 +370,7 @@ class Store:
                 f"as a {rt.kind}: the object sent is not a {rt.api_version} {rt.kind}"
             )
 
-    def _admit(self, rt: ResourceType, old: JSON | None, new: JSON, found: list[FieldError]) -> None:
+    def _admit(self, rt: ResourceType, old: JSON | None, new: JSON, found: builtins.list[FieldError]) -> None:
         if not found:
             for hook in self.admission:
                 found = found + hook.admit(self, rt, old, new)
@@ -527,7 +546,7 @@ class Store:
         if not isinstance(body, dict) or not body.get("apiVersion") or not body.get("kind"):
             raise errors.bad_request("error decoding YAML: the applied configuration needs apiVersion and kind")
         self._check_kind(rt, body)
-        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        meta: JSON = body["metadata"] if isinstance(body.get("metadata"), dict) else {}
         if meta.get("name") and meta["name"] != name:
             raise errors.bad_request(
                 f"the name of the object ({meta['name']}) does not match the name on the URL ({name})"
