@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from tests.conftest import eventually
 from tests.e2e import container
 from tests.e2e.proc import Proc
 from tests.e2e.test_shutdown import http
@@ -191,21 +191,20 @@ def start_bridge(cluster: Cluster, central: list[dict[str, Any]]) -> None:
 
 
 def waiter(cluster: Cluster, refused: str | None) -> Callable[[Callable[[], Any], str], None]:
-    """`wait(check, what)`: polls `check` for up to STEP seconds. With `refused` (a
+    """`wait(check, what)`: `eventually(check)` within STEP seconds. With `refused` (a
     refusal's start, e.g. "kubernetes refused list services"), raises Refused as soon as
-    the bridge has logged it; any other refusal fails the test."""
+    the bridge has logged it; any other refusal fails the test at once."""
 
     def wait(check: Callable[[], Any], what: str) -> None:
-        deadline = time.monotonic() + STEP
-        while True:
+        def done() -> Any:
             seen = cluster.refusals()
             if refused is not None and any(r.startswith(refused) for r in seen):
                 raise Refused
-            assert not seen, f"refused while waiting for {what}: {seen}"
-            if check():
-                return
-            assert time.monotonic() < deadline, f"not within {STEP}s: {what}"
-            time.sleep(0.05)
+            if seen:
+                pytest.fail(f"refused while waiting for {what}: {seen}")
+            return check()
+
+        eventually(done, STEP, what)
 
     return wait
 

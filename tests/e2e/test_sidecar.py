@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import eventually
 from tests.e2e import container
 from tests.e2e.proc import Proc
-from tests.e2e.test_shutdown import http, poll
+from tests.e2e.test_shutdown import http
 from tests.integration.dns_upstream import UpstreamServer
 from tests.integration.harness import namespace, pod, service
 from tests.unit.test_deploy_manifests import one, render, running
@@ -97,7 +98,7 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]
                 entries = http("GET", consul_url + "/v1/health/service/cart")
                 return {e["Service"]["Address"] for e in entries} == set(CART_PODS.values())
 
-            poll(cart_registered, 30, "the central bridge registered shop/cart in Consul")
+            eventually(cart_registered, 30, "the central bridge registered shop/cart in Consul")
         finally:
             assert central.stop() == 0, central.stderr[-3000:]
         yield Registered(consul_url, central_settings.cluster_id)
@@ -159,7 +160,7 @@ def test_the_sidecar_answers_its_clusters_services_and_consuls_without_kubernete
         sidecar = start_sidecar(registered.consul_url, upstream.address, tmp_path,
                                 kubelet_env=kubelet_env)
         try:
-            poll(lambda: readyz(sidecar.http_url) == (200, "ready\n"), 30,
+            eventually(lambda: readyz(sidecar.http_url) == (200, "ready\n"), 30,
                  f"the sidecar ready (last: {readyz(sidecar.http_url)})")
 
             assert set(dig(sidecar.dns_port, "cart.shop.svc.cluster.local", "A")) == \
@@ -196,7 +197,7 @@ def test_an_idle_sidecar_only_reissues_blocking_queries_whose_wait_expired(regis
         sidecar = start_sidecar(consul, upstream.address, tmp_path,
                                 timing_env={"BRIDGE_CONSUL_WAIT": str(WAIT)})
         try:
-            poll(lambda: readyz(sidecar.http_url)[0] == 200, 30, "the sidecar ready")
+            eventually(lambda: readyz(sidecar.http_url)[0] == 200, 30, "the sidecar ready")
             # From here on nothing changes in Consul: the sidecar is at rest.
             since = len(http("GET", consul + "/_admin/requests"))
 
@@ -205,7 +206,7 @@ def test_an_idle_sidecar_only_reissues_blocking_queries_whose_wait_expired(regis
                 per_path = {path: sum(1 for r in sent if r["path"] == path) for path in expected}
                 return sent if min(per_path.values()) >= REISSUES else None
 
-            sent = poll(idle_window, 30 * WAIT + 30,
+            sent = eventually(idle_window, 30 * WAIT + 30,
                         f"every watched path re-issued {REISSUES} times")
         finally:
             assert sidecar.proc.stop() == 0, sidecar.proc.stderr[-3000:]
