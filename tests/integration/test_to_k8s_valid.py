@@ -46,13 +46,13 @@ from tests.integration.test_consul_to_k8s import register_vm
 MANAGED = "app.kubernetes.io/managed-by=bridge"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()  # per test, like the client: its connection threads end with the test
 def server() -> Iterator[KubeAPIServer]:
     with KubeAPIServer(host="127.0.0.1", port=0) as running:
         yield running
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def client(server: KubeAPIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClient]:
     kubeconfig = server.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
     made = KubeClient(config.build(environ={}, flags={"kubernetes.kubeconfig": str(kubeconfig)}).kubernetes)
