@@ -31,6 +31,10 @@ makes `/healthz` answer 500 naming it.
   outside our zones are forwarded upstream by DNS's own forwarder thread.
 - `http`: health, readiness and metrics; it only reads.
 
+A sidecar (`kubernetes.enabled: false`) builds no Kubernetes client, no reflector, no sink
+and no reconciler: it reads Consul only (its own cluster's Services included, as the
+central bridge registered them), publishes to DNS, and is ready once Consul has listed.
+
 Ports are bound in `start()`, never by a constructor: DNS first (it answers SERVFAIL
 until the first catalog), then HTTP, then the loops. A start that fails stops what it
 had started.
@@ -58,7 +62,7 @@ import time
 from typing import Any
 
 from bridge import memory_policy
-from bridge.catalog.model import Catalog
+from bridge.catalog.model import Catalog, Snapshot
 from bridge.catalog.to_consul import SyncOptions
 from bridge.config import Settings, parse_hostport
 from bridge.consul.client import ConsulClient
@@ -71,13 +75,24 @@ from bridge.http import HealthServer
 from bridge.kube.client import KubeClient
 from bridge.kube.sink import KubeSink
 from bridge.kube.source import KubeSource
-from bridge.reconcile.loop import Lane, Reconciler
+from bridge.reconcile.loop import Lane, Reconciler, Source
 from bridge.reconcile.plans import ConsulPlanner, KubePlanner
 from bridge.reconcile.publish import Publisher
 from bridge.reconcile.trigger import Trigger
 from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
+
+class _NoKubernetes:
+    """The Kubernetes side of a sidecar: nothing, and listed from the start."""
+
+    synced = True
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(synced=True)
+
+
+_NO_KUBERNETES = _NoKubernetes()
 
 # How long a stop waits for the publisher and the reconciler to finish what they are
 # doing (a transaction in flight). Well under the 2 s a stop may take in all.
@@ -95,11 +110,16 @@ class App:
             settings.dns, settings.dns.workers, log_level=settings.log.level,
             log_format=settings.log.format) if settings.dns.workers else DnsServer(settings.dns)
         self._catalog_ready = threading.Event()
-        self.kube_client = KubeClient(settings.kubernetes)
-        self.kube = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
-                               self._changed, self.stop_event, watch_nodes=sync.to_consul,
-                               watch_ingresses=sync.to_consul and sync.ingress,
-                               threads=self.threads)
+        # A sidecar (kubernetes.enabled: false) has no Kubernetes client at all: it needs no
+        # credentials, and the settings allow it no sink (config._check_combination).
+        self.kube_client: KubeClient | None = None
+        self.kube: Source = _NO_KUBERNETES
+        if settings.kubernetes.enabled:
+            self.kube_client = KubeClient(settings.kubernetes)
+            self.kube = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
+                                   self._changed, self.stop_event, watch_nodes=sync.to_consul,
+                                   watch_ingresses=sync.to_consul and sync.ingress,
+                                   threads=self.threads)
         self.consul_client = ConsulClient(settings.consul)
         self.consul: ConsulSource | None = None
         if sync.from_consul:
@@ -108,7 +128,7 @@ class App:
                 cluster_id=settings.cluster_id,
                 default_namespace=sync.consul_namespace,
                 on_change=self._changed, stop=self.stop_event, admit_warning=sync.admit_warning,
-                threads=self.threads)
+                keep_ours=not settings.kubernetes.enabled, threads=self.threads)
         self.ha = HighAvailability(
             settings, self.kube_client if settings.kubernetes.enabled else None,
             self.consul_client, stop=self.stop_event, on_writable=self.trigger.poke,
@@ -131,16 +151,18 @@ class App:
             lanes.append(Lane("consul", ConsulPlanner(consul_sink, options,
                                                       upsert_only=sync.upsert_only), consul_sink))
         if sync.to_k8s:
+            assert self.kube_client is not None and isinstance(self.kube, KubeSource)
             kube_sink = KubeSink(self.kube_client, self.kube.objects, self.stop_event,
                                  gate=self.ha.leadership)
             lanes.append(Lane("kubernetes", KubePlanner(kube_sink), kube_sink))
         self.publisher = Publisher(kube=self.kube, consul=self.consul, publish=self._publish,
                                    stop=self.stop_event, local_wins=sync.local_wins,
                                    threads=self.threads, visible=self.ha.visible)
-        self.reconciler = Reconciler(
+        # Without a sink (a sidecar) there is nothing to reconcile: no thread for it.
+        self.reconciler: Reconciler | None = Reconciler(
             kube=self.kube, consul=self.consul, lanes=lanes, trigger=self.trigger,
             stop=self.stop_event, resync_period=sync.resync_period, dry_run=sync.dry_run,
-            threads=self.threads, gate=self.ha.leadership)
+            threads=self.threads, gate=self.ha.leadership) if lanes else None
         host, port = parse_hostport(settings.http.listen)
         self.http = HealthServer(host, port, self.waiting_for, self.threads.dead,
                                  warnings=self.ha.problems)
@@ -159,10 +181,13 @@ class App:
             memory_policy.settle()  # what is loaded now lives long
 
     def waiting_for(self) -> list[str]:
-        """What readiness still waits for; empty when ready."""
+        """What readiness still waits for, one line each; empty when ready. A request the
+        API server refuses (RBAC, a token it rejects) is one: it does not heal by waiting."""
         missing = []
-        if not self.kube.synced:
-            missing.append("kubernetes list")
+        if self.kube_client is not None:
+            if not self.kube.synced:
+                missing.append("kubernetes list")
+            missing.extend(self.kube_client.access.problems())
         if self.consul is not None and not self.consul.synced:
             missing.append("consul list")
         missing += self.ha.waiting_for()
@@ -185,8 +210,10 @@ class App:
             self.http.start()
             self.publisher.start()
             self.ha.start(self.threads)  # before the reconciler, which writes only once the gate opens
-            self.reconciler.start()
-            self.kube.start()
+            if self.reconciler is not None:
+                self.reconciler.start()
+            if isinstance(self.kube, KubeSource):
+                self.kube.start()
             if self.consul is not None:
                 self.consul.start()
         except BaseException:
@@ -211,12 +238,14 @@ class App:
         self.stop_event.set()
         self.trigger.close()
         self.publisher.trigger.close()
-        self.kube_client.close()
+        if self.kube_client is not None:
+            self.kube_client.close()
         if self.consul is not None:
             self.consul.close()
         self.consul_client.close()
         deadline = time.monotonic() + STOP_DEADLINE
-        for thread in (self.publisher.thread, self.reconciler.thread):
+        reconciler = self.reconciler.thread if self.reconciler is not None else None
+        for thread in (self.publisher.thread, reconciler):
             if thread is not None:
                 thread.join(max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():

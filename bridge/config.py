@@ -478,6 +478,9 @@ def _check_combination(settings: Settings) -> None:
             if on:
                 raise ConfigError("kubernetes.enabled", False,
                                   f"{key} needs Kubernetes: set {key}: false as well")
+        if not settings.sync.from_consul:
+            raise ConfigError("kubernetes.enabled", False, "with sync.from_consul: false as "
+                              "well there is nothing to answer from")
     ha = settings.ha
     # client-go's NewLeaderElector rules: the leader must give up before anyone else may
     # take over, and must get more than one try (with jitter) before it gives up.

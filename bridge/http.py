@@ -4,10 +4,11 @@
 ones that died, so the kubelet restarts a bridge that can no longer keep up. `/readyz`
 answers 200 only once both sources have listed completely and DNS is bound, so a Service
 in front of several bridges never routes DNS to one that would answer SERVFAIL; while not
-ready it answers 503 and says what it is waiting for. Problems that do not stop this
-replica answering DNS (high availability: a cluster id claimed by another cluster) are
-listed after the status, one `warning:` line each, without changing it. `/metrics` is the
-Prometheus text format. The port is bound by `start()`, not by the constructor.
+ready it answers 503 and names what it is waiting for, one line each (the composition root
+decides what counts: see `App.waiting_for`). Problems that do not stop this replica
+answering DNS (high availability: a cluster id claimed by another cluster) are listed after
+the status, one `warning:` line each, without changing it. `/metrics` is the Prometheus
+text format. The port is bound by `start()`, not by the constructor.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ class HealthServer:
                         self._send(200, b"ok\n", "text/plain; charset=utf-8")
                 elif path == "/readyz":
                     missing = waiting_for()
-                    status = "not ready: waiting for " + ", ".join(missing) if missing else "ready"
-                    body = "".join(f"{line}\n" for line in
-                                   [status, *(f"warning: {w}" for w in warnings())]).encode()
+                    # One line each: an API server's refusal is a sentence of its own.
+                    lines = ["not ready, waiting for:", *(f"- {m}" for m in missing)] if missing else ["ready"]
+                    lines += [f"warning: {w}" for w in warnings()]
+                    body = "".join(f"{line}\n" for line in lines).encode()
                     self._send(503 if missing else 200, body, "text/plain; charset=utf-8")
                 elif path == "/metrics":
                     self._send(200, generate_latest(), CONTENT_TYPE_LATEST)

@@ -5,6 +5,11 @@ blocking loop on `/v1/health/service/<name>` and stops it when the name disappea
 Every loop owns its own entry in `_entries` and replaces it whole; `snapshot()` reads
 the current entries without a lock. Instances this bridge registered itself (our node,
 our owner marker) are dropped here, so nothing we wrote is ever pulled back.
+
+A sidecar (`kubernetes.enabled: false`) writes nothing and watches no Kubernetes API, so
+the only source of its own cluster's Services is what the central bridge of that cluster
+registered: with `keep_ours` every instance is kept, and those of a Kubernetes origin
+answer under the `external-k8s-ns` and `external-k8s-name` their registration carries.
 """
 
 from __future__ import annotations
@@ -46,10 +51,13 @@ class ConsulSource:
     def __init__(self, client: ConsulClient, *, our_node: str, cluster_id: str,
                  default_namespace: str, on_change: Callable[[], None],
                  stop: threading.Event, admit_warning: bool = False,
-                 threads: Threads | None = None) -> None:
+                 keep_ours: bool = False, threads: Threads | None = None) -> None:
+        """`keep_ours`: keep the instances `our_node` and `cluster_id` mark as this
+        cluster's (a sidecar); otherwise they are dropped (the central bridge wrote them)."""
         self._client = client
         self._our_node = our_node
         self._cluster_id = cluster_id
+        self._keep_ours = keep_ours
         self._namespace = default_namespace
         self._on_change = on_change
         self._stop = stop
@@ -64,9 +72,10 @@ class ConsulSource:
         self._synced = False
         self._lock = threading.Lock()  # guards the watcher set, not the entries readers see
         # Names whose instances are all ours (on our node) need no watcher: one blocking
-        # query and thread per foreign service only.
+        # query and thread per foreign service only. A sidecar keeps ours: every name.
+        not_on_node = "" if keep_ours else our_node
         self._loop = BlockingLoop("consul services",
-                                  lambda index: self._client.services(index, not_on_node=our_node),
+                                  lambda index: self._client.services(index, not_on_node=not_on_node),
                                   self._on_services, stop)
         self.thread: threading.Thread | None = None
 
@@ -141,8 +150,9 @@ class ConsulSource:
         for entry in entries:
             service = entry.get("Service") or {}
             node = str((entry.get("Node") or {}).get("Node") or "")
-            if not isinstance(service, dict) or is_ours(service, node, self._our_node,
-                                                         self._cluster_id):
+            if not isinstance(service, dict):
+                continue
+            if not self._keep_ours and is_ours(service, node, self._our_node, self._cluster_id):
                 continue
             try:
                 instances.append(instance_from_health(entry, not self._admit_warning))

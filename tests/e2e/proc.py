@@ -24,11 +24,13 @@ class Proc:
     """
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, program: str = BRIDGE,
-                 cwd: str | Path | None = None) -> None:
+                 cwd: str | Path | None = None, inherit_env: bool = True) -> None:
+        """`env` is added to this process's environment, or with `inherit_env=False` is the
+        whole environment (as a container's is)."""
         self.args = [program, *args]
         self.p = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})}, cwd=cwd,
+            env={**(os.environ if inherit_env else {}), **(env or {})}, cwd=cwd,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -54,7 +56,7 @@ class Proc:
 
     @property
     def stderr(self) -> str:
-        """What the process wrote to stderr; complete once it has been stopped."""
+        """What the process wrote to stderr so far; complete once it has been stopped."""
         return "".join(self._stderr)
 
     def expect(self, pattern: str, timeout: float = 30) -> re.Match[str]:

@@ -432,6 +432,24 @@ def test_sidecar_probes_and_security(sidecar, sidecar_run):
         check_restricted(spec, c)
 
 
+def test_sidecar_fits_the_measured_cost_of_1000_consul_names(sidecar):
+    """README, Performance (bench/sidecar): the manifest is sized for 1,000 Consul names."""
+    match = re.search(r"^\| 1,000 \u00d7 5 \| ([\d.]+) s \| ([\d,]+) MB", (ROOT / "README.md").read_text(), re.M)
+    assert match, "README's sidecar table no longer states the cost at 1,000 names"
+    ready_s, resident = float(match.group(1)), int(match.group(2).replace(",", ""))
+    container = bridge_container(pod_spec(one(sidecar, "Deployment")))
+    resources = container["resources"]
+    request = mebibytes(resources["requests"]["memory"]) * 2**20 / 1e6
+    limit = mebibytes(resources["limits"]["memory"]) * 2**20 / 1e6
+    assert request >= resident, f"memory request {request:.0f} MB < measured {resident} MB"
+    # A relist of the Consul catalog (after an index reset) holds old and new answers.
+    assert limit >= 1.5 * resident, f"memory limit {limit:.0f} MB leaves too little over {resident} MB"
+    startup = container["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    # The machine the bench ran on was shared; a slower node must still get there.
+    assert budget >= 5 * ready_s, f"startupProbe allows {budget}s; ready took {ready_s}s measured"
+
+
 # --- CoreDNS ---------------------------------------------------------------------------
 
 def server_blocks(corefile: str) -> Iterator[tuple[str, str]]:

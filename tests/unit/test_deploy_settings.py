@@ -46,6 +46,14 @@ def test_a_sync_that_needs_kubernetes_is_refused_without_it(key):
     assert f"{key} needs Kubernetes" in info.value.reason
 
 
+def test_without_kubernetes_consul_must_be_read():
+    flags = {"kubernetes.enabled": False, **SIDECAR_SYNC, "sync.from_consul": False}
+    with pytest.raises(ConfigError) as info:
+        config.build(environ={}, flags=flags)
+    assert info.value.key == "kubernetes.enabled"
+    assert "sync.from_consul" in info.value.reason, info.value.reason
+
+
 def test_without_kubernetes_dns_from_consul_alone_is_valid():
     settings = config.build(environ={}, flags={"kubernetes.enabled": False, **SIDECAR_SYNC})
     assert not settings.kubernetes.enabled and settings.sync.from_consul

@@ -144,7 +144,7 @@ def test_readyz_lists_warnings_after_its_status_without_changing_it():
             urllib.request.urlopen(url, timeout=5)
         except urllib.error.HTTPError as exc:
             assert exc.code == 503
-            assert exc.read().decode() == f"not ready: waiting for consul list\nwarning: {warnings[0]}\n"
+            assert exc.read().decode() == f"not ready, waiting for:\n- consul list\nwarning: {warnings[0]}\n"
         else:
             raise AssertionError("not ready must answer 503")
     finally:
