@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -298,6 +299,28 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None:  # the process itself: the console script
+        _end_process(code)
+    return code
+
+
+def _end_process(code: int) -> None:
+    """Ends the process without interpreter finalization.
+
+    By now every command has stopped what it started, in order. What may remain are daemon
+    threads blocked in a library call (a Kubernetes list in flight, a forwarder's socket);
+    CPython's finalization can abort the process (SIGABRT) when such a thread holds a lock
+    it needs, such as stderr's. Nothing is left to clean up that the kernel does not.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     _install_signal_handlers()
     try:
