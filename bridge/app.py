@@ -68,7 +68,9 @@ class App:
         sync = settings.sync
         self.kube = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
                                self._changed, self.stop_event, watch_nodes=sync.to_consul,
-                               watch_ingresses=sync.to_consul and sync.ingress)
+                               watch_ingresses=sync.to_consul and sync.ingress,
+                               dns_namespaces=(settings.dns.namespaces,
+                                               settings.dns.deny_namespaces))
         self.consul_client = ConsulClient(settings.consul)
         self.consul: ConsulSource | None = None
         if settings.sync.from_consul:
@@ -91,7 +93,7 @@ class App:
             external_name=sync.external_name, not_ready=sync.not_ready,
             ingress=sync.ingress, ingress_lb_ips=sync.ingress_lb_ips,
         )
-        self.publisher = Publisher(kube=self.kube, consul=self.consul, publish=self._publish,
+        self.publisher = Publisher(kube=self.kube.dns, consul=self.consul, publish=self._publish,
                                    stop=self.stop_event, local_wins=sync.local_wins)
         self.reconciler = Reconciler(
             kube=self.kube, consul=self.consul, sink=self.sink, options=options, trigger=self.trigger,
