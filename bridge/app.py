@@ -41,6 +41,7 @@ from bridge.config import Settings, parse_hostport
 from bridge.consul.client import ConsulClient
 from bridge.consul.sink import ConsulSink
 from bridge.consul.source import ConsulSource
+from bridge.dns import metrics as dns_metrics
 from bridge.dns.server import DnsServer
 from bridge.dns.workers import DnsWorkers
 from bridge.http import HealthServer
@@ -63,6 +64,7 @@ class App:
         if settings.dns.workers:
             self.dns = DnsWorkers(settings.dns, settings.dns.workers,
                                   log_level=settings.log.level, log_format=settings.log.format)
+        dns_metrics.export(self.dns.metrics)  # bridge_dns_* on /metrics, counted on scrape
         self._catalog_ready = threading.Event()
         self.kube_client = KubeClient(settings.kubernetes)
         sync = settings.sync
