@@ -3,7 +3,8 @@
 `encode` turns a `Response` into an `Entry`: header flags and counts, and the answer,
 authority and additional sections as bytes, to be sent after the ID and the question that
 the query itself carries (`respond.py`). `encode_shuffled` makes a `Shuffled` instead, for
-answers served in a random order per query (Consul).
+answers served in a random order per query (Consul). With `rotate`, an answer of several
+A, AAAA or SRV records also carries its rotations (`Turns`), one served per query.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ class Entry(NamedTuple):
 
     `heads[i]`/`heads[4 + i]` are flags + counts for i = RD | CD << 1 of the query, without
     and with our OPT record (shared between entries). `spots` are (body offset, question
-    offset, length) of literal copies of a question suffix to re-spell. Five fields, the
-    rarely read ones in `shape`: a large table holds hundreds of thousands.
+    offset, length) of literal copies of a question suffix to re-spell; or, for an answer
+    whose records rotate, its `Turns` (never empty, so the fast path hands the entry to
+    `Responder._emit`, which turns it). Five fields, the rarely read ones in `shape`: a large
+    table holds hundreds of thousands.
     """
 
     heads: tuple[bytes, ...]
     body: bytes
     size: int  # header + body: the response length without question and OPT
-    spots: tuple[tuple[int, int, int], ...]
+    spots: tuple[tuple[int, int, int], ...] | Turns
     shape: Shape
 
     @property
@@ -55,6 +58,34 @@ class Entry(NamedTuple):
     @property
     def flags(self) -> int:
         return self.shape.flags
+
+
+class Turns(NamedTuple):
+    """The rotations of an answer of `count` records, one per query (`turn`).
+
+    Records of one size that nothing points into (A, AAAA: owner a pointer to the question)
+    are rotated by slicing the answer doubled (`doubled`, `stride`): every rotation, no
+    memory per rotation. Others (SRV, whose glue points into the targets) keep up to
+    `MAX_TURNS` encoded rotations (`variants`), spread over the records.
+    """
+
+    count: int
+    stride: int  # bytes per record, for slicing; 0 with `variants`
+    span: int  # bytes of the answer section, for slicing
+    doubled: bytes  # the answer section twice (nothing follows it); b"" with `variants`
+    variants: tuple[Entry, ...]
+
+    def turn(self, entry: Entry, index: int) -> tuple[Entry, bytes, tuple[tuple[int, int, int], ...]]:
+        """(entry, body, spots) of rotation `index` (any int: taken modulo)."""
+        if self.variants:
+            variant = self.variants[index % len(self.variants)]
+            return variant, variant.body, variant.spots  # type: ignore[return-value]
+        at = (index % self.count) * self.stride
+        return entry, self.doubled[at:at + self.span], ()
+
+
+MAX_TURNS = 8  # encoded rotations kept of an answer that cannot be sliced
+MAX_TURN_BYTES = 16384  # nor more bytes of them than this (else it does not rotate)
 
 
 class Shuffled(NamedTuple):
@@ -249,7 +280,7 @@ def _flags(response: Response, ra: bool) -> int:
 
 
 def encode(question: Name, response: Response, question_wire: bytes | None = None, *,
-           ra: bool = False) -> Entry:
+           ra: bool = False, rotate: bool = False) -> Entry:
     """`response` as an Entry to be sent after any question of `question`'s length.
 
     `question` is the spelling the response was computed for (upper case in tables); `ra`
@@ -274,6 +305,40 @@ def encode(question: Name, response: Response, question_wire: bytes | None = Non
     """
     if question_wire is None:
         question_wire = wire(question)
+    entry = _encode(question, response, question_wire, ra)
+    if rotate and len(response.answer) > 1:
+        return _rotating(question, response, question_wire, ra, entry)
+    return entry
+
+
+def _rotating(question: Name, response: Response, question_wire: bytes, ra: bool,
+              entry: Entry) -> Entry:
+    """`entry` with its `Turns`, when its answers are several A, AAAA or SRV records of the
+    question's name (a headless Service's addresses, its SRV records); else `entry`."""
+    answer = response.answer
+    rtype = answer[0].data.rtype
+    if rtype not in (QType.A, QType.AAAA, QType.SRV) or \
+            any(r.data.rtype != rtype or r.name != question for r in answer):
+        return entry
+    count = len(answer)
+    ends = entry.shape.ends
+    stride = ends[0]
+    if rtype != QType.SRV and not entry.spots and len(ends) == count and \
+            all(end == stride * (i + 1) for i, end in enumerate(ends)):
+        body = entry.body
+        return entry._replace(spots=Turns(count, stride, len(body), body + body, ()))
+    kept = min(count, MAX_TURNS, MAX_TURN_BYTES // max(1, len(entry.body)))
+    if kept < 2:
+        return entry
+    variants = []
+    for k in range(kept):
+        at = k * count // kept
+        turned = response._replace(answer=answer[at:] + answer[:at])
+        variants.append(entry if at == 0 else _encode(question, turned, question_wire, ra))
+    return entry._replace(spots=Turns(count, 0, 0, b"", tuple(variants)))
+
+
+def _encode(question: Name, response: Response, question_wire: bytes, ra: bool) -> Entry:
     answer = response.answer
     if question and not response.authority:
         # The usual shapes, written directly (the same bytes as the general writer's).

@@ -18,7 +18,7 @@ from bridge.dns import slow_path
 from bridge.dns.answer import Answerer
 from bridge.dns.consul_domain import ConsulAnswerer
 from bridge.dns.cow_map import GONE, CowMap
-from bridge.dns.encode import Entry, Shuffled, wire
+from bridge.dns.encode import Entry, Shuffled, Turns, wire
 from bridge.dns.packet import (
     CD,
     CLASS_IN,
@@ -159,7 +159,16 @@ class Responder:
                 limit = TCP_LIMIT if tcp else max(MIN_UDP_PAYLOAD, min(payload, self.udp_payload))
             else:
                 return self._miss(packet, tcp)
-            if entry.spots or entry.size + qend - 12 + len(opt) > limit:
+            spots = entry.spots
+            if spots or entry.size + qend - 12 + len(opt) > limit:
+                if type(spots) is Turns and spots.stride and \
+                        entry.size + qend - 12 + len(opt) <= limit:
+                    # Rotating addresses (`Turns`): a slice of the answer doubled, from the
+                    # record the query's ID picks (random per query as stubs choose IDs).
+                    at = ((packet[0] << 8) | packet[1]) % spots.count * spots.stride
+                    variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
+                    return packet[:2] + entry.heads[(variant | 4) if opt else variant] + \
+                        packet[12:qend] + spots.doubled[at:at + spots.span] + opt
                 return self._emit(packet, qend, entry, opt, limit)
             variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
             return packet[:2] + entry.heads[(variant | 4) if opt else variant] + \
@@ -240,11 +249,15 @@ class Responder:
         return None
 
     def _emit(self, packet: bytes, qend: int, entry: Entry, opt: bytes, limit: int) -> bytes:
-        """The general response builder: re-spelling, truncation, OPT."""
+        """The general response builder: rotation, re-spelling, truncation, OPT."""
         body = entry.body
-        if entry.spots:
+        spots = entry.spots
+        if type(spots) is Turns:
+            # The query's ID picks the rotation (as on the fast path): no state to share.
+            entry, body, spots = spots.turn(entry, (packet[0] << 8) | packet[1])
+        if spots:
             patched = None
-            for at, qoffset, length in entry.spots:
+            for at, qoffset, length in spots:  # type: ignore[misc]
                 spelled = packet[qoffset:qoffset + length]
                 if spelled != body[at:at + length]:
                     if patched is None:

@@ -191,7 +191,8 @@ class DnsServer:
         return Table(catalog, self.settings.zone, self.settings.ttl,
                      ns_addresses=self.ns_addresses, udp_payload=self.udp_payload,
                      pods=self.pods, ignore_empty_service=self.ignore_empty_service,
-                     consul=self.consul, forwarding=bool(self.zones) or self._outside is not None)
+                     consul=self.consul, forwarding=bool(self.zones),
+                     rotate=self.settings.rotate)
 
     def publish(self, catalog: Catalog) -> Table:
         """Make the table for `catalog` in the caller's thread (derived from the current
