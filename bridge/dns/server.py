@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 from bridge.catalog.model import Catalog, ServiceKey
 from bridge.config import DnsSettings, parse_hostport
-from bridge.dns import listeners, metrics
+from bridge.dns import listeners, metrics, slow_path
+from bridge.dns.autopath import Autopath
 from bridge.dns.cache import AnswerCache, cache_key
 from bridge.dns.consul_domain import ConsulOptions
 from bridge.dns.forward_zones import ForwardZones, zones_from
@@ -38,6 +39,7 @@ from bridge.dns.upstream import (
     is_local_address,
     parse_upstream,
     read_resolv_conf,
+    search_domains,
     upstreams_from,
 )
 
@@ -56,6 +58,24 @@ _RCODE_NAMES = {Rcode.NOERROR: "noerror", Rcode.FORMERR: "formerr",
 Outside = Callable[[bytes, bool], bytes | None]
 T = TypeVar("T")
 _now = time.perf_counter_ns
+_NXDOMAIN = int(Rcode.NXDOMAIN)
+# Replies that do not end an autopath walk (CoreDNS: `plugin.ClientWrite` is false).
+_WALK_ON = frozenset((int(Rcode.NXDOMAIN), int(Rcode.SERVFAIL), int(Rcode.REFUSED),
+                      int(Rcode.FORMERR), int(Rcode.NOTIMP)))
+
+
+class _Walk:
+    """An autopath walk under way: the client's query, where its reply goes, what is left."""
+
+    __slots__ = ("candidates", "client", "counted", "first", "packet", "peer", "started",
+                 "table", "tcp")
+
+    def __init__(self, table: Table, packet: bytes, first: bytes, tcp: bool, client: Any,
+                 peer: Any, started: int, candidates: list[bytes]) -> None:
+        self.table, self.packet, self.first, self.tcp = table, packet, first, tcp
+        self.client, self.peer, self.started = client, peer, started
+        self.candidates = candidates
+        self.counted = False  # a TCP connection's pending reply counted
 
 
 class _Connection:
@@ -169,6 +189,13 @@ class DnsServer:
             self.cache = AnswerCache(settings.cache_size, serve_stale=settings.serve_stale,
                                      **({"clock": cache_clock} if cache_clock else {}))
         self.recursion = ClientNetworks(settings.allow_recursion)
+        self.autopath: Autopath | None = None
+        if settings.autopath:
+            search = search_domains(read_resolv_conf(settings.resolv_conf) or "")
+            self.autopath = Autopath(settings.zone, settings.autopath_namespace, search)
+        # The packet handler the loops call: with autopath, one that walks the search path
+        # after an NXDOMAIN (so the usual handler pays nothing for it).
+        self._respond = self._handle if self.autopath is None else self._handle_autopath
         self.loops = LoopGuard(loop_token or new_token(), self.zones.zones)
         self._probe_loops = probe_loops
         self.max_in_flight = max_in_flight
@@ -356,6 +383,92 @@ class DnsServer:
             return None
         return reply
 
+    # --- autopath -------------------------------------------------------------------------
+
+    def _handle_autopath(self, packet: bytes, tcp: bool, counters: Counts, client: Any,
+                         peer: Any, started: int) -> bytes | None:
+        """`_handle`, then for an NXDOMAIN of a search expansion the autopath walk."""
+        reply = self._handle(packet, tcp, counters, client, peer, started)
+        if reply is None or len(reply) < 4 or reply[3] & 0xF != _NXDOMAIN:
+            return reply
+        autopath = self.autopath
+        assert autopath is not None
+        table = self._table
+        try:
+            address = client.address if tcp else peer
+            namespace = autopath.namespace_of(table.answerer.index, address[0])
+            candidates = autopath.candidates(packet, namespace) if namespace else None
+            if not candidates:
+                return reply
+            return self._walk(_Walk(table, packet, reply, tcp, client, peer, started,
+                                    candidates), counters)
+        except Exception:
+            counters.n[_ERRORS] += 1
+            return reply
+
+    def _walk(self, walk: _Walk, counters: Counts) -> bytes | None:
+        """Try the walk's next candidates: the reply to send (a CNAME to what was found,
+        or the first NXDOMAIN), or None while a candidate is asked upstream."""
+        table, tcp = walk.table, walk.tcp
+        while walk.candidates:
+            query = walk.candidates.pop(0)
+            got = table.respond(query, tcp)
+            if got is NOT_OURS:
+                got = self._outside_answer(walk, query, counters)
+                if got is None:
+                    return None  # asked upstream: `_walked` goes on
+            if type(got) is not bytes or len(got) < 4:
+                return walk.first  # a name to chase, or nothing to say: the client walks on
+            if got[3] & 0xF in _WALK_ON:
+                continue
+            limit = TCP_LIMIT if tcp else client_udp_limit(walk.packet)
+            found = slow_path.cnamed(walk.packet, got, limit)
+            if found is None:
+                return walk.first
+            counters.n[metrics.AUTOPATH] += 1
+            return found
+        return walk.first
+
+    def _outside_answer(self, walk: _Walk, query: bytes, counters: Counts) -> bytes | None:
+        """A candidate outside our zones: from the cache, else asked upstream (None: the
+        walk goes on in `_walked`); b"" (the walk ends) when the client may not recurse or
+        nothing can be asked."""
+        forwarder = self._forwarder
+        if forwarder is None or not self._may_recurse(walk.tcp, walk.client, walk.peer,
+                                                      counters):
+            return b""
+        key = cache_key(query)
+        if key is not None and self.cache is not None:
+            entry = self.cache.get(key, TCP_LIMIT)
+            if entry is not None:
+                return self.cache.reply(entry, query, key)
+        group = forwarder.zones.route(query)
+        if group is None or not forwarder.submit(
+                query, lambda reply: self._walked(walk, reply), group=group, key=key):
+            return b""  # nothing to ask: the walk ends with the first reply
+        if walk.tcp and not walk.counted:
+            walk.client.pending += 1
+            walk.counted = True
+        return None
+
+    def _walked(self, walk: _Walk, upstream: bytes | None) -> None:
+        """An upstream reply for a walk's candidate, on the forwarder thread."""
+        relay = self._relay  # the forwarder thread's own counts
+        reply: bytes | None = walk.first
+        try:
+            if upstream is not None and upstream[3] & 0xF not in _WALK_ON:
+                limit = TCP_LIMIT if walk.tcp else client_udp_limit(walk.packet)
+                reply = slow_path.cnamed(walk.packet, upstream, limit) or walk.first
+                if reply is not walk.first:
+                    relay.n[metrics.AUTOPATH] += 1
+            else:
+                reply = self._walk(walk, relay)
+                if reply is None:
+                    return  # asked upstream again
+        except Exception:
+            relay.n[_ERRORS] += 1
+        self._deliver(reply, walk.tcp, walk.client, walk.peer, walk.started)
+
     def _may_recurse(self, tcp: bool, client: Any, peer: Any, counters: Counts) -> bool:
         address = client.address if tcp else peer
         if address is not None and self.recursion.allows(address[0]):
@@ -439,7 +552,7 @@ class DnsServer:
     # --- UDP ------------------------------------------------------------------------------
 
     def _serve_udp(self, sock: socket.socket, counters: Counts) -> None:
-        recvfrom, sendto, handle, now = sock.recvfrom, sock.sendto, self._handle, _now
+        recvfrom, sendto, handle, now = sock.recvfrom, sock.sendto, self._respond, _now
         n, rcodes, qtypes, spans = counters.n, counters.rcodes, counters.qtypes, counters.spans
         while self._serving:
             try:
@@ -580,7 +693,7 @@ class DnsServer:
             at = packet.find(0, 12)
             qtype = packet[at + 1:at + 3]
             qtypes[qtype] = qtypes.get(qtype, 0) + 1
-            reply = self._handle(packet, True, counters, connection, None, started)
+            reply = self._respond(packet, True, counters, connection, None, started)
             if reply is None:
                 continue
             connection.outbox += len(reply).to_bytes(2, "big") + reply
