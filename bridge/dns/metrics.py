@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # `Counts.n` slots.
 ANSWERED, DROPPED, TRUNCATED, ERRORS, CONNECTIONS, FORWARDED, HITS, DENIAL_HITS, MISSES, \
@@ -173,8 +174,8 @@ class DnsCollector(Collector):
                                   "the name found (autopath)", value=totals[AUTOPATH])
 
 
-def _seconds(nanos: int) -> float:
-    return nanos / 1e9
+def _seconds(nanos: int) -> str:
+    return floatToGoString(nanos / 1e9)
 
 
 _COLLECTOR: DnsCollector | None = None

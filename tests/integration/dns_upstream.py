@@ -10,8 +10,8 @@ what was forwarded and that it came back untouched. Faults, switchable while it 
 - `tcp=False`: no TCP listener (connections are refused).
 - `delay`: seconds to wait before answering a name (a timer: other queries go on).
 - `drop`: names never answered (the forwarder times out).
-- `stop()`: everything closed; `dead_address()` is a port where nothing listens, where a
-  new server may be started later (`port=`) to bring an upstream back.
+- `stop()`: everything closed; `dead_address()` is a port where nothing listens.
+- `port=`: listen on a given port (to bring back an upstream that was down).
 
 Never sleeps: delays are `threading.Timer`s, and readers block on their sockets.
 """

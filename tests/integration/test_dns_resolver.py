@@ -9,6 +9,7 @@ loops cut, recursion only for allowed client networks, and the counts `metrics()
 from __future__ import annotations
 
 import logging
+import random
 import socket
 from collections.abc import Iterator
 from types import MappingProxyType
@@ -23,7 +24,7 @@ from bridge.config import DnsSettings
 from bridge.dns import listeners
 from bridge.dns.forward_zones import MAX_FAILS
 from bridge.dns.server import DnsServer
-from tests.integration.dns_upstream import UpstreamServer, dead_address
+from tests.integration.dns_upstream import UpstreamServer
 from tests.integration.harness import eventually
 
 TIMEOUT = 10.0
@@ -147,8 +148,26 @@ def test_each_zone_goes_to_its_own_upstreams(upstream):
             f"each: its zone's loop probe and one query: {sent}"
 
 
+def _quiet_port() -> int:
+    """A free port below Linux's ephemeral range (32768-60999), where no socket of the
+    forwarder's lands by chance before an upstream is started there again."""
+    rng = random.Random()
+    for _ in range(100):
+        port = rng.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                udp.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise OSError("no quiet port free")
+
+
 def test_a_failing_upstream_is_skipped_until_it_answers_again(upstream):
-    dead = dead_address()
+    port = _quiet_port()
+    dead = f"127.0.0.1:{port}"
     with serve(forward_zones={".": (dead, upstream.address)}, cache_size=0,
                probe_loops=False) as srv:
         for _ in range(MAX_FAILS):
@@ -158,8 +177,7 @@ def test_a_failing_upstream_is_skipped_until_it_answers_again(upstream):
         for _ in range(3):
             assert addresses(ask(srv, "www.example.test.")) == ["192.0.2.80"]
         assert srv.metrics().upstreams[dead][0] == MAX_FAILS, "down: skipped"
-        port = dead.rsplit(":", 1)[1]
-        with UpstreamServer({"www.example.test.": ["300 A 192.0.2.99"]}, port=int(port)) as back:
+        with UpstreamServer({"www.example.test.": ["300 A 192.0.2.99"]}, port=port) as back:
             # The health probe (`. NS` every 0.5 s, as CoreDNS) finds it answering again.
             eventually(lambda: back.seen(".") >= 1, what="a health probe of the down upstream")
             eventually(lambda: addresses(ask(srv, "www.example.test.")) == ["192.0.2.99"],
