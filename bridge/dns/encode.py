@@ -4,7 +4,8 @@
 authority and additional sections as bytes, to be sent after the ID and the question that
 the query itself carries (`respond.py`). `encode_shuffled` makes a `Shuffled` instead, for
 answers served in a random order per query (Consul). With `rotate`, an answer of several
-A, AAAA or SRV records also carries its rotations (`Turns`), one served per query.
+A, AAAA or SRV records also carries its rotations (`Rotations`, `Turns`), one served per
+query.
 """
 
 from __future__ import annotations
@@ -36,15 +37,15 @@ class Entry(NamedTuple):
     `heads[i]`/`heads[4 + i]` are flags + counts for i = RD | CD << 1 of the query, without
     and with our OPT record (shared between entries). `spots` are (body offset, question
     offset, length) of literal copies of a question suffix to re-spell; or, for an answer
-    whose records rotate, its `Turns` (never empty, so the fast path hands the entry to
-    `Responder._emit`, which turns it). Five fields, the rarely read ones in `shape`: a large
-    table holds hundreds of thousands.
+    whose records rotate, its `Rotations` or `Turns` (never empty, so the fast path looks
+    at them: it serves `Rotations` itself and hands `Turns` to `Responder._emit`). Five
+    fields, the rarely read ones in `shape`: a large table holds hundreds of thousands.
     """
 
     heads: tuple[bytes, ...]
     body: bytes
     size: int  # header + body: the response length without question and OPT
-    spots: tuple[tuple[int, int, int], ...] | Turns
+    spots: tuple[tuple[int, int, int], ...] | Rotations | Turns
     shape: Shape
 
     @property
@@ -60,18 +61,25 @@ class Entry(NamedTuple):
         return self.shape.flags
 
 
-class Turns(NamedTuple):
-    """The rotations of an answer of `count` records, one per query (`turn`).
+class Rotations(tuple[bytes, ...]):
+    """Every rotation of an answer of same-size records that nothing points into (A, AAAA:
+    each owner a pointer to the question), as bodies: rotation k starts at record k. The
+    fast path recognises the type and picks one by the query's ID (its low byte: there are
+    at most 256, see `MAX_BODY_BYTES`)."""
 
-    Records of one size that nothing points into (A, AAAA: owner a pointer to the question)
-    are rotated by slicing the answer doubled (`doubled`, `stride`): every rotation, no
-    memory per rotation. Others (SRV, whose glue points into the targets) keep up to
+    __slots__ = ()
+
+
+class Turns(NamedTuple):
+    """The rotations of an answer that `Rotations` does not hold, one per query (`turn`).
+
+    Same-size records beyond `MAX_BODY_BYTES` are cut from the answer written twice
+    (`doubled`, `stride`). Others (SRV, whose glue points into the targets) keep up to
     `MAX_TURNS` encoded rotations (`variants`), spread over the records.
     """
 
     count: int
     stride: int  # bytes per record, for slicing; 0 with `variants`
-    span: int  # bytes of the answer section, for slicing
     doubled: bytes  # the answer section twice (nothing follows it); b"" with `variants`
     variants: tuple[Entry, ...]
 
@@ -81,11 +89,13 @@ class Turns(NamedTuple):
             variant = self.variants[index % len(self.variants)]
             return variant, variant.body, variant.spots  # type: ignore[return-value]
         at = (index % self.count) * self.stride
-        return entry, self.doubled[at:at + self.span], ()
+        return entry, self.doubled[at:at + self.count * self.stride], ()
 
 
 MAX_TURNS = 8  # encoded rotations kept of an answer that cannot be sliced
 MAX_TURN_BYTES = 16384  # nor more bytes of them than this (else it does not rotate)
+MAX_BODY_BYTES = 4096  # rotations of addresses kept whole up to this many bytes in all
+# (so at most 4096 / 16 = 256 A records: the low byte of an ID reaches every rotation)
 
 
 class Shuffled(NamedTuple):
@@ -326,7 +336,11 @@ def _rotating(question: Name, response: Response, question_wire: bytes, ra: bool
     if rtype != QType.SRV and not entry.spots and len(ends) == count and \
             all(end == stride * (i + 1) for i, end in enumerate(ends)):
         body = entry.body
-        return entry._replace(spots=Turns(count, stride, len(body), body + body, ()))
+        doubled = body + body
+        if count * len(body) <= MAX_BODY_BYTES:
+            return entry._replace(spots=Rotations(
+                doubled[k * stride:k * stride + len(body)] for k in range(count)))
+        return entry._replace(spots=Turns(count, stride, doubled, ()))
     kept = min(count, MAX_TURNS, MAX_TURN_BYTES // max(1, len(entry.body)))
     if kept < 2:
         return entry
@@ -335,7 +349,7 @@ def _rotating(question: Name, response: Response, question_wire: bytes, ra: bool
         at = k * count // kept
         turned = response._replace(answer=answer[at:] + answer[:at])
         variants.append(entry if at == 0 else _encode(question, turned, question_wire, ra))
-    return entry._replace(spots=Turns(count, 0, 0, b"", tuple(variants)))
+    return entry._replace(spots=Turns(count, 0, b"", tuple(variants)))
 
 
 def _encode(question: Name, response: Response, question_wire: bytes, ra: bool) -> Entry:

@@ -48,8 +48,8 @@ TCP_READ = 65536
 TCP_MAX_PENDING = 1 << 20  # reply bytes queued for a client that does not read: then close
 JOIN_TIMEOUT = 1.0
 
-_ANSWERED, _DROPPED, _TRUNCATED, _ERRORS = \
-    metrics.ANSWERED, metrics.DROPPED, metrics.TRUNCATED, metrics.ERRORS
+_ANSWERED, _DROPPED, _TRUNCATED, _ERRORS, _NANOS = metrics.ANSWERED, metrics.DROPPED, \
+    metrics.TRUNCATED, metrics.ERRORS, metrics.NANOS
 _RCODE_NAMES = {Rcode.NOERROR: "noerror", Rcode.FORMERR: "formerr",
                 Rcode.SERVFAIL: "servfail", Rcode.NXDOMAIN: "nxdomain",
                 Rcode.NOTIMP: "notimp", Rcode.REFUSED: "refused"}
@@ -58,6 +58,7 @@ _RCODE_NAMES = {Rcode.NOERROR: "noerror", Rcode.FORMERR: "formerr",
 Outside = Callable[[bytes, bool], bytes | None]
 T = TypeVar("T")
 _now = time.perf_counter_ns
+_UNASKED = object()  # `_handle`'s reply when the table has not been asked yet
 _NXDOMAIN = int(Rcode.NXDOMAIN)
 # Replies that do not end an autopath walk (CoreDNS: `plugin.ClientWrite` is false).
 _WALK_ON = frozenset((int(Rcode.NXDOMAIN), int(Rcode.SERVFAIL), int(Rcode.REFUSED),
@@ -347,15 +348,17 @@ class DnsServer:
     # --- handling one packet -------------------------------------------------------------
 
     def _handle(self, packet: bytes, tcp: bool, counters: Counts, client: Any,
-                peer: Any, started: int) -> bytes | None:
+                peer: Any, started: int, reply: Any = _UNASKED) -> bytes | None:
         """The reply to send now, or None (dropped, or answered later by the forwarder).
 
         `client` and `peer` say where a later reply goes: (UDP socket, address), or
-        (TCP connection, None). `started`: when the packet arrived (ns). Never raises.
+        (TCP connection, None). `started`: when the packet arrived (ns). `reply`: what the
+        table said already, if the caller asked it. Never raises.
         """
         table = self._table
         try:
-            reply = table.respond(packet, tcp)
+            if reply is _UNASKED:
+                reply = table.respond(packet, tcp)
             if type(reply) is bytes:
                 return reply
             if reply is NOT_OURS:
@@ -386,9 +389,9 @@ class DnsServer:
     # --- autopath -------------------------------------------------------------------------
 
     def _handle_autopath(self, packet: bytes, tcp: bool, counters: Counts, client: Any,
-                         peer: Any, started: int) -> bytes | None:
+                         peer: Any, started: int, reply: Any = _UNASKED) -> bytes | None:
         """`_handle`, then for an NXDOMAIN of a search expansion the autopath walk."""
-        reply = self._handle(packet, tcp, counters, client, peer, started)
+        reply = self._handle(packet, tcp, counters, client, peer, started, reply)
         if reply is None or len(reply) < 4 or reply[3] & 0xF != _NXDOMAIN:
             return reply
         autopath = self.autopath
@@ -554,6 +557,8 @@ class DnsServer:
     def _serve_udp(self, sock: socket.socket, counters: Counts) -> None:
         recvfrom, sendto, handle, now = sock.recvfrom, sock.sendto, self._respond, _now
         n, rcodes, qtypes, spans = counters.n, counters.rcodes, counters.qtypes, counters.spans
+        nanos = _NANOS  # a local: the quickest name to read
+        autopath = self.autopath is not None
         while self._serving:
             try:
                 packet, peer = recvfrom(UDP_BUFFER)
@@ -565,25 +570,27 @@ class DnsServer:
             if not packet:
                 continue  # stop()'s wake-up, or an empty datagram: nothing to answer
             started = now()
-            # The qtype after the first zero byte from 12 (the fast path's own guess).
-            at = packet.find(0, 12)
-            qtype = packet[at + 1:at + 3]
-            qtypes[qtype] = qtypes.get(qtype, 0) + 1
-            reply = handle(packet, False, counters, sock, peer, started)
-            if reply is None:
-                continue
+            # The usual answer without a call of `_handle`; anything else, and a raise, go
+            # through it. The table counts the qtype (it reads it anyway).
+            try:
+                reply = self._table.respond(packet, False, qtypes)
+            except Exception:
+                reply = _UNASKED
+            if type(reply) is not bytes or autopath:
+                reply = handle(packet, False, counters, sock, peer, started, reply)
+                if reply is None:
+                    continue
             try:
                 sendto(reply, peer)
             except OSError:
                 n[_DROPPED] += 1
                 continue
-            n[_ANSWERED] += 1
             rcodes[reply[3] & 0xF] += 1
             if reply[2] & 0x02:
                 n[_TRUNCATED] += 1
             took = now() - started
             spans[took.bit_length()] += 1
-            counters.nanos += took
+            n[nanos] += took
 
     # --- TCP ------------------------------------------------------------------------------
 
@@ -682,7 +689,6 @@ class DnsServer:
 
     def _answer_frames(self, connection: _Connection, counters: Counts) -> None:
         inbox = connection.inbox
-        qtypes = counters.qtypes
         while len(inbox) >= 2:
             size = (inbox[0] << 8) | inbox[1]
             if len(inbox) < 2 + size:
@@ -690,9 +696,7 @@ class DnsServer:
             packet = bytes(inbox[2:2 + size])
             del inbox[:2 + size]
             started = _now()
-            at = packet.find(0, 12)
-            qtype = packet[at + 1:at + 3]
-            qtypes[qtype] = qtypes.get(qtype, 0) + 1
+            counters.asked(packet)
             reply = self._respond(packet, True, counters, connection, None, started)
             if reply is None:
                 continue

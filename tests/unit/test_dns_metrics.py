@@ -20,7 +20,12 @@ def _scrape(got: Report) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def _counts(proto: str) -> Counts:
     counts = Counts(proto)
-    counts.qtypes = {b"\x00\x01": 3, b"\x00\x1c": 1, b"\x01\x00": 2, b"\x00": 1}
+    for packet in [b"\x00" * 12 + b"\x01a\x00\x00\x01\x00\x01"] * 3 + \
+            [b"\x00" * 12 + b"\x01a\x00\x00\x1c\x00\x01",  # AAAA
+             b"\x00" * 12 + b"\x01a\x00\x01\x01\x00\x01",  # CAA (257)
+             b"\x00" * 12 + b"\x01a\x00\x01\x00\x00\x01",  # 256
+             b"\x00" * 12 + b"\x01a"]:  # cut short
+        counts.asked(packet)
     for took in (3_000, 20_000, 300_000):  # 3 us, 20 us, 0.3 ms
         counts.sent(b"\x00\x00\x81\x80", 1_000, 1_000 + took)
     counts.sent(b"\x00\x00\x81\x83", 0, 5_000_000)  # NXDOMAIN, 5 ms
@@ -38,7 +43,7 @@ def test_families_names_and_labels():
     assert scraped[("bridge_dns_requests_total", (("proto", "udp"), ("type", "A")))] == 3
     assert scraped[("bridge_dns_requests_total", (("proto", "udp"), ("type", "AAAA")))] == 1
     assert scraped[("bridge_dns_requests_total", (("proto", "udp"), ("type", "other")))] == 3, \
-        "type 256 and an unreadable question: other"
+        "types above 255 and an unreadable question: other"
     assert scraped[("bridge_dns_responses_total", (("rcode", "NOERROR"),))] == 3
     assert scraped[("bridge_dns_responses_total", (("rcode", "NXDOMAIN"),))] == 1
     assert scraped[("bridge_dns_cache_hits_total", (("type", "success"),))] == 2
