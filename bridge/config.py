@@ -418,17 +418,18 @@ def _coerce_mapping(key: str, raw: Any, origin: str) -> Mapping[str, tuple[str, 
     if isinstance(raw, str):
         pairs: dict[str, Any] = {}
         for part in filter(None, (p.strip() for p in raw.split(";"))):
-            name, sep, values = part.partition("=")
+            zone_text, sep, upstreams = part.partition("=")
             if not sep:
                 raise ConfigError(key, raw, f"not ZONE=HOST[:PORT],...;ZONE=...{where}")
-            pairs[name.strip()] = values
+            pairs[zone_text.strip()] = upstreams
         raw = pairs
     if not isinstance(raw, dict):
         raise ConfigError(key, raw, f"not a mapping of zone to a list of upstreams{where}")
     out: dict[str, tuple[str, ...]] = {}
-    for name, values in raw.items():
-        if isinstance(values, str):
-            values = [v for v in (v.strip() for v in values.split(",")) if v]
+    for name, listed in raw.items():
+        values: Any = listed
+        if isinstance(listed, str):
+            values = [v for v in (v.strip() for v in listed.split(",")) if v]
         if not isinstance(name, str) or not isinstance(values, list | tuple) \
                 or not all(isinstance(v, str) for v in values):
             raise ConfigError(key, raw, f"not a mapping of zone to a list of upstreams{where}")

@@ -71,14 +71,15 @@ class Rotations(tuple[bytes, ...]):
 
 
 class Turns(NamedTuple):
-    """The rotations of an answer that `Rotations` does not hold, one per query (`turn`).
+    """The rotations of an answer of `records` records that `Rotations` does not hold, one
+    per query (`turn`).
 
     Same-size records beyond `MAX_BODY_BYTES` are cut from the answer written twice
     (`doubled`, `stride`). Others (SRV, whose glue points into the targets) keep up to
     `MAX_TURNS` encoded rotations (`variants`), spread over the records.
     """
 
-    count: int
+    records: int
     stride: int  # bytes per record, for slicing; 0 with `variants`
     doubled: bytes  # the answer section twice (nothing follows it); b"" with `variants`
     variants: tuple[Entry, ...]
@@ -88,8 +89,8 @@ class Turns(NamedTuple):
         if self.variants:
             variant = self.variants[index % len(self.variants)]
             return variant, variant.body, variant.spots  # type: ignore[return-value]
-        at = (index % self.count) * self.stride
-        return entry, self.doubled[at:at + self.count * self.stride], ()
+        at = (index % self.records) * self.stride
+        return entry, self.doubled[at:at + self.records * self.stride], ()
 
 
 MAX_TURNS = 8  # encoded rotations kept of an answer that cannot be sliced

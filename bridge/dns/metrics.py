@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+K = TypeVar("K")
 
 # `Counts.n` slots.
 ANSWERED, DROPPED, TRUNCATED, ERRORS, CONNECTIONS, FORWARDED, HITS, DENIAL_HITS, MISSES, \
@@ -86,10 +89,9 @@ class Report:
     upstreams: dict[str, list[int]] = field(default_factory=dict)  # to -> [sent, failures]
 
     def add(self, other: Report) -> Report:
-        for mine, theirs in ((self.requests, other.requests), (self.responses, other.responses),
-                             (self.nanos, other.nanos)):
-            for key, value in theirs.items():  # type: ignore[attr-defined]
-                mine[key] = mine.get(key, 0) + value  # type: ignore[index]
+        _add(self.requests, other.requests)
+        _add(self.responses, other.responses)
+        _add(self.nanos, other.nanos)
         for proto, buckets in other.spans.items():
             self.spans[proto] = [a + b for a, b in
                                  zip(self.spans.get(proto, [0] * SPANS), buckets, strict=True)]
@@ -100,6 +102,11 @@ class Report:
         self.stale += other.stale
         self.entries = (self.entries[0] + other.entries[0], self.entries[1] + other.entries[1])
         return self
+
+
+def _add(mine: dict[K, int], theirs: dict[K, int]) -> None:
+    for key, value in theirs.items():
+        mine[key] = mine.get(key, 0) + value
 
 
 def report(counts: Iterable[Counts]) -> Report:

@@ -572,6 +572,7 @@ class DnsServer:
             started = now()
             # The usual answer without a call of `_handle`; anything else, and a raise, go
             # through it. The table counts the qtype (it reads it anyway).
+            reply: Any
             try:
                 reply = self._table.respond(packet, False, qtypes)
             except Exception:
