@@ -225,6 +225,9 @@ class Forwarder:
         if key is not None:
             self._pending[key] = query
         query.deadline = time.monotonic() + self.timeout
+        self._timer(query.deadline, query, "deadline")
+        ours = query.packet[:2] + query.question
+        self.sent[ours] = self.sent.get(ours, 0) + 1
         self.stats["forwarded"] += 1
         assert group is not None
         order = group.order()
@@ -273,10 +276,6 @@ class Forwarder:
                 continue
             assert self._selector is not None
             self._selector.register(sock, selectors.EVENT_READ, (query, "udp"))
-            if not query.sockets:
-                self._timer(query.deadline, query, "deadline")
-                self.sent[query.packet[:2] + query.question] = \
-                    self.sent.get(query.packet[:2] + query.question, 0) + 1
             query.sockets[sock] = (health, time.monotonic())
             self.upstream_counts.setdefault(health.address, [0, 0])[0] += 1
             break

@@ -177,6 +177,8 @@ def test_a_failing_upstream_is_skipped_until_it_answers_again(upstream):
         for _ in range(3):
             assert addresses(ask(srv, "www.example.test.")) == ["192.0.2.80"]
         assert srv.metrics().upstreams[dead][0] == MAX_FAILS, "down: skipped"
+        assert not srv._forwarder.sent, \
+            "exchanges that moved on after a refusal are forgotten when they end"  # type: ignore[union-attr]
         with UpstreamServer({"www.example.test.": ["300 A 192.0.2.99"]}, port=port) as back:
             # The health probe (`. NS` every 0.5 s, as CoreDNS) finds it answering again.
             eventually(lambda: back.seen(".") >= 1, what="a health probe of the down upstream")
