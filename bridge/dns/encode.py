@@ -75,19 +75,30 @@ class Turns(NamedTuple):
     per query (`turn`).
 
     Same-size records beyond `MAX_BODY_BYTES` are cut from the answer written twice
-    (`doubled`, `stride`). Others (SRV, whose glue points into the targets) keep up to
-    `MAX_TURNS` encoded rotations (`variants`), spread over the records.
+    (`doubled`, `stride`). Others (SRV, whose glue points into the targets) have up to
+    `MAX_TURNS` rotations spread over the records (`variants`, the first the answer as
+    encoded), each made on first use by moving bytes (`_reordered`) and kept: a list
+    slot written once, atomic under the GIL.
     """
 
     records: int
     stride: int  # bytes per record, for slicing; 0 with `variants`
     doubled: bytes  # the answer section twice (nothing follows it); b"" with `variants`
-    variants: tuple[Entry, ...]
+    variants: list[Entry | None]
+    base: int  # where the body starts in a message (for the glue's pointers)
 
     def turn(self, entry: Entry, index: int) -> tuple[Entry, bytes, tuple[tuple[int, int, int], ...]]:
         """(entry, body, spots) of rotation `index` (any int: taken modulo)."""
-        if self.variants:
-            variant = self.variants[index % len(self.variants)]
+        variants = self.variants
+        if variants:
+            slot = index % len(variants)
+            variant = variants[slot]
+            if variant is None:
+                first = variants[0]
+                assert first is not None
+                variant = _reordered(first, slot * self.records // len(variants), self.base) \
+                    or first  # not a shape bytes can be moved in: not rotated
+                variants[slot] = variant
             return variant, variant.body, variant.spots  # type: ignore[return-value]
         at = (index % self.records) * self.stride
         return entry, self.doubled[at:at + self.records * self.stride], ()
@@ -318,12 +329,12 @@ def encode(question: Name, response: Response, question_wire: bytes | None = Non
         question_wire = wire(question)
     entry = _encode(question, response, question_wire, ra)
     if rotate and len(response.answer) > 1:
-        return _rotating(question, response, question_wire, ra, entry)
+        return _rotating(question, response, question_wire, entry)
     return entry
 
 
-def _rotating(question: Name, response: Response, question_wire: bytes, ra: bool,
-              entry: Entry) -> Entry:
+def _rotating(question: Name, response: Response, question_wire: bytes, entry: Entry
+              ) -> Entry:
     """`entry` with its `Turns`, when its answers are several A, AAAA or SRV records of the
     question's name (a headless Service's addresses, its SRV records); else `entry`."""
     answer = response.answer
@@ -341,16 +352,68 @@ def _rotating(question: Name, response: Response, question_wire: bytes, ra: bool
         if count * len(body) <= MAX_BODY_BYTES:
             return entry._replace(spots=Rotations(
                 doubled[k * stride:k * stride + len(body)] for k in range(count)))
-        return entry._replace(spots=Turns(count, stride, doubled, ()))
+        return entry._replace(spots=Turns(count, stride, doubled, [], 0))
     kept = min(count, MAX_TURNS, MAX_TURN_BYTES // max(1, len(entry.body)))
     if kept < 2:
         return entry
-    variants = []
-    for k in range(kept):
-        at = k * count // kept
-        turned = response._replace(answer=answer[at:] + answer[:at])
-        variants.append(entry if at == 0 else _encode(question, turned, question_wire, ra))
-    return entry._replace(spots=Turns(count, 0, b"", tuple(variants)))
+    variants: list[Entry | None] = [entry, *[None] * (kept - 1)]
+    return entry._replace(spots=Turns(count, 0, b"", variants, 16 + len(question_wire)))
+
+
+def _reordered(entry: Entry, first: int, base: int) -> Entry | None:
+    """`entry` with its answer records rotated to start at record `first`, by moving bytes:
+    answers that point only into the question (SRV: owner a pointer, target written out),
+    then A/AAAA records whose owner points into an answer (glue: pointers moved along).
+    None for any other shape."""
+    body, ends = entry.body, entry.shape.ends
+    count = entry.shape.counts[0]
+    if entry.shape.counts[1] or len(ends) < count:
+        return None
+    starts = (0, *ends[:count - 1])
+    chunks = [body[starts[i]:ends[i]] for i in range(count)]
+    order = [*range(first, count), *range(first)]
+    moved = [0] * count  # where each record starts after the rotation
+    at = 0
+    for i in order:
+        moved[i] = at
+        at += len(chunks[i])
+
+    def record_of(offset: int) -> int:
+        for i in range(count):
+            if starts[i] <= offset < ends[i]:
+                return i
+        return -1
+
+    rest = []
+    previous = ends[count - 1]
+    for end in ends[count:]:
+        glue = bytearray(body[previous:end])
+        previous = end
+        if len(glue) < 4 or glue[0] & 0xC0 != 0xC0 or glue[2:4] not in (b"\x00\x01", b"\x00\x1c"):
+            return None
+        offset = ((glue[0] & 0x3F) << 8 | glue[1]) - base
+        i = record_of(offset)
+        if i >= 0:
+            pointer = base + moved[i] + offset - starts[i]
+            if pointer >= 0x4000:
+                return None
+            glue[0:2] = (0xC000 | pointer).to_bytes(2, "big")
+        elif offset >= 0:
+            return None  # points into something other than an answer
+        rest.append(bytes(glue))
+    spots = []
+    for spot_at, qoffset, length in entry.spots:  # type: ignore[misc]
+        i = record_of(spot_at)
+        if i < 0:
+            return None
+        spots.append((moved[i] + spot_at - starts[i], qoffset, length))
+    new_ends = []
+    at = 0
+    for i in order:
+        at += len(chunks[i])
+        new_ends.append(at)
+    return _entry(entry.shape.flags, entry.shape.counts, b"".join(chunks[i] for i in order) +
+                  b"".join(rest), tuple(sorted(spots)), (*new_ends, *ends[count:]))
 
 
 def _encode(question: Name, response: Response, question_wire: bytes, ra: bool) -> Entry:

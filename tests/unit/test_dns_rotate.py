@@ -135,3 +135,28 @@ def test_rotation_survives_an_incremental_update():
     firsts = {order(ask(updated, "web.default.svc.cluster.local.", "A", qid), 1)[0]
               for qid in range(3)}
     assert firsts == set(V4[:3])
+
+
+def test_srv_rotations_moved_as_bytes_equal_the_rotated_answer_encoded():
+    """The SRV rotations are made by moving the records' bytes and the glue's pointers;
+    each must be byte for byte what encoding the rotated answer gives."""
+    from bridge.dns.answer import Answerer
+    from bridge.dns.encode import Turns, _encode, encode, wire
+
+    mixed = Service(ServiceKey("default", "mixed"), ServiceType.HEADLESS, ports=(HTTP,),
+                    instances=(Instance("10.9.0.1", (HTTP,), K8S, hostname="a"),
+                               Instance("fd00::9", (HTTP,), K8S),
+                               Instance("10.9.0.3", (HTTP,), K8S, hostname="longer-name"),
+                               Instance("10.9.0.4", (HTTP,), K8S)))
+    answerer = Answerer(Catalog(MappingProxyType({mixed.key: mixed}), ready=True), "cluster.local", 30)
+    for spelled in (("_http", "_tcp", "mixed", "default", "svc", "cluster", "local"),
+                    ("_HTTP", "_tcp", "MIXED", "default", "svc", "Cluster", "LOCAL")):
+        response = answerer.answer(spelled, 33)
+        question = wire(spelled)
+        entry = encode(spelled, response, question, rotate=True)
+        turns = entry.spots
+        assert type(turns) is Turns and len(turns.variants) == 4
+        for k in range(4):
+            variant = turns.turn(entry, k)[0]
+            turned = response._replace(answer=response.answer[k:] + response.answer[:k])
+            assert variant == _encode(spelled, turned, question, False), f"rotation {k}"
