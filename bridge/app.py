@@ -68,6 +68,7 @@ from bridge.config import Settings, parse_hostport
 from bridge.consul.client import ConsulClient
 from bridge.consul.sink import ConsulSink
 from bridge.consul.source import ConsulSource
+from bridge.dns import metrics as dns_metrics
 from bridge.dns.server import DnsServer
 from bridge.dns.workers import DnsWorkers
 from bridge.ha.wiring import HighAvailability
@@ -109,6 +110,7 @@ class App:
         self.dns: DnsServer | DnsWorkers = DnsWorkers(
             settings.dns, settings.dns.workers, log_level=settings.log.level,
             log_format=settings.log.format) if settings.dns.workers else DnsServer(settings.dns)
+        dns_metrics.export(self.dns.metrics)  # bridge_dns_* on /metrics, counted on scrape
         self._catalog_ready = threading.Event()
         # A sidecar (kubernetes.enabled: false) has no Kubernetes client at all: it needs no
         # credentials, and the settings allow it no sink (config._check_combination).
@@ -119,6 +121,8 @@ class App:
             self.kube = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
                                    self._changed, self.stop_event, watch_nodes=sync.to_consul,
                                    watch_ingresses=sync.to_consul and sync.ingress,
+                                   dns_namespaces=(settings.dns.namespaces,
+                                                   settings.dns.deny_namespaces),
                                    threads=self.threads)
         self.consul_client = ConsulClient(settings.consul)
         self.consul: ConsulSource | None = None
@@ -155,7 +159,9 @@ class App:
             kube_sink = KubeSink(self.kube_client, self.kube.objects, self.stop_event,
                                  gate=self.ha.leadership)
             lanes.append(Lane("kubernetes", KubePlanner(kube_sink), kube_sink))
-        self.publisher = Publisher(kube=self.kube, consul=self.consul, publish=self._publish,
+        # DNS answers its own namespaces (dns.namespaces), the sync its own.
+        dns_view = self.kube.dns if isinstance(self.kube, KubeSource) else self.kube
+        self.publisher = Publisher(kube=dns_view, consul=self.consul, publish=self._publish,
                                    stop=self.stop_event, local_wins=sync.local_wins,
                                    threads=self.threads, visible=self.ha.visible)
         # Without a sink (a sidecar) there is nothing to reconcile: no thread for it.

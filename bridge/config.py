@@ -38,6 +38,9 @@ def _setting(default: Any, why: str, *, secret: bool = False,
     if isinstance(default, list | tuple):
         value = tuple(default)
         return field(default_factory=lambda: value, metadata=meta)
+    if isinstance(default, dict):
+        # A plain dict (read only by convention): settings are pickled to DNS workers.
+        return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -72,6 +75,42 @@ def _zone(value: Any) -> str | None:
     if value and all(_DNS_LABEL.match(label) for label in labels):
         return None
     return "must be a DNS name of DNS-1123 labels"
+
+
+def _networks(value: Any) -> str | None:
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return f"{text!r} is not an address or network (CIDR)"
+    return None
+
+
+def _forward_zones(value: Any) -> str | None:
+    for zone, upstreams in value.items():
+        if zone != "." and _zone(zone):
+            return f"{zone!r}: {_zone(zone)}"
+        if not upstreams:
+            return f"{zone!r}: no upstream"
+        for upstream in upstreams:
+            problem = _upstream(upstream)
+            if problem:
+                return f"{zone!r}: {problem}"
+    return None
+
+
+def _upstreams(value: Any) -> str | None:
+    return next(filter(None, map(_upstream, value)), None)
+
+
+def _upstream(text: str) -> str | None:
+    from bridge.dns.upstream import parse_upstream  # the one reader of HOST[:PORT]
+
+    try:
+        parse_upstream(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _url(value: Any) -> str | None:
@@ -110,9 +149,11 @@ class KubernetesSettings:
     kubeconfig: str = _setting("", "kubeconfig file; empty means in-cluster when running in a "
                                    "pod, else ~/.kube/config (KUBECONFIG is honoured)")
     context: str = _setting("", "kubeconfig context to use; empty means its current-context")
-    namespaces: tuple[str, ...] = _setting(["*"], "namespaces to sync and answer, '*' for all")
+    namespaces: tuple[str, ...] = _setting(["*"], "namespaces synced to Consul, '*' for all "
+                                                   "(DNS answers by dns.namespaces)")
     deny_namespaces: tuple[str, ...] = _setting(
-        ["kube-system", "kube-public"], "namespaces never synced; deny wins over allow")
+        ["kube-system", "kube-public"], "namespaces never synced to Consul; deny wins over "
+                                        "allow (DNS still answers them: dns.deny_namespaces)")
     default_sync: bool = _setting(True, "sync every Service unless annotated "
                                         "consul.hashicorp.com/service-sync: 'false'")
     watch_timeout: int = _setting(300, "seconds a watch stays open before it is renewed, so a "
@@ -218,12 +259,42 @@ class DnsSettings:
     consul_domain: str = _setting("", "also answer <svc>.service.<domain> from Consul's side of "
                                       "the catalog (e.g. consul); empty turns it off",
                                   check=lambda v: None if v == "" else _zone(v))
+    namespaces: tuple[str, ...] = _setting(["*"], "namespaces whose Services DNS answers, '*' for "
+                                                   "all (what is synced: kubernetes.namespaces)")
+    deny_namespaces: tuple[str, ...] = _setting([], "namespaces DNS never answers; deny wins over "
+                                                    "allow (kube-system is answered unless listed)")
     upstreams: tuple[str, ...] = _setting([], "resolvers for names outside our zones, HOST[:PORT]; "
-                                              "empty means those in resolv_conf, minus ourselves")
+                                              "empty means those in resolv_conf, minus ourselves",
+                                          check=_upstreams)
     resolv_conf: str = _setting("/etc/resolv.conf", "where the system's resolvers are read from when "
                                                     "no upstreams are set")
     upstream_timeout: float = _setting(2.0, "seconds to wait for an upstream before SERVFAIL",
                                        check=_positive)
+    forward_zones: Mapping[str, tuple[str, ...]] = _setting(
+        {}, "upstreams per zone, ZONE: [HOST[:PORT], ...]; the most specific zone wins, and "
+            "'.' (every other name) is upstreams, else resolv_conf", check=_forward_zones)
+    forward_policy: str = _setting("sequential", "order a zone's upstreams are tried in: "
+                                                 "sequential (first healthy one first) or random",
+                                   check=_one_of("sequential", "random"))
+    allow_recursion: tuple[str, ...] = _setting(
+        ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+         "100.64.0.0/10", "169.254.0.0/16", "fc00::/7", "fe80::/10"],
+        "client networks whose names outside our zones are forwarded (others get REFUSED "
+        "for them); loopback and non-public ranges, so never an open resolver", check=_networks)
+    cache_size: int = _setting(10000, "answers from upstreams cached by their TTL, positive "
+                                      "and negative; 0 turns the cache off",
+                               check=_not_negative)
+    serve_stale: int = _setting(3600, "seconds past its TTL a cached answer is still given "
+                                      "(TTL 30) when every upstream fails (RFC 8767); 0: never",
+                                check=_not_negative)
+    rotate: bool = _setting(True, "A/AAAA and SRV records of a headless Service come in a "
+                                  "rotating order per query (CoreDNS loadbalance)")
+    autopath: bool = _setting(False, "answer a search-path expansion with a CNAME to the name "
+                                     "that exists (CoreDNS autopath); needs autopath_namespace "
+                                     "or pods: verified")
+    autopath_namespace: str = _setting("", "the namespace every client is in (a sidecar: its "
+                                           "pod's); empty: the client's pod, by address",
+                                       check=lambda v: None if v == "" else _dns_label(v))
     udp_payload: int = _setting(1232, "EDNS0 UDP payload we advertise and cap answers at (the DNS "
                                       "flag day 2020 value)", check=lambda v: None
                                 if 512 <= v <= 65535 else "must be 512-65535")
@@ -362,6 +433,8 @@ def _coerce(key: str, kind: type, raw: Any, origin: str) -> Any:
             return float(raw)
         except (TypeError, ValueError):
             raise bad("not a number") from None
+    if kind == Mapping[str, tuple[str, ...]]:
+        return _coerce_mapping(key, raw, origin)
     if kind == tuple[str, ...]:
         if isinstance(raw, str):
             return tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -373,6 +446,41 @@ def _coerce(key: str, kind: type, raw: Any, origin: str) -> Any:
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         return str(raw)
     raise bad("not a string")
+
+
+def _coerce_mapping(key: str, raw: Any, origin: str) -> Mapping[str, tuple[str, ...]]:
+    """`{zone: [a, b]}` (YAML) or `zone=a,b;zone2=c` (environment, flags)."""
+    where = f" ({origin})" if origin else ""
+    if isinstance(raw, str):
+        pairs: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in raw.split(";"))):
+            zone_text, sep, upstreams = part.partition("=")
+            if not sep:
+                raise ConfigError(key, raw, f"not ZONE=HOST[:PORT],...;ZONE=...{where}")
+            pairs[zone_text.strip()] = upstreams
+        raw = pairs
+    if not isinstance(raw, dict):
+        raise ConfigError(key, raw, f"not a mapping of zone to a list of upstreams{where}")
+    out: dict[str, tuple[str, ...]] = {}
+    for name, listed in raw.items():
+        values: Any = listed
+        if isinstance(listed, str):
+            values = [v for v in (v.strip() for v in listed.split(",")) if v]
+        if not isinstance(name, str) or not isinstance(values, list | tuple) \
+                or not all(isinstance(v, str) for v in values):
+            raise ConfigError(key, raw, f"not a mapping of zone to a list of upstreams{where}")
+        zone = name.strip().lower()
+        out["." if zone == "." else zone.rstrip(".")] = tuple(values)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A setting's value as YAML writes it: lists for tuples, dicts for mappings."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _flatten_yaml(data: Any, origin: str) -> dict[str, Any]:
@@ -470,6 +578,13 @@ def build(*, config_file: str | None = None, environ: Mapping[str, str] | None =
 
 def _check_combination(settings: Settings) -> None:
     """Settings that are valid alone but not together."""
+    dns = settings.dns
+    if dns.upstreams and "." in dns.forward_zones:
+        raise ConfigError("dns.forward_zones", ".", "'.' and dns.upstreams both name the "
+                          "upstreams of every other name: set one")
+    if dns.autopath and not dns.autopath_namespace and dns.pods != "verified":
+        raise ConfigError("dns.autopath", True, "needs the client's namespace: set "
+                          "dns.autopath_namespace (a sidecar) or dns.pods: verified")
     if not settings.kubernetes.enabled:
         # With no Kubernetes view, the sync would see this cluster as empty and deregister
         # everything it owns in Consul; materialising needs the Kubernetes API.
@@ -525,8 +640,7 @@ def describe(settings: Settings) -> str:
     for key, f, value in iter_settings(settings):
         if f.metadata.get("secret") and value:
             value = "********"
-        if isinstance(value, tuple):
-            value = list(value)
+        value = _plain(value)
         target = out
         *parents, leaf = key.split(".")
         for parent in parents:
@@ -550,7 +664,7 @@ def render_reference() -> str:
             section = parent
         indent = "  " if parent else ""
         lines.append(f"{indent}# {f.metadata['why']}")
-        rendered = yaml.safe_dump({leaf: list(value) if isinstance(value, tuple) else value},
+        rendered = yaml.safe_dump({leaf: _plain(value)},
                                   default_flow_style=True, width=1000).strip()
         lines.append(f"{indent}{rendered[1:-1]}")
     return "\n".join(lines) + "\n"

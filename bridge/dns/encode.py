@@ -3,7 +3,9 @@
 `encode` turns a `Response` into an `Entry`: header flags and counts, and the answer,
 authority and additional sections as bytes, to be sent after the ID and the question that
 the query itself carries (`respond.py`). `encode_shuffled` makes a `Shuffled` instead, for
-answers served in a random order per query (Consul).
+answers served in a random order per query (Consul). With `rotate`, an answer of several
+A, AAAA or SRV records also carries its rotations (`Rotations`, `Turns`), one served per
+query.
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ class Entry(NamedTuple):
 
     `heads[i]`/`heads[4 + i]` are flags + counts for i = RD | CD << 1 of the query, without
     and with our OPT record (shared between entries). `spots` are (body offset, question
-    offset, length) of literal copies of a question suffix to re-spell. Five fields, the
-    rarely read ones in `shape`: a large table holds hundreds of thousands.
+    offset, length) of literal copies of a question suffix to re-spell; or, for an answer
+    whose records rotate, its `Rotations` or `Turns` (never empty, so the fast path looks
+    at them: it serves `Rotations` itself and hands `Turns` to `Responder._emit`). Five
+    fields, the rarely read ones in `shape`: a large table holds hundreds of thousands.
     """
 
     heads: tuple[bytes, ...]
     body: bytes
     size: int  # header + body: the response length without question and OPT
-    spots: tuple[tuple[int, int, int], ...]
+    spots: tuple[tuple[int, int, int], ...] | Rotations | Turns
     shape: Shape
 
     @property
@@ -55,6 +59,55 @@ class Entry(NamedTuple):
     @property
     def flags(self) -> int:
         return self.shape.flags
+
+
+class Rotations(tuple[bytes, ...]):
+    """Every rotation of an answer of same-size records that nothing points into (A, AAAA:
+    each owner a pointer to the question), as bodies: rotation k starts at record k. The
+    fast path recognises the type and picks one by the query's ID (its low byte: there are
+    at most 256, see `MAX_BODY_BYTES`)."""
+
+    __slots__ = ()
+
+
+class Turns(NamedTuple):
+    """The rotations of an answer of `records` records that `Rotations` does not hold, one
+    per query (`turn`).
+
+    Same-size records beyond `MAX_BODY_BYTES` are cut from the answer written twice
+    (`doubled`, `stride`). Others (SRV, whose glue points into the targets) have up to
+    `MAX_TURNS` rotations spread over the records (`variants`, the first the answer as
+    encoded), each made on first use by moving bytes (`_reordered`) and kept: a list
+    slot written once, atomic under the GIL.
+    """
+
+    records: int
+    stride: int  # bytes per record, for slicing; 0 with `variants`
+    doubled: bytes  # the answer section twice (nothing follows it); b"" with `variants`
+    variants: list[Entry | None]
+    base: int  # where the body starts in a message (for the glue's pointers)
+
+    def turn(self, entry: Entry, index: int) -> tuple[Entry, bytes, tuple[tuple[int, int, int], ...]]:
+        """(entry, body, spots) of rotation `index` (any int: taken modulo)."""
+        variants = self.variants
+        if variants:
+            slot = index % len(variants)
+            variant = variants[slot]
+            if variant is None:
+                first = variants[0]
+                assert first is not None
+                variant = _reordered(first, slot * self.records // len(variants), self.base) \
+                    or first  # not a shape bytes can be moved in: not rotated
+                variants[slot] = variant
+            return variant, variant.body, variant.spots  # type: ignore[return-value]
+        at = (index % self.records) * self.stride
+        return entry, self.doubled[at:at + self.records * self.stride], ()
+
+
+MAX_TURNS = 8  # encoded rotations kept of an answer that cannot be sliced
+MAX_TURN_BYTES = 16384  # nor more bytes of them than this (else it does not rotate)
+MAX_BODY_BYTES = 4096  # rotations of addresses kept whole up to this many bytes in all
+# (so at most 4096 / 16 = 256 A records: the low byte of an ID reaches every rotation)
 
 
 class Shuffled(NamedTuple):
@@ -249,7 +302,7 @@ def _flags(response: Response, ra: bool) -> int:
 
 
 def encode(question: Name, response: Response, question_wire: bytes | None = None, *,
-           ra: bool = False) -> Entry:
+           ra: bool = False, rotate: bool = False) -> Entry:
     """`response` as an Entry to be sent after any question of `question`'s length.
 
     `question` is the spelling the response was computed for (upper case in tables); `ra`
@@ -274,6 +327,96 @@ def encode(question: Name, response: Response, question_wire: bytes | None = Non
     """
     if question_wire is None:
         question_wire = wire(question)
+    entry = _encode(question, response, question_wire, ra)
+    if rotate and len(response.answer) > 1:
+        return _rotating(question, response, question_wire, entry)
+    return entry
+
+
+def _rotating(question: Name, response: Response, question_wire: bytes, entry: Entry
+              ) -> Entry:
+    """`entry` with its `Turns`, when its answers are several A, AAAA or SRV records of the
+    question's name (a headless Service's addresses, its SRV records); else `entry`."""
+    answer = response.answer
+    rtype = answer[0].data.rtype
+    if rtype not in (QType.A, QType.AAAA, QType.SRV) or \
+            any(r.data.rtype != rtype or r.name != question for r in answer):
+        return entry
+    count = len(answer)
+    ends = entry.shape.ends
+    stride = ends[0]
+    if rtype != QType.SRV and not entry.spots and len(ends) == count and \
+            all(end == stride * (i + 1) for i, end in enumerate(ends)):
+        body = entry.body
+        doubled = body + body
+        if count * len(body) <= MAX_BODY_BYTES:
+            return entry._replace(spots=Rotations(
+                doubled[k * stride:k * stride + len(body)] for k in range(count)))
+        return entry._replace(spots=Turns(count, stride, doubled, [], 0))
+    kept = min(count, MAX_TURNS, MAX_TURN_BYTES // max(1, len(entry.body)))
+    if kept < 2:
+        return entry
+    variants: list[Entry | None] = [entry, *[None] * (kept - 1)]
+    return entry._replace(spots=Turns(count, 0, b"", variants, 16 + len(question_wire)))
+
+
+def _reordered(entry: Entry, first: int, base: int) -> Entry | None:
+    """`entry` with its answer records rotated to start at record `first`, by moving bytes:
+    answers that point only into the question (SRV: owner a pointer, target written out),
+    then A/AAAA records whose owner points into an answer (glue: pointers moved along).
+    None for any other shape."""
+    body, ends = entry.body, entry.shape.ends
+    count = entry.shape.counts[0]
+    if entry.shape.counts[1] or len(ends) < count:
+        return None
+    starts = (0, *ends[:count - 1])
+    chunks = [body[starts[i]:ends[i]] for i in range(count)]
+    order = [*range(first, count), *range(first)]
+    moved = [0] * count  # where each record starts after the rotation
+    at = 0
+    for i in order:
+        moved[i] = at
+        at += len(chunks[i])
+
+    def record_of(offset: int) -> int:
+        for i in range(count):
+            if starts[i] <= offset < ends[i]:
+                return i
+        return -1
+
+    rest = []
+    previous = ends[count - 1]
+    for end in ends[count:]:
+        glue = bytearray(body[previous:end])
+        previous = end
+        if len(glue) < 4 or glue[0] & 0xC0 != 0xC0 or glue[2:4] not in (b"\x00\x01", b"\x00\x1c"):
+            return None
+        offset = ((glue[0] & 0x3F) << 8 | glue[1]) - base
+        i = record_of(offset)
+        if i >= 0:
+            pointer = base + moved[i] + offset - starts[i]
+            if pointer >= 0x4000:
+                return None
+            glue[0:2] = (0xC000 | pointer).to_bytes(2, "big")
+        elif offset >= 0:
+            return None  # points into something other than an answer
+        rest.append(bytes(glue))
+    spots = []
+    for spot_at, qoffset, length in entry.spots:
+        i = record_of(spot_at)
+        if i < 0:
+            return None
+        spots.append((moved[i] + spot_at - starts[i], qoffset, length))
+    new_ends = []
+    at = 0
+    for i in order:
+        at += len(chunks[i])
+        new_ends.append(at)
+    return _entry(entry.shape.flags, entry.shape.counts, b"".join(chunks[i] for i in order) +
+                  b"".join(rest), tuple(sorted(spots)), (*new_ends, *ends[count:]))
+
+
+def _encode(question: Name, response: Response, question_wire: bytes, ra: bool) -> Entry:
     answer = response.answer
     if question and not response.authority:
         # The usual shapes, written directly (the same bytes as the general writer's).

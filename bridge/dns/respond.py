@@ -18,7 +18,8 @@ from bridge.dns import slow_path
 from bridge.dns.answer import Answerer
 from bridge.dns.consul_domain import ConsulAnswerer
 from bridge.dns.cow_map import GONE, CowMap
-from bridge.dns.encode import Entry, Shuffled, wire
+from bridge.dns.encode import Entry, Rotations, Shuffled, Turns, wire
+from bridge.dns.metrics import OTHER_QTYPE, count_qtype
 from bridge.dns.packet import (
     CD,
     CLASS_IN,
@@ -42,6 +43,7 @@ _IN = CLASS_IN.to_bytes(2, "big")
 _TRANSFERS = frozenset(qtype.to_bytes(2, "big") for qtype in TRANSFERS)
 _TRANSFER_TAILS = frozenset(qtype + _IN for qtype in _TRANSFERS)  # + class IN
 _POD_LABEL = b"\x03pod"
+_UNCOUNTED = [0] * (OTHER_QTYPE + 1)  # `respond`'s qtype counts when the caller keeps none
 
 # What `_absent` finds for a name: answers by qtype, and the answer for any other qtype.
 Found = tuple[dict[int, Entry | Shuffled], Entry]
@@ -116,9 +118,12 @@ class Responder:
     _negative: Callable[[int, int], Found]
     answer: slow_path.Answer
 
-    def respond(self, packet: bytes, tcp: bool = False) -> bytes | NotOurs | Chase | None:
+    def respond(self, packet: bytes, tcp: bool = False, qtypes: list[int] = _UNCOUNTED
+                ) -> bytes | NotOurs | Chase | None:
         """The reply to one query packet; NOT_OURS for names we do not serve; CHASE for an
-        ExternalName whose target the upstream must resolve; None to drop.
+        ExternalName whose target the upstream must resolve; None to drop. Counts the
+        question's qtype in `qtypes` (the serving thread's `metrics.Counts.qtypes`), where
+        the fast path reads it anyway.
 
         Never raises for any input (checked by a fuzz test); the server still guards it.
         """
@@ -129,6 +134,10 @@ class Responder:
             # equal one, a proper label walk ends at the same place: no walk needed here.
             name = packet[12:end].lower()
             tail = packet[end:end + 4]
+            try:
+                qtypes[OTHER_QTYPE if tail[0] else tail[1]] += 1
+            except IndexError:
+                qtypes[OTHER_QTYPE] += 1
             key = name + tail
             entry = self._entries_recent.get(key)  # what changed lately, then the rest
             if entry is None:
@@ -159,11 +168,19 @@ class Responder:
                 limit = TCP_LIMIT if tcp else max(MIN_UDP_PAYLOAD, min(payload, self.udp_payload))
             else:
                 return self._miss(packet, tcp)
-            if entry.spots or entry.size + qend - 12 + len(opt) > limit:
+            spots = entry.spots
+            if spots or entry.size + qend - 12 + len(opt) > limit:
+                if type(spots) is Rotations and entry.size + qend - 12 + len(opt) <= limit:
+                    # Rotating addresses: the rotation the query's ID picks (random per
+                    # query, as stub resolvers choose IDs).
+                    variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
+                    return packet[:2] + entry.heads[(variant | 4) if opt else variant] + \
+                        packet[12:qend] + spots[packet[1] % len(spots)] + opt
                 return self._emit(packet, qend, entry, opt, limit)
             variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
             return packet[:2] + entry.heads[(variant | 4) if opt else variant] + \
                 packet[12:qend] + entry.body + opt
+        count_qtype(qtypes, packet)
         return self._miss(packet, tcp)
 
     def _scan(self, packet: bytes, tcp: bool) -> tuple[int, list[int], bytes, int] | None:
@@ -240,11 +257,17 @@ class Responder:
         return None
 
     def _emit(self, packet: bytes, qend: int, entry: Entry, opt: bytes, limit: int) -> bytes:
-        """The general response builder: re-spelling, truncation, OPT."""
+        """The general response builder: rotation, re-spelling, truncation, OPT."""
         body = entry.body
-        if entry.spots:
+        spots = entry.spots
+        if type(spots) is Rotations:
+            body, spots = spots[packet[1] % len(spots)], ()  # as on the fast path
+        elif type(spots) is Turns:
+            # The query's ID picks the rotation: no state to share between threads.
+            entry, body, spots = spots.turn(entry, (packet[0] << 8) | packet[1])
+        if spots:
             patched = None
-            for at, qoffset, length in entry.spots:
+            for at, qoffset, length in spots:
                 spelled = packet[qoffset:qoffset + length]
                 if spelled != body[at:at + length]:
                     if patched is None:

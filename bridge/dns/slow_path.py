@@ -114,6 +114,30 @@ def chased(query: dnslib.DNSRecord, response: Response, upstream: dnslib.DNSReco
     return packed
 
 
+def cnamed(packet: bytes, found: bytes, limit: int) -> bytes | None:
+    """`found`, the reply for another name, as the reply to `packet` (autopath): a CNAME
+    from the asked name to the name of the first answer record that is not the asked one,
+    with that record's TTL, put first; the question set back to the asked one; the rest as
+    found (CoreDNS autopath's `cnamer`). Cut to `limit` bytes. None if either is unreadable.
+    """
+    query, reply = parse(packet), parse(found)
+    if query is None or reply is None or len(query.questions) != 1:
+        return None
+    asked = query.questions[0].qname
+    answers = list(reply.rr)
+    for rr in answers:
+        if rr.rname != asked:
+            answers.insert(0, dnslib.RR(asked, QType.CNAME, ttl=rr.ttl,
+                                        rdata=dnslib.CNAME(rr.rname)))
+            break
+    reply.header.id = query.header.id
+    reply.questions = [query.questions[0]]
+    opts = [rr for rr in reply.ar if rr.rtype == QType.OPT]
+    rest = [rr for rr in reply.ar if rr.rtype != QType.OPT]
+    return _pack_within(reply, [answers, list(reply.auth), rest], opts[0] if opts else None,
+                        limit)
+
+
 def _limit(opt: dnslib.RR | None, tcp: bool, udp_payload: int) -> int:
     if tcp:
         return TCP_LIMIT

@@ -119,6 +119,7 @@ class Settings(NamedTuple):
     ignore_empty_service: bool
     consul: ConsulOptions | None
     forwarding: bool
+    rotate: bool
 
 
 class Table(Responder):
@@ -127,6 +128,7 @@ class Table(Responder):
     `pods`, `ignore_empty_service`: see `answer.Answerer`. `consul`: also serve the Consul
     domain (`consul_domain.py`). `forwarding`: the server forwards names that are not ours,
     so replies say RA and ExternalName targets outside our zones are chased (`CHASE`).
+    `rotate`: answers of several A, AAAA or SRV records rotate per query (`encode.Turns`).
     `serial`: the SOA serial, by default the catalog's generation. `update` derives the
     table of a next catalog. A table never changes once built except for bounded caches of
     answers encoded on first use (plain dict writes, atomic under the GIL), so readers
@@ -186,9 +188,10 @@ class Table(Responder):
                  ignore_empty_service: bool = False,
                  consul: ConsulOptions | None = None,
                  forwarding: bool = False,
+                 rotate: bool = False,
                  serial: int | None = None) -> None:
         self.settings = Settings(zone, ttl, tuple(ns_addresses), udp_payload, pods,
-                                  ignore_empty_service, consul, forwarding)
+                                  ignore_empty_service, consul, forwarding, rotate)
         self.catalog = catalog
         self.generation = catalog.generation
         self.serial = (catalog.generation if serial is None else serial) & 0xFFFFFFFF
@@ -515,7 +518,8 @@ class Table(Responder):
         if known is not None and known[0] is response:
             return known[1]
         if response.answer or response.additional:
-            return encode(spelled, response, question, ra=self.forwarding)
+            return encode(spelled, response, question, ra=self.forwarding,
+                          rotate=self.settings.rotate)
         authority = response.authority
         if not authority:
             key = (-1, response)

@@ -25,6 +25,8 @@ from typing import Any
 from bridge.catalog.model import Catalog, Service, ServiceKey
 from bridge.config import DnsSettings, parse_hostport
 from bridge.dns import listeners
+from bridge.dns.loop import new_token
+from bridge.dns.metrics import Report
 from bridge.dns.server import DnsServer
 from bridge.dns.table import changed_keys
 
@@ -33,11 +35,13 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 60.0  # a worker's start: an interpreter, imports, sockets
 PREPARE_TIMEOUT = 120.0  # a full table build of a large catalog takes seconds
 STOP_TIMEOUT = 3.0
+METRICS_TIMEOUT = 2.0  # a worker's counts on scrape; past it, its last counts are reported
 
-# Messages, parent -> worker: ("update", generation, ready, full, changes) where changes is
-# a list of (key, Service or None for gone); ("commit", generation); ("stop",).
+# Messages, parent -> worker: ("init", settings, UDP socket count, log config, loop token,
+# probe loops); ("update", generation, ready, full, changes) where changes is a list of
+# (key, Service or None for gone); ("commit", generation); ("stop",).
 # Worker -> parent: ("started",); ("prepared", generation); ("committed", generation);
-# ("error", text).
+# ("error", text). On a second pipe, for metrics: parent "report?" -> worker `Report`.
 Changes = list[tuple[ServiceKey, Service | None]]
 
 
@@ -61,6 +65,10 @@ class DnsWorkers:
       from the new answer to the old), and `publish()` returns once all serve it: readiness
       follows the workers.
     - A worker that dies is started again with the whole catalog; the others keep serving.
+    - Metrics (`metrics()`, on scrape): each worker answers on a pipe of its own, read by a
+      thread of its own, so a scrape never waits behind a table update; the counts of a
+      worker that died are kept (its last report) and added, so counters never go back.
+    - Loop probes (`loop.py`) carry one token every worker knows; the first worker sends them.
     - `stop()` tells each worker to stop, waits briefly, then terminates what is left, and
       closes the sockets. A worker whose parent is gone sees its pipe close and exits.
     """
@@ -78,6 +86,9 @@ class DnsWorkers:
         self._generation = 0
         self._unsure = False  # True while a publish is under way (or ended in an exception)
         self._lock = threading.Lock()  # one publish at a time, and not during stop
+        self._loop_token = new_token()
+        self._retired = Report()  # the counts of workers that were replaced
+        self._metrics_lock = threading.Lock()  # one scrape at a time
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -105,16 +116,29 @@ class DnsWorkers:
         multiprocessing's spawn, which would import the parent's `__main__` again), given
         the pipe and the sockets as inherited file descriptors."""
         ours, theirs = socket.socketpair()
+        metrics_ours, metrics_theirs = socket.socketpair()
         sockets = [*self._udp, *self._tcp]
-        fds = [theirs.fileno(), *(sock.fileno() for sock in sockets)]
+        fds = [theirs.fileno(), metrics_theirs.fileno(), *(sock.fileno() for sock in sockets)]
         process = subprocess.Popen(
             [sys.executable, "-c", "from bridge.dns.workers import main; main()",
              *map(str, fds)], pass_fds=fds, stdin=subprocess.DEVNULL,
             start_new_session=False)
         theirs.close()
-        worker = _Worker(index, process, Connection(ours.detach()))
-        worker.send(("init", self.settings, len(self._udp), self._log))
+        metrics_theirs.close()
+        worker = _Worker(index, process, Connection(ours.detach()),
+                         Connection(metrics_ours.detach()))
+        worker.send(("init", self.settings, len(self._udp), self._log, self._loop_token,
+                     index == 0))
         return worker
+
+    def metrics(self) -> Report:
+        """The counts of every worker, asked now (and of those replaced before)."""
+        with self._metrics_lock:
+            total = Report().add(self._retired)
+            for worker in list(self._workers):
+                if worker is not None:
+                    total.add(worker.report())
+            return total
 
     def publish(self, catalog: Catalog) -> None:
         """Serve `catalog` in every worker; returns once all do."""
@@ -157,6 +181,8 @@ class DnsWorkers:
             log.error("dns worker %d (pid %s) stopped answering; starting it again", index,
                       old.process.pid)
             old.kill()
+            with self._metrics_lock:
+                self._retired.add(old.last_report)
         worker = self._spawn(index)
         self._workers[index] = worker
         try:
@@ -194,11 +220,26 @@ class _WorkerGone(Exception):
 class _Worker:
     """The parent's handle on one worker process."""
 
-    def __init__(self, index: int, process: subprocess.Popen[bytes], conn: Connection) -> None:
+    def __init__(self, index: int, process: subprocess.Popen[bytes], conn: Connection,
+                 metrics: Connection) -> None:
         self.index = index
         self.process = process
         self.conn = conn
+        self.metrics = metrics
         self.prepared = -1
+        self.last_report = Report()
+
+    def report(self) -> Report:
+        """The worker's counts now; its last ones if it does not answer in time."""
+        try:
+            self.metrics.send("report?")
+            if self.metrics.poll(METRICS_TIMEOUT):
+                got = self.metrics.recv()
+                if isinstance(got, Report):
+                    self.last_report = got
+        except (EOFError, OSError, ValueError):
+            pass  # gone: its last counts stand until it is replaced
+        return self.last_report
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -238,6 +279,8 @@ class _Worker:
     def kill(self) -> None:
         with contextlib.suppress(OSError, ValueError):
             self.conn.close()
+        with contextlib.suppress(OSError, ValueError):
+            self.metrics.close()
         for end in (self.process.terminate, self.process.kill):
             if self.process.poll() is None:
                 end()
@@ -249,14 +292,26 @@ def main() -> None:
     """A worker's entry point: `python -c ... PIPE_FD SOCKET_FD...` (see `_spawn`)."""
     fds = [int(arg) for arg in sys.argv[1:]]
     conn = Connection(fds[0])
-    kind, settings, udp_count, log_config = conn.recv()
+    kind, settings, udp_count, log_config, loop_token, probe_loops = conn.recv()
     assert kind == "init"
-    sockets = [socket.socket(fileno=fd) for fd in fds[1:]]
-    _main(settings, sockets[:udp_count], sockets[udp_count:], conn, log_config)
+    sockets = [socket.socket(fileno=fd) for fd in fds[2:]]
+    _main(settings, sockets[:udp_count], sockets[udp_count:], conn, Connection(fds[1]),
+          log_config, (loop_token, probe_loops))
+
+
+def _answer_metrics(server: DnsServer, conn: Connection) -> None:
+    """The worker's metrics thread: one `Report` per request, until the pipe closes."""
+    while True:
+        try:
+            conn.recv()
+            conn.send(server.metrics())
+        except (EOFError, OSError):
+            return
 
 
 def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.socket],
-          conn: Connection, log_config: tuple[str, str]) -> None:
+          conn: Connection, metrics: Connection, log_config: tuple[str, str],
+          loops: tuple[str, bool]) -> None:
     """A worker: serve the sockets, apply what the pipe says, until told to stop."""
     from bridge import logs, memory_policy
 
@@ -269,8 +324,10 @@ def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.sock
         sock.setblocking(True)
     for sock in tcp:
         sock.setblocking(False)
-    server = DnsServer(settings)
+    server = DnsServer(settings, loop_token=loops[0], probe_loops=loops[1])
     server.start((udp, tcp))
+    threading.Thread(target=_answer_metrics, args=(server, metrics), name="dns-metrics",
+                     daemon=True).start()
     conn.send(("started",))
     services: dict[ServiceKey, Service] = {}
     pending: tuple[int, Any] | None = None

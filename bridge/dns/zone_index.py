@@ -215,6 +215,14 @@ class ZoneIndex:
             for key, service in catalog.services.items():
                 self._count_pods(self.pods, lower(key.namespace), service, 1)
 
+    def pod_namespace(self, address: str) -> str | None:
+        """The namespace of the pod at `address` (normalised text, as in `pods`), when the
+        index counts pods and exactly one namespace has a Service endpoint there; else
+        None (for autopath: the client's namespace)."""
+        found = {namespace for namespace, _ in self.refs.get(address, ())
+                 if address in self.pods.get(namespace, ())}
+        return found.pop() if len(found) == 1 else None
+
     def _indexed(self, service: Service) -> IndexedService | None:
         svc = index_service(service)
         if self.ignore_empty_service and svc.shape is ServiceShape.CLUSTER and \

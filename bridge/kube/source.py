@@ -2,9 +2,11 @@
 
 Two reflectors (services, endpointslices) feed this source, plus nodes and ingresses when
 the sync needs them; `snapshot()` joins their current caches on demand, so it always
-reflects one cache state of each. Namespaces the
-settings do not expose are left out here, once, for DNS and the sync alike. Objects this
-bridge materialised from Consul are left out too, so they are never pushed back.
+reflects one cache state of each. Two views filter the joined Services by namespace: the
+source itself is the sync's (`kubernetes.namespaces`, `kubernetes.deny_namespaces`: what
+goes to Consul, as consul-k8s), and `dns` is DNS's (`dns.namespaces`,
+`dns.deny_namespaces`: every namespace by default). Objects this bridge materialised from
+Consul are left out of both, so they are never pushed back.
 """
 
 from __future__ import annotations
@@ -42,6 +44,47 @@ def namespace_allowed(namespace: str, allow: tuple[str, ...], deny: tuple[str, .
     return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in allow)
 
 
+class NamespaceFilter:
+    """Allow and deny lists with shell wildcards (`namespace_allowed`), verdicts cached."""
+
+    def __init__(self, allow: tuple[str, ...], deny: tuple[str, ...]) -> None:
+        self.allow, self.deny = allow, deny
+        self._verdicts: dict[str, bool] = {}  # wildcards cost: one verdict per namespace
+
+    def __call__(self, namespace: str) -> bool:
+        verdict = self._verdicts.get(namespace)
+        if verdict is None:
+            verdict = self._verdicts[namespace] = namespace_allowed(namespace, self.allow,
+                                                                    self.deny)
+        return verdict
+
+
+class _View:
+    """The joined Services one consumer sees (those of the namespaces it admits), kept up
+    to date with the join, and its last snapshot."""
+
+    def __init__(self, admits: NamespaceFilter) -> None:
+        self.admits = admits
+        self.result: dict[ServiceKey, Service] = {}  # in first-seen order, as the join
+        self.last: Snapshot | None = None
+        self.last_key: tuple[tuple[int, ...], bool] = ((), False)
+
+
+class DnsView:
+    """The Services DNS answers for (`dns.namespaces`, `dns.deny_namespaces`): a `Source`."""
+
+    def __init__(self, source: KubeSource, view: _View) -> None:
+        self._source = source
+        self._view = view
+
+    @property
+    def synced(self) -> bool:
+        return self._source.synced
+
+    def snapshot(self) -> Snapshot:
+        return self._source.snapshot_of(self._view)
+
+
 class KubeSource:
     """Mirrors Services and EndpointSlices (and Nodes, when NodePort Services are synced to
     their node addresses; and Ingresses, when Services behind them are registered at the
@@ -50,6 +93,7 @@ class KubeSource:
     def __init__(self, kube: KubeClient, settings: KubernetesSettings, cluster_id: str,
                  on_change: Callable[[], None], stop: threading.Event, *,
                  watch_nodes: bool = False, watch_ingresses: bool = False,
+                 dns_namespaces: tuple[tuple[str, ...], tuple[str, ...]] = (("*",), ()),
                  threads: Threads | None = None) -> None:
         self._settings = settings
         self._cluster_id = cluster_id
@@ -67,12 +111,13 @@ class KubeSource:
         # and the reconciler take snapshots.
         self._lock = threading.Lock()
         self._joined: dict[ServiceRef, tuple[Service, tuple[Slice, ...], Service]] = {}
-        self._result: dict[ServiceKey, Service] = {}  # joined, in first-seen order
         self._slice_owner: dict[ServiceRef, ServiceRef] = {}  # slice key -> its Service's key
         self._slices_of: dict[ServiceRef, dict[ServiceRef, Slice]] = {}
-        self._namespaces: dict[str, bool] = {}  # namespace -> allowed (wildcards cost)
-        self._last: Snapshot | None = None
-        self._last_key: tuple[tuple[int, ...], bool] = ((), False)
+        self._sync_view = _View(NamespaceFilter(settings.namespaces, settings.deny_namespaces))
+        self._dns_view = _View(NamespaceFilter(*dns_namespaces))
+        self._views = (self._sync_view, self._dns_view)
+        self._joined_at: tuple[int, ...] | None = None  # reflector versions of the join
+        self.dns = DnsView(self, self._dns_view)
         self._reflectors = [r for r in (self.services, self.slices, self.nodes, self.ingresses)
                             if r is not None]
 
@@ -89,8 +134,12 @@ class KubeSource:
         return self.services.items, self.slices.items
 
     def snapshot(self) -> Snapshot:
-        """The joined Services of one cache state of each reflector. Redoes only the
-        Services whose Service or slices changed since the last call (both the DNS
+        """The sync's view: the joined Services of the namespaces synced to Consul."""
+        return self.snapshot_of(self._sync_view)
+
+    def snapshot_of(self, view: _View) -> Snapshot:
+        """The joined Services `view` admits, of one cache state of each reflector. Redoes
+        only the Services whose Service or slices changed since the last call (the DNS
         publisher and the reconciler call it, often); the same Snapshot while nothing did."""
         with self._lock:
             (services_version, services), (slices_version, slices) = \
@@ -99,32 +148,29 @@ class KubeSource:
                         *(r.state[0] for r in self._reflectors[2:]))
             synced = self.synced
             key = (versions, synced)
-            if self._last is not None and self._last_key == key:
-                return self._last
-            seen = self._last_key[0] if self._last is not None else None
-            changed = self._changed(seen, key[0]) if seen is not None else None
-            if changed is None:
-                self._rejoin_all(services, slices)
-            else:
-                self._rejoin(*changed, services, slices)
+            if view.last is not None and view.last_key == key:
+                return view.last
+            if self._joined_at != key[0]:
+                seen = self._joined_at
+                changed = self._changed(seen, key[0]) if seen is not None else None
+                if changed is None:
+                    self._rejoin_all(services, slices)
+                else:
+                    self._rejoin(*changed, services, slices)
+                self._joined_at = key[0]
             nodes = {node.name: node for node in self.nodes.items.values()} if self.nodes else {}
             routes = []
             if self.ingresses:
                 cached = self.ingresses.items
-                allowed = self._allowed
                 routes = [route for key_ in sorted(cached) for route in cached[key_]
-                          if allowed(route.namespace)]
-            snap = Snapshot(MappingProxyType(dict(self._result)), synced,
+                          if view.admits(route.namespace)]
+            snap = Snapshot(MappingProxyType(dict(view.result)), synced,
                             MappingProxyType(nodes), tuple(routes))
-            self._last, self._last_key = snap, key
+            view.last, view.last_key = snap, key
             return snap
 
-    def _allowed(self, namespace: str) -> bool:
-        allowed = self._namespaces.get(namespace)
-        if allowed is None:
-            allowed = self._namespaces[namespace] = namespace_allowed(
-                namespace, self._settings.namespaces, self._settings.deny_namespaces)
-        return allowed
+    def _wanted(self, namespace: str) -> bool:
+        return any(view.admits(namespace) for view in self._views)
 
     def _changed(self, seen: tuple[int, ...], now: tuple[int, ...]
                  ) -> tuple[set[ServiceRef], set[ServiceRef]] | None:
@@ -141,13 +187,16 @@ class KubeSource:
         self._slice_owner, self._slices_of = {}, {}
         for slice_key, sl in slices.items():
             self._index_slice(slice_key, sl)
-        joined, result = self._joined, {}
+        joined = self._joined
         self._joined = {}
+        for view in self._views:
+            view.result = {}
         for key, svc in services.items():
             one = self._join_one(key, svc, joined.get(key))
             if one is not None:
-                result[one.key] = one
-        self._result = result
+                for view in self._views:
+                    if view.admits(one.key.namespace):
+                        view.result[one.key] = one
 
     def _rejoin(self, service_keys: set[ServiceRef], slice_keys: set[ServiceRef],
                 services: Mapping[ServiceRef, Service],
@@ -164,17 +213,18 @@ class KubeSource:
             if sl is not None:
                 self._index_slice(slice_key, sl)
                 dirty.add((sl.namespace, sl.service))
-        result = self._result
         for key in dirty:
             svc = services.get(key)
             previous = self._joined.pop(key, None)
             joined = self._join_one(key, svc, previous) if svc is not None else None
-            if previous is not None and (joined is None or joined.key != previous[2].key):
-                result.pop(previous[2].key, None)
-            if joined is not None:
-                # In place when the key stays: the order of the result holds, so consumers
-                # comparing two snapshots side by side stay on their fast path.
-                result[joined.key] = joined
+            for view in self._views:
+                result = view.result
+                if previous is not None and (joined is None or joined.key != previous[2].key):
+                    result.pop(previous[2].key, None)
+                if joined is not None and view.admits(joined.key.namespace):
+                    # In place when the key stays: the order of the result holds, so
+                    # consumers comparing two snapshots side by side stay on their fast path.
+                    result[joined.key] = joined
 
     def _index_slice(self, slice_key: ServiceRef, sl: Slice) -> None:
         if sl.service:
@@ -184,9 +234,9 @@ class KubeSource:
 
     def _join_one(self, key: ServiceRef, svc: Service,
                   previous: tuple[Service, tuple[Slice, ...], Service] | None) -> Service | None:
-        """`svc` joined with its slices (None if its namespace is not exposed, or it is
+        """`svc` joined with its slices (None if no view admits its namespace, or it is
         one we materialised), recorded for the next pass."""
-        if not self._allowed(svc.key.namespace) \
+        if not self._wanted(svc.key.namespace) \
                 or svc.label(MANAGED_BY_LABEL) == MANAGED_BY_VALUE:
             return None
         own = tuple(self._slices_of.get(key, {}).values())

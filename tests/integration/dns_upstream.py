@@ -11,6 +11,7 @@ what was forwarded and that it came back untouched. Faults, switchable while it 
 - `delay`: seconds to wait before answering a name (a timer: other queries go on).
 - `drop`: names never answered (the forwarder times out).
 - `stop()`: everything closed; `dead_address()` is a port where nothing listens.
+- `port=`: listen on a given port (to bring back an upstream that was down).
 
 Never sleeps: delays are `threading.Timer`s, and readers block on their sockets.
 """
@@ -37,7 +38,7 @@ SOA = "example. 300 IN SOA ns.example. hostmaster.example. 1 7200 1800 86400 300
 
 class UpstreamServer:
     def __init__(self, records: dict[str, Iterable[str]] | None = None, *, tcp: bool = True,
-                 udp_limit: int | None = None) -> None:
+                 udp_limit: int | None = None, port: int = 0) -> None:
         """`records`: name -> zone-file lines without the owner, e.g. `"300 A 192.0.2.1"`."""
         self.rrsets: dict[str, list[dns.rrset.RRset]] = {}
         for name, lines in (records or {}).items():
@@ -52,18 +53,19 @@ class UpstreamServer:
         self._running = True
         self._threads: list[threading.Thread] = []
         self._connections: list[socket.socket] = []
-        self.udp, self.tcp = self._bind(tcp)
+        self.udp, self.tcp = self._bind(tcp, port)
         self.port = self.udp.getsockname()[1]
         self._start(self._serve_udp)
         if self.tcp is not None:
             self._start(self._serve_tcp)
 
     @staticmethod
-    def _bind(tcp: bool) -> tuple[socket.socket, socket.socket | None]:
-        """UDP on a free port, and TCP on the same one (taken? then another port)."""
-        for _ in range(50):
+    def _bind(tcp: bool, port: int = 0) -> tuple[socket.socket, socket.socket | None]:
+        """UDP on a free port (or `port`), and TCP on the same one (taken? then another
+        port, unless `port` was given)."""
+        for _ in range(50 if not port else 1):
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind(("127.0.0.1", 0))
+            udp.bind(("127.0.0.1", port))
             if not tcp:
                 return udp, None
             stream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -73,6 +75,8 @@ class UpstreamServer:
             except OSError:
                 stream.close()
                 udp.close()
+                if port:
+                    raise
                 continue
             stream.listen(16)
             return udp, stream

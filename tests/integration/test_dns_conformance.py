@@ -141,7 +141,10 @@ def servers(upstream, upstream_without_tcp) -> Iterator[dict[str, DnsServer]]:
     """Every server the cases name, all on 127.0.0.1 port 0."""
 
     def settings(**kwargs) -> DnsSettings:
-        base = {"listen": "127.0.0.1:0", "resolv_conf": "", "ns_addresses": ("10.0.0.53",)}
+        # No cache, no rotation: the rules ask that each forwarded question reaches the
+        # upstream, and compare record order (test_dns_cache.py, test_dns_rotate.py).
+        base = {"listen": "127.0.0.1:0", "resolv_conf": "", "ns_addresses": ("10.0.0.53",),
+                "cache_size": 0, "rotate": False}
         return DnsSettings(**{**base, **kwargs})
 
     made = {

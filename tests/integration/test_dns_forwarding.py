@@ -39,7 +39,9 @@ CATALOG = Catalog(MappingProxyType({s.key: s for s in [
 
 
 def settings(*upstreams: str, **kwargs) -> DnsSettings:
-    return DnsSettings(listen="127.0.0.1:0", resolv_conf="", upstreams=upstreams, **kwargs)
+    # No cache unless asked: each test's questions must reach the upstream.
+    return DnsSettings(listen="127.0.0.1:0", resolv_conf="", upstreams=upstreams,
+                       **{"cache_size": 0, **kwargs})
 
 
 def serve(*upstreams: str, **kwargs) -> DnsServer:
