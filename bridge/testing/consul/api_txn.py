@@ -19,7 +19,7 @@ from typing import Any
 
 from bridge.testing.consul import render
 from bridge.testing.consul.acl import Authorizer
-from bridge.testing.consul.catalog import is_any_address, service_from_node_service, validate_node_id
+from bridge.testing.consul.catalog import service_from_node_service
 from bridge.testing.consul.context import Api
 from bridge.testing.consul.decode import TXN_OP, DecodeError, decode_list, parse_json
 from bridge.testing.consul.errors import ApplyError, HTTPError, bad_request
@@ -28,6 +28,7 @@ from bridge.testing.consul.query import parse_options, request_token, require_da
 from bridge.testing.consul.router import Route, route
 from bridge.testing.consul.sessions import kv_cas, kv_delete, kv_delete_cas, kv_delete_tree, kv_lock, kv_set, kv_unlock
 from bridge.testing.consul.state import Record, Tables, WriteTxn, cas_allows, index_matches
+from bridge.testing.consul.validation import is_any_address, validate_node_id
 from bridge.testing.consul.wire import go_quote
 
 KV_MAX_VALUE_SIZE = 512 * 1024
