@@ -1,10 +1,12 @@
 """The sink seam: what the reconciler asks of anything it writes to.
 
 PURE. A sink says what it holds (`actual()`) and applies a plan (`apply()`), returning
-the outcome of every item of the plan: written, or failed with the reason; nothing is
-swallowed, and an item not attempted (the bridge stopping) is failed too. The Consul and
-Kubernetes sinks both implement it, and the reconciler drives them alike; only how each
-one's plan is built differs.
+the outcome of every item of the plan: written, failed with the reason (it may go through
+if tried again: a timeout, a conflict, the bridge stopping before it was sent), or rejected
+with the server's reason (the server refused it as it is: it is tried again only once it
+changes, or at the periodic resync, so one bad item never holds up the pass or the rest).
+Nothing is swallowed. The Consul and Kubernetes sinks both implement it, and the reconciler
+drives them alike; only how each one's plan is built differs.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ P_contra = TypeVar("P_contra", contravariant=True)  # the plan `apply()` takes
 
 @dataclass
 class ApplyResult(Generic[K]):
-    """Per-item outcome of one apply: the items written, and the failed ones with why."""
+    """Per-item outcome of one apply: the items written, the failed ones (worth retrying
+    soon) and the rejected ones (refused as they are), each with why."""
 
     written: list[K] = field(default_factory=list)
     failed: dict[K, str] = field(default_factory=dict)
+    rejected: dict[K, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
+        """Nothing to retry soon (rejected items wait for a change)."""
         return not self.failed
 
 

@@ -1,9 +1,10 @@
 """/v1/txn: atomic multi-operation transactions over KV, nodes, services and checks.
 
 Mirrors agent/txn_endpoint.go, agent/consul/txn_endpoint.go and state/txn.go: the body
-is a list of `{"KV"|"Node"|"Service"|"Check": {...}}`; more than the configured number of
-operations is 413; every operation is pre-checked (validation + ACL) and then applied in
-one state transaction; any failure rolls back everything and answers 409 with
+is a list of `{"KV"|"Node"|"Service"|"Check": {...}}`; a body over `txn_max_req_len` or
+more than the configured number of operations is 413; every operation is pre-checked
+(validation + ACL) and then applied in one state transaction; any failure rolls back
+everything and answers 409 with
 `{"Results": null, "Errors": [{"OpIndex", "What"}]}`. A transaction with no writes takes
 Consul's read-only path, whose response also carries the QueryMeta fields.
 
@@ -411,6 +412,10 @@ def _results_json(results: list[Result]) -> list[Record]:
 
 @route("/v1/txn", "PUT")
 def txn_endpoint(api: Api, req: Request) -> Response:
+    # convertOps: the body's size is checked before it is decoded.
+    max_len = max(api.config.txn_max_req_len, KV_MAX_VALUE_SIZE)
+    if len(req.body) > max_len:
+        raise HTTPError(413, f"Request body too large, max size: {max_len} bytes")
     try:
         decoded = decode_list(parse_json(req.body), TXN_OP, "api.TxnOps")
     except DecodeError as exc:
