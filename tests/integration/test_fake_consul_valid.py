@@ -7,6 +7,7 @@ test then waits real seconds instead of moving the fake's clock).
 
 from __future__ import annotations
 
+import base64
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +144,16 @@ def test_invalid_weights_are_replaced_not_refused_by_the_catalog(consul: ConsulT
                      "Service": {"Service": name, "Weights": {"Passing": 70000, "Warning": 1}}})
     [stored] = consul.http("GET", f"/v1/catalog/service/{name}").json()
     assert stored["ServiceWeights"] == {"Passing": 1, "Warning": 1}
+
+
+def test_a_txn_body_over_txn_max_req_len_is_413(consul: ConsulTarget) -> None:
+    """agent/txn_endpoint.go convertOps: the body's size (txn_max_req_len, or kv_max_value_size
+    when larger; both 512 KiB by default) before anything is decoded; nothing is applied."""
+    key = consul.unique("big")
+    value = base64.b64encode(b"x" * (400 * 1024)).decode()  # under kv_max_value_size alone
+    response = consul.http("PUT", "/v1/txn", [{"KV": {"Verb": "set", "Key": key, "Value": value}}])
+    assert (response.status, response.text) == (413, "Request body too large, max size: 524288 bytes")
+    assert consul.http("GET", f"/v1/kv/{key}").status == 404
 
 
 # --- agent TTL checks: agent/checks/check.go CheckTTL ----------------------------------------

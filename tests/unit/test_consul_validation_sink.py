@@ -288,6 +288,8 @@ def test_refusals_of_desired_are_reported_once_and_forgotten_when_fixed(caplog):
 
 
 class Static:
+    """A source whose snapshot never changes."""
+
     synced = True
 
     def __init__(self, snap: Snapshot) -> None:
