@@ -137,6 +137,22 @@ def test_node_meta_is_not_vetted_by_the_catalog(consul: ConsulTarget, rule: str,
     assert consul.http("GET", f"/v1/catalog/node/{node}").json()["Node"]["Meta"] == meta
 
 
+def test_names_tags_and_check_status_are_stored_as_given_by_the_catalog(consul: ConsulTarget) -> None:
+    """Catalog.Register and the txn endpoint vet neither service names nor tags (the agent
+    only warns that DNS cannot serve them: agent.go validateService), nor a check's status
+    (structs.ValidStatus is the agent endpoints' rule; ensureCheckTxn only defaults "")."""
+    node = consul.unique("n")
+    name = consul.unique("a b.c/ü")
+    tags = ["", "a,b", "ü", "x" * 300]
+    consul.register({"Node": node, "Address": "10.0.0.1",
+                     "Service": {"ID": "s1", "Service": name, "Tags": tags},
+                     "Check": {"CheckID": "c1", "Name": "c1", "ServiceID": "s1", "Status": "bogus"}})
+    stored = consul.http("GET", f"/v1/catalog/node/{node}").json()["Services"]["s1"]
+    assert (stored["Service"], stored["Tags"]) == (name, tags)
+    [check] = [c for c in consul.http("GET", f"/v1/health/node/{node}").json() if c["CheckID"] == "c1"]
+    assert check["Status"] == "bogus"
+
+
 def test_invalid_weights_are_replaced_not_refused_by_the_catalog(consul: ConsulTarget) -> None:
     """NodeService.ToServiceNode: weights ValidateWeights refuses become {1, 1}, silently."""
     node, name = consul.unique("n"), consul.unique("web")
