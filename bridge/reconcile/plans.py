@@ -85,8 +85,6 @@ class ConsulPlanner:
         if reread or actual is None:
             actual = self._sink.actual()
             self._actual_is_last = False
-        if reread:
-            self._rejected.clear()  # the periodic resync tries them again
         self._actual = None
         # Our record equals the last result (`_settled`): only what the memo touched since
         # can differ. Else (reread, first pass, upsert-only extras) compare everything.
@@ -97,8 +95,8 @@ class ConsulPlanner:
             log.info("upsert-only: keeping %d registrations Kubernetes no longer has",
                      len(plan.delete))
             plan = Plan(plan.create, plan.update, (), plan.replaced)
-        if self._rejected:
-            plan = self._hold_back(plan, wanted.registrations)
+        if self._rejected:  # the periodic resync tries them again
+            plan = self._hold_back(plan, wanted.registrations, hold=not reread)
         self._against, self._wanted = actual, wanted.registrations
         return Decision(plan, wanted.skipped)
 
@@ -125,15 +123,15 @@ class ConsulPlanner:
                 settled.pop(sid, None)
         self._actual = settled
 
-    def _hold_back(self, plan: Plan, wanted: Mapping[str, Registration]) -> Plan:
-        """`plan` without the registrations Consul rejected as they are still wanted; the
-        rejections of registrations no longer wanted so are dropped."""
+    def _hold_back(self, plan: Plan, wanted: Mapping[str, Registration], *, hold: bool) -> Plan:
+        """`plan` without (`hold`) the registrations Consul rejected as they are still
+        wanted; the rejections of registrations no longer wanted so are dropped."""
         for sid, reg in list(self._rejected.items()):
             if wanted.get(sid) != reg:
                 del self._rejected[sid]
                 self._rejections.forget(registration_item(sid), CONSUL_SINK)
         held = self._rejected
-        if not held:
+        if not (hold and held):
             return plan
         return Plan(tuple(r for r in plan.create if r.service_id not in held),
                     tuple(r for r in plan.update if r.service_id not in held),

@@ -246,11 +246,22 @@ def test_a_rejected_registration_is_held_back_until_it_changes_or_a_resync():
     plan, result = passes.run(snap, reread=True)
     assert [r.service_id for r in plan.create] == [bad], "the periodic resync tries it again"
     assert list(result.rejected) == [bad]
+    assert passes.run(snap)[0].empty, "and holds it back again after"
+    del consul.refuse[bad]
+    plan, result = passes.run(snap, reread=True)
+    assert bad in result.written and not result.rejected, "accepted at a resync once Consul takes it"
+    assert rejections.held("consul") == {}, "written: forgotten, a later refusal is news again"
+
+
+def test_a_changed_rejected_registration_is_sent_at_once():
+    snap = snapshot(web("10.0.0.1", "10.0.0.2"))
+    bad, consul, rejections, passes = _taken(snap, "10.0.0.2")
+    passes.run(snap)
     del consul.refuse[bad]
     changed = snapshot(web("10.0.0.1", "10.0.0.2", annotations={META_ANNOTATION_PREFIX + "v": "2"}))
-    plan, result = passes.run(changed)
+    _, result = passes.run(changed)
     assert bad in result.written and not result.rejected, "a changed registration is sent at once"
-    assert rejections.held("consul") == {}, "written: forgotten, a later refusal is news again"
+    assert rejections.held("consul") == {}
 
 
 def test_another_services_change_does_not_resend_a_rejected_registration():
