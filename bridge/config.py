@@ -498,7 +498,7 @@ def _assemble(values: Mapping[str, Any]) -> Settings:
             sections[section][name] = value
         else:
             top[key] = value
-    built = {name: f.default_factory(**sections[name])  # type: ignore[misc,operator]
+    built = {name: f.default_factory(**sections[name])  # type: ignore[operator]
              for name, f in _SECTIONS.items()}
     return Settings(**top, **built)
 

@@ -45,7 +45,15 @@ class Conflict(BridgeError):
 
 
 class Rejected(BridgeError):
-    """The server refused a request as invalid or forbidden; retrying unchanged will not help."""
+    """The server refused a request as invalid or forbidden; retrying unchanged will not help.
+
+    `reason` is the server's word for why, fit for a metric label (a Kubernetes Status
+    reason such as `Invalid` or `NotFound`), when it gave one.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Denied(Rejected):

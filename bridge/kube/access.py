@@ -31,8 +31,8 @@ class Request:
         return f"{self.verb} {self.resource} in {where}"
 
 
-def status_message(body: object, fallback: str) -> str:
-    """The `message` of a Kubernetes Status body, else `fallback` (the HTTP reason)."""
+def _status_field(body: object, key: str) -> str:
+    """One string field of a Kubernetes Status body, '' when there is none."""
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
     if isinstance(body, str) and body:
@@ -40,9 +40,19 @@ def status_message(body: object, fallback: str) -> str:
             status = json.loads(body)
         except ValueError:
             status = None
-        if isinstance(status, dict) and isinstance(status.get("message"), str) and status["message"]:
-            return status["message"]
-    return fallback
+        if isinstance(status, dict) and isinstance(status.get(key), str):
+            return str(status[key])
+    return ""
+
+
+def status_message(body: object, fallback: str) -> str:
+    """The `message` of a Kubernetes Status body, else `fallback` (the HTTP reason)."""
+    return _status_field(body, "message") or fallback
+
+
+def status_reason(body: object) -> str:
+    """The `reason` of a Kubernetes Status body (`Invalid`, `NotFound`, ...), else ''."""
+    return _status_field(body, "reason")
 
 
 class Access:

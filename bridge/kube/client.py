@@ -26,7 +26,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from bridge.config import KubernetesSettings
 from bridge.errors import ConfigError, Conflict, Denied, Expired, Rejected, Transient
-from bridge.kube.access import Access, Request, status_message
+from bridge.kube.access import Access, Request, status_message, status_reason
 from bridge.kube.serviceaccount import ServiceAccount
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ def map_error(exc: BaseException, what: str) -> Exception:
             return Transient(f"{what}: HTTP {status} {exc.reason}", _retry_after(exc))
         if status in (401, 403):
             return Denied(f"{what}: HTTP {status} {status_message(exc.body, exc.reason)}")
-        return Rejected(f"{what}: HTTP {status} {exc.reason}")
+        # The Status says what is wrong (for a 422, every field and why): say it too.
+        return Rejected(f"{what}: HTTP {status}: {status_message(exc.body, str(exc.reason))}",
+                        status_reason(exc.body) or f"HTTP{status}")
     if isinstance(exc, urllib3.exceptions.HTTPError | OSError | json.JSONDecodeError):
         return Transient(f"{what}: {type(exc).__name__}: {exc}")
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))

@@ -5,6 +5,14 @@ Service with EndpointSlices is resolved by any cluster DNS (CoreDNS, kube-dns) s
 the instance IPs, with named ports for SRV. Every object carries our `managed-by` label and
 `consul.hashicorp.com/service-sync: "false"`, so neither we nor consul-k8s push it back.
 
+Only what the API server accepts is derived (see kubernetes pkg/apis/core/validation and
+pkg/apis/discovery/validation): the Service is named with a DNS-1035 label
+(`naming.kube_service_names`: `1password` becomes `consul-1password`), in a namespace whose
+name is a DNS-1123 label; port names are DNS-1123 labels, one port per name and per number
+and protocol; slice addresses are those `addresses.endpoint_address` allows, at most
+`MAX_SLICE_ENDPOINTS` to a slice. Whatever is left out is said, one line per thing, for the
+reconciler to log once while it lasts.
+
 Objects are compared as `Desired` values: only the fields we set, so the API server's
 defaults never look like drift, while a manual edit of any field we own does.
 """
@@ -13,13 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ipaddress
+import re
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.catalog.model import Instance, Port, Service, ServiceKey, frozen_map
+from bridge.catalog.naming import dns_labels, kube_service_names
+from bridge.kube.addresses import endpoint_address
 from bridge.kube.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE, SERVICE_NAME_LABEL, Slice
 
 SLICE_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
@@ -45,20 +55,40 @@ class Desired:
         return (self.plural, self.namespace, self.name)
 
 
-def _ports(instances: tuple[Instance, ...]) -> tuple[Port, ...]:
-    """Distinct ports of the instances. Kubernetes wants a name on each when there are
-    several: an unnamed one becomes `port-<number>`; a name used twice keeps its first."""
-    seen: dict[tuple[str, int], Port] = {}
+PROTOCOLS = ("SCTP", "TCP", "UDP")
+# As the EndpointSlice controller's default; the API allows 1000.
+MAX_SLICE_ENDPOINTS = 100
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _ports(instances: tuple[Instance, ...], where: str, skipped: list[str]) -> tuple[Port, ...]:
+    """The distinct ports of the instances, as a Service may list them: names made DNS-1123
+    labels as DNS names are (`naming.dns_labels`); when there are several, an unnamed one
+    named `port-<number>`; each name and each (number, protocol) once, the first in sort
+    order kept. Each port left out adds a line to `skipped`."""
+    labels, _ = dns_labels({p.name for i in instances for p in i.ports if p.name})
+    seen: dict[tuple[str, int, str], Port] = {}
     for instance in instances:
         for port in instance.ports:
-            seen.setdefault((port.name, port.port), port)
+            if not 1 <= port.port <= 65535 or port.protocol not in PROTOCOLS:
+                skipped.append(f"{where}: port {port.port}/{port.protocol} left out: not a port number "
+                               "and protocol Kubernetes accepts")
+                continue
+            named = Port(labels.get(port.name, ""), port.port, port.protocol)
+            seen.setdefault((named.name, named.port, named.protocol), named)
     ports = sorted(seen.values())
     if len(ports) > 1:
         ports = [p if p.name else Port(f"port-{p.port}", p.port, p.protocol) for p in ports]
-    unique: dict[str, Port] = {}
+    by_name: dict[str, Port] = {}
+    by_number: dict[tuple[int, str], Port] = {}
     for port in ports:
-        unique.setdefault(port.name, port)
-    return tuple(unique.values())
+        other = by_name.get(port.name) or by_number.get((port.port, port.protocol))
+        if other is not None:
+            skipped.append(f"{where}: port {port.name or '(unnamed)'} {port.port}/{port.protocol} left out: "
+                           f"the Service has {other.name or '(unnamed)'} {other.port}/{other.protocol}")
+            continue
+        by_name[port.name] = by_number[(port.port, port.protocol)] = port
+    return tuple(by_name.values())
 
 
 def service_fields(labels: Any, annotations: Any, ports: tuple[Port, ...], selector: Any,
@@ -76,30 +106,34 @@ def slice_fields(service: str, address_type: str, ports: tuple[Port, ...],
             tuple(sorted(addresses)), wanted)
 
 
-def _family(address: str) -> str:
-    return "IPv6" if ipaddress.ip_address(address).version == 6 else "IPv4"
-
-
-def slice_name(service: str, family: str, ports: tuple[Port, ...]) -> str:
+def slice_name(service: str, family: str, ports: tuple[Port, ...], chunk: int = 0) -> str:
+    """`<service>-<family>-<digest of the ports>`, then `-<n>` for the n-th further slice
+    of the same family and ports (a DNS-1123 subdomain, as EndpointSlice names must be)."""
     digest = hashlib.sha1(repr(sorted(ports)).encode()).hexdigest()[:6]
-    return f"{service[:240]}-{family.lower()}-{digest}"
+    name = f"{service[:240]}-{family.lower()}-{digest}"
+    return f"{name}-{chunk}" if chunk else name
 
 
 @dataclass(frozen=True)
 class Materialised:
     """What one Consul service becomes in Kubernetes: a Service and its slices, as bodies and
-    as comparable `Desired` values."""
+    as comparable `Desired` values, and what of it was left out, one line each."""
 
     desired: tuple[Desired, ...]
     bodies: Mapping[tuple[str, str, str], dict[str, Any]]
+    skipped: tuple[str, ...] = ()
 
 
-def materialise(service: Service, consul_name: str) -> Materialised:
-    """The Kubernetes objects for one Consul-origin service (ready instances only)."""
-    ns, name = service.key.namespace, service.key.name
+def materialise(service: Service, name: str, consul_name: str | None = None) -> Materialised:
+    """The Kubernetes objects for one Consul-origin service (ready instances only), the
+    Service named `name` (see `naming.kube_service_names`); `consul_name` goes into the
+    source annotation (the DNS label when not given)."""
+    ns = service.key.namespace
+    where = f"services {ns}/{name}"
+    skipped: list[str] = []
     ready = tuple(i for i in service.instances if i.ready)
-    ports = _ports(service.instances)
-    annotations = {**SERVICE_ANNOTATIONS_BASE, SOURCE_ANNOTATION: consul_name}
+    ports = _ports(service.instances, where, skipped)
+    annotations = {**SERVICE_ANNOTATIONS_BASE, SOURCE_ANNOTATION: consul_name or service.key.name}
     svc_body: dict[str, Any] = {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": ns, "labels": dict(SERVICE_LABELS),
@@ -111,28 +145,34 @@ def materialise(service: Service, consul_name: str) -> Materialised:
     desired = [Desired("services", ns, name, service_fields(
         SERVICE_LABELS, frozen_map(annotations), ports, (), True))]
     bodies: dict[tuple[str, str, str], dict[str, Any]] = {desired[0].key: svc_body}
-    groups: dict[tuple[str, tuple[Port, ...]], list[str]] = defaultdict(list)
+    groups: dict[tuple[str, tuple[Port, ...]], set[str]] = defaultdict(set)
     for instance in ready:
+        found = endpoint_address(instance.address)
+        if isinstance(found, str):
+            skipped.append(f"{where}: address {instance.address} left out of its EndpointSlices: {found}")
+            continue
+        family, address = found
         # Each instance's own ports, named as on the Service.
         own = tuple(p for p in ports if any(q.port == p.port for q in instance.ports)) or ports
-        groups[(_family(instance.address), own)].append(instance.address)
+        groups[(family, own)].add(address)
+    slice_labels = frozen_map({SERVICE_NAME_LABEL: name, SLICE_MANAGED_BY: SLICE_MANAGER,
+                               MANAGED_BY_LABEL: MANAGED_BY_VALUE})
     for (family, own), addresses in sorted(groups.items()):
-        slice_labels = frozen_map({SERVICE_NAME_LABEL: name, SLICE_MANAGED_BY: SLICE_MANAGER,
-                                   MANAGED_BY_LABEL: MANAGED_BY_VALUE})
-        sname = slice_name(name, family, own)
-        body = {
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": sname, "namespace": ns, "labels": dict(slice_labels)},
-            "addressType": family,
-            "endpoints": [{"addresses": [a], "conditions": {"ready": True, "serving": True, "terminating": False}}
-                          for a in sorted(set(addresses))],
-            "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol} for p in own],
-        }
-        d = Desired("endpointslices", ns, sname,
-                    slice_fields(name, family, own, tuple(sorted(set(addresses))), slice_labels))
-        desired.append(d)
-        bodies[d.key] = body
-    return Materialised(tuple(desired), bodies)
+        ordered = sorted(addresses)
+        for chunk, start in enumerate(range(0, len(ordered), MAX_SLICE_ENDPOINTS)):
+            part = tuple(ordered[start:start + MAX_SLICE_ENDPOINTS])
+            sname = slice_name(name, family, own, chunk)
+            bodies[("endpointslices", ns, sname)] = {
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": sname, "namespace": ns, "labels": dict(slice_labels)},
+                "addressType": family,
+                "endpoints": [{"addresses": [a], "conditions": {"ready": True, "serving": True,
+                                                                "terminating": False}} for a in part],
+                "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol} for p in own],
+            }
+            desired.append(Desired("endpointslices", ns, sname,
+                                   slice_fields(name, family, own, part, slice_labels)))
+    return Materialised(tuple(desired), bodies, tuple(skipped))
 
 
 def actual_service(service: Service) -> Desired:
@@ -152,6 +192,11 @@ def is_ours(labels: Any) -> bool:
 
 
 ObjectKey = tuple[str, str, str]  # (plural, namespace, name)
+
+
+def object_item(key: ObjectKey) -> str:
+    """How logs and `bridge.rejections` name one object: `services consul/billing`."""
+    return f"{key[0]} {key[1]}/{key[2]}"
 
 
 @dataclass(frozen=True)
@@ -192,8 +237,16 @@ class KubePlan:
     replace: tuple[Desired, ...] = ()
     delete: tuple[Desired, ...] = ()
     clashes: tuple[str, ...] = ()
-    # The body to send for each create and replace.
+    # The body of every wanted object: what each create and replace sends.
     bodies: Mapping[ObjectKey, dict[str, Any]] = field(default_factory=dict, compare=False)
+    skipped: tuple[str, ...] = ()  # what of the Consul services is not written, and why
+
+    def without(self, keys: Set[ObjectKey]) -> KubePlan:
+        """This plan with no write to the objects `keys`."""
+        return dataclasses.replace(
+            self, create=tuple(d for d in self.create if d.key not in keys),
+            replace=tuple(d for d in self.replace if d.key not in keys),
+            delete=tuple(d for d in self.delete if d.key not in keys))
 
     @property
     def empty(self) -> bool:
@@ -211,7 +264,7 @@ class KubePlan:
 
     def describe(self) -> Iterator[str]:
         for verb, d in self.writes():
-            yield f"{verb} {d.plural} {d.namespace}/{d.name}"
+            yield f"{verb} {object_item(d.key)}"
 
 
 def plan(wanted: Mapping[ObjectKey, Desired], ours: Mapping[ObjectKey, Desired],
@@ -234,26 +287,43 @@ def plan(wanted: Mapping[ObjectKey, Desired], ours: Mapping[ObjectKey, Desired],
 def plan_for(remote: Mapping[ServiceKey, Service], now: Held) -> KubePlan:
     """The writes that materialise the Consul services `remote`, given what Kubernetes
     holds; a Service of someone else's under a wanted name is a clash, left alone."""
-    local = now.local_services
-    wanted, bodies = wanted_objects(remote, {}, local)
-    blocked = tuple(f"services {key}: a Service not managed by the bridge has this name; "
-                    "its Consul instances are answered by DNS but not materialised"
-                    for key in sorted(set(remote) & local))
+    wanted, bodies, skipped = wanted_objects(remote, now.local_services)
     found = plan(wanted, now.ours, now.foreign, bodies)
-    return dataclasses.replace(found, clashes=blocked + found.clashes)
+    return dataclasses.replace(found, skipped=skipped)
 
 
-def wanted_objects(services: Mapping[ServiceKey, Service], names: Mapping[ServiceKey, str],
-                   blocked: set[ServiceKey]) -> tuple[dict[tuple[str, str, str], Desired],
-                                                      dict[tuple[str, str, str], dict[str, Any]]]:
-    """Every object for every Consul-origin service not `blocked` (a local Service has it)."""
-    wanted: dict[tuple[str, str, str], Desired] = {}
-    bodies: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for key in sorted(services):
-        if key in blocked:
+def object_names(services: Iterable[ServiceKey]) -> dict[ServiceKey, str]:
+    """The Service object name of each Consul-origin service, namespace by namespace."""
+    by_namespace: dict[str, list[str]] = defaultdict(list)
+    for key in services:
+        by_namespace[key.namespace].append(key.name)
+    names: dict[ServiceKey, str] = {}
+    for ns, labels in by_namespace.items():
+        for label, name in kube_service_names(labels)[0].items():
+            names[ServiceKey(ns, label)] = name
+    return names
+
+
+def wanted_objects(services: Mapping[ServiceKey, Service], local: Set[ServiceKey]
+                   ) -> tuple[dict[ObjectKey, Desired], dict[ObjectKey, dict[str, Any]], tuple[str, ...]]:
+    """Every object for every Consul-origin service whose Service name no Service of
+    someone else's (`local`) has, and the lines saying what is left out."""
+    wanted: dict[ObjectKey, Desired] = {}
+    bodies: dict[ObjectKey, dict[str, Any]] = {}
+    skipped: list[str] = []
+    valid = {key for key in services if _NAMESPACE.fullmatch(key.namespace) and len(key.namespace) <= 63}
+    skipped += [f"services {key}: not materialised: {key.namespace!r} is not a Kubernetes namespace name"
+                for key in sorted(set(services) - valid)]
+    names = object_names(valid)
+    for key in sorted(valid):
+        name = names[key]
+        if ServiceKey(key.namespace, name) in local:
+            skipped.append(f"services {key.namespace}/{name}: a Service not managed by the bridge has this "
+                           f"name; the Consul instances of {key} are answered by DNS but not materialised")
             continue
-        result = materialise(services[key], names.get(key, key.name))
+        result = materialise(services[key], name)
         for d in result.desired:
             wanted[d.key] = d
         bodies.update(result.bodies)
-    return wanted, bodies
+        skipped += result.skipped
+    return wanted, bodies, tuple(skipped)

@@ -3,9 +3,13 @@
 What we hold is read from the source's own caches (the reflectors already watch every
 Service and EndpointSlice), so `actual()` costs no API reads and is always current: an
 edit by anyone shows in the next plan. Plans (`materialise.plan_for`) only ever replace
-or delete objects carrying our `managed-by` label. `apply()` writes one object at a time,
-retries transient failures with backoff, sends nothing more once the bridge stops, and
-reports the outcome of every object.
+or delete objects carrying our `managed-by` label. `apply()` writes one object at a time
+and reports the outcome of each: transient failures (5xx, 429, connection errors) are
+retried with backoff here and then left to the reconciler's backoff; an object the API
+server refuses as it is (422 Invalid, 404 for a missing namespace, 400) is *rejected*:
+logged once with the server's own Status message and counted in
+`bridge_rejected_total{sink="kubernetes"}` (`bridge.rejections`), and the rest of the plan
+goes on. Nothing more is sent once the bridge stops.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ from prometheus_client import Counter
 
 from bridge.catalog.model import Service
 from bridge.catalog.sink import ApplyResult
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, Denied, Rejected
 from bridge.kube.client import KubeClient
-from bridge.kube.materialise import Held, KubePlan, ObjectKey, held
+from bridge.kube.materialise import Held, KubePlan, ObjectKey, held, object_item
 from bridge.kube.objects import Slice
+from bridge.rejections import REJECTIONS, Rejections
 from bridge.retry import Backoff, Stopped, retrying
 
 log = logging.getLogger(__name__)
@@ -29,13 +34,18 @@ log = logging.getLogger(__name__)
 WRITES = Counter("bridge_kube_writes_total", "Objects written to Kubernetes", ["op", "resource"])
 WRITE_ERRORS = Counter("bridge_kube_write_errors_total", "Kubernetes writes that failed")
 
+SINK = "kubernetes"  # the sink's name in logs and in bridge_rejected_total
+
 Objects = Callable[[], tuple[Mapping[tuple[str, str], Service], Mapping[tuple[str, str], Slice]]]
 
 
 class KubeSink:
-    def __init__(self, client: KubeClient, objects: Objects, stop: threading.Event) -> None:
-        """`objects`: every cached Service and EndpointSlice, ours included."""
+    def __init__(self, client: KubeClient, objects: Objects, stop: threading.Event,
+                 rejections: Rejections = REJECTIONS) -> None:
+        """`objects`: every cached Service and EndpointSlice, ours included; `rejections`:
+        where refusals are reported (the planner holding them back reads the same)."""
         self._client = client
+        self._rejections = rejections
         self._objects = objects
         self._retrying = retrying(stop, Backoff(base=0.2, cap=5.0), attempts=3)
 
@@ -46,18 +56,29 @@ class KubeSink:
         result: ApplyResult[ObjectKey] = ApplyResult()
         for verb, d in plan.writes():
             body = plan.bodies.get(d.key) if verb != "delete" else None
+            item = object_item(d.key)
             try:
                 self._retrying(self._client.write, verb, d.plural, d.namespace, d.name, body)
             except Stopped as exc:
                 result.failed[d.key] = f"not sent: {exc}"
                 continue
+            except Denied as exc:
+                # The client logged the refusal once; RBAC may be fixed, so it is retried.
+                WRITE_ERRORS.inc()
+                result.failed[d.key] = str(exc)
+                continue
+            except Rejected as exc:
+                WRITE_ERRORS.inc()
+                result.rejected[d.key] = str(exc)
+                self._rejections.rejected(SINK, item, exc.reason or "Rejected", str(exc))
+                continue
             except BridgeError as exc:
                 WRITE_ERRORS.inc()
                 result.failed[d.key] = str(exc)
-                log.warning("kubernetes: %s %s %s/%s failed: %s", verb, d.plural, d.namespace,
-                            d.name, exc)
+                log.warning("kubernetes: %s %s failed: %s", verb, item, exc)
                 continue
             WRITES.labels(verb, d.plural).inc()
             result.written.append(d.key)
-            log.info("kubernetes: %s %s %s/%s", verb, d.plural, d.namespace, d.name)
+            self._rejections.forget(item, SINK)
+            log.info("kubernetes: %s %s", verb, item)
         return result

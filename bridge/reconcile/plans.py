@@ -14,7 +14,9 @@ sink and the outcome back to the planner (`applied`), the same way for every sin
   `bridge.rejections`, as are the sink's rejections.
 - `KubePlanner`: Consul services -> headless Services and EndpointSlices
   (`materialise.plan_for`), against the Kubernetes source's caches, which are current
-  and free to read, so they are read every pass.
+  and free to read, so they are read every pass. A write the API server rejected is not
+  sent again while the same write is wanted: only once the object's body changes, or at
+  the periodic resync; so a bad object costs one request per resync, not one per pass.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from bridge.catalog.sink import ApplyResult, Sink, SinkPlan
 from bridge.catalog.to_consul import Memo, Refusal, SyncOptions, desired
 from bridge.consul.sink import SINK as CONSUL_SINK
 from bridge.consul.sink import registration_item
-from bridge.kube.materialise import Held, KubePlan, ObjectKey, plan_for
+from bridge.kube.materialise import Held, KubePlan, ObjectKey, object_item, plan_for
+from bridge.kube.sink import SINK
 from bridge.rejections import REJECTIONS, Rejections
 
 log = logging.getLogger(__name__)
@@ -162,12 +165,34 @@ def _settled(wanted: MappingProxyType[str, Registration], actual: Mapping[str, R
 
 
 class KubePlanner:
-    def __init__(self, sink: Sink[Held, KubePlan, ObjectKey]) -> None:
+    def __init__(self, sink: Sink[Held, KubePlan, ObjectKey], rejections: Rejections = REJECTIONS) -> None:
         self._sink = sink
+        self._rejections = rejections
+        # The writes the API server rejected, as sent: object -> (verb, body).
+        self._rejected: dict[ObjectKey, tuple[str, dict[str, Any] | None]] = {}
 
     def plan(self, kube: Snapshot, consul: Snapshot, *, reread: bool) -> Decision[KubePlan]:
         found = plan_for(consul.services, self._sink.actual())
-        return Decision(found, found.clashes)
+        writes = {d.key: (verb, found.bodies.get(d.key) if verb != "delete" else None)
+                  for verb, d in found.writes()}
+        held_back: set[ObjectKey] = set()
+        for key, write in list(self._rejected.items()):
+            if key not in writes:  # no longer wanted, or someone made it right
+                del self._rejected[key]
+                self._rejections.forget(object_item(key), SINK)
+            elif writes[key] == write and not reread:
+                held_back.add(key)
+        if held_back:
+            found = found.without(held_back)
+        return Decision(found, found.clashes + found.skipped)
 
     def applied(self, plan: KubePlan, result: ApplyResult[Any]) -> None:
-        """Nothing to remember: the watches bring our writes back into the caches."""
+        """Remembers what was rejected, to hold it back; the watches bring our writes back
+        into the caches."""
+        for key in result.written:
+            self._rejected.pop(key, None)
+        if result.rejected:
+            verbs = {d.key: verb for verb, d in plan.writes()}
+            for key in result.rejected:
+                verb = verbs.get(key, "create")
+                self._rejected[key] = (verb, plan.bodies.get(key) if verb != "delete" else None)

@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import eventually
 from tests.e2e.proc import BRIDGE, Proc
 
 
@@ -100,6 +101,7 @@ def test_json_logs_and_no_token_in_them_while_apis_are_down(tmp_path):
     assert err.value.code == 503
     reason = err.value.read().decode()
     assert "kubernetes list" in reason and "consul list" in reason, reason
+    eventually(lambda: run.stderr.strip(), what="a retry warning while the APIs are down")
     assert run.stop() == 0
     stderr = run.stderr
     lines = [line for line in stderr.splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""The conformance checklist of reference/kubernetes-dns.md §5, rule by rule, end to end.
+"""The DNS conformance rules of docs/dns-conformance.md, rule by rule, end to end.
 
 Every case asks a running `DnsServer` with dnspython, once over UDP and once over TCP, and
 is named `rule<N>-...` so that coverage can be audited: `test_every_rule_has_a_case`

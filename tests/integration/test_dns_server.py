@@ -2,7 +2,7 @@
 
 Covers the transport (UDP and TCP on one port, IPv4 and IPv6, several queries per TCP
 connection, idle timeout, truncation and TCP retry, EDNS, garbage) and spot-checks the
-answers end to end. Numbers are checklist rules of reference/kubernetes-dns.md §5.
+answers end to end. Numbers are the rules of docs/dns-conformance.md.
 """
 
 from __future__ import annotations

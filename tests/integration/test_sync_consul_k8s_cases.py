@@ -1,7 +1,7 @@
 """consul-k8s catalog sync's behaviour list, as a table: Service -> Consul registrations.
 
-Each case is one of consul-k8s's `to-consul/resource_test.go` cases (numbered as in
-../shared/reference/consul-k8s-and-peers.md §1.6), applied to the Kubernetes API test
+Each case is one of consul-k8s's `to-consul/resource_test.go` cases (its number a stable
+case number, in the order of that file), applied to the Kubernetes API test
 server and read back from the Consul test server after the bridge converged. The fixtures
 are consul-k8s's: ports http 80->8080 (nodePort 30000) and rpc 8500->2000 (nodePort
 30001); endpoints 1.1.1.1 (ready, pod foobar), 2.2.2.2 (ready unset), 3.3.3.3 (not ready);

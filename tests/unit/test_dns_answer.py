@@ -1,6 +1,6 @@
 """What the cluster DNS answers (bridge.dns.answer), rule by rule, from a hand-built catalog.
 
-Numbers in test names are the conformance checklist rules of reference/kubernetes-dns.md §5.
+Numbers in test names are the rules of docs/dns-conformance.md.
 Pure: no sockets, no wire format (table and server tests cover those).
 """
 

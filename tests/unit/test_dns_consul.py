@@ -1,7 +1,6 @@
 """Consul's DNS interface over the catalog (bridge.dns.consul_domain), without sockets.
 
-Numbers in test names are the conformance checklist rules of reference/kubernetes-dns.md §5
-(61-66); §4 describes what a Consul agent answers.
+Numbers in test names are the rules of docs/dns-conformance.md (61-66, the Consul domain).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The qname grammar of the cluster zone (bridge.dns.query): classification only, no catalog.
 
-Numbers in test names are the conformance checklist rules of reference/kubernetes-dns.md §5.
+Numbers in test names are the rules of docs/dns-conformance.md.
 Whether a parsed name exists is answer.py's business and is tested in test_dns_answer.py.
 """
 

@@ -3,7 +3,8 @@
 The central test compares the fast path (hand-scanned header, precomputed bytes, patched
 ID/flags/case) with the slow path (dnslib parse, answer.py, dnslib encode) for every name
 of a sample catalog, in several spellings, qtypes and EDNS variants. dnspython, which
-neither path uses, decodes both. Numbers are checklist rules of kubernetes-dns.md §5.
+neither path uses, decodes both. Numbers are the rules of
+docs/dns-conformance.md.
 """
 
 from __future__ import annotations

@@ -83,8 +83,10 @@ def test_create_conflicts_and_validation_errors(store):
 
     err = error_of(store.create, "leases", "default", lease("Bad_Name"))
     assert (err.code, err.reason) == (422, "Invalid")
+    # apierrors.NewInvalid names the kind with its group, as GroupKind.String() writes it.
     assert err.message.startswith(
-        'Lease "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain'
+        'Lease.coordination.k8s.io "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": '
+        "a lowercase RFC 1123 subdomain"
     )
     assert err.details["causes"][0]["field"] == "metadata.name"
 

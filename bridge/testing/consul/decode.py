@@ -53,7 +53,7 @@ class Schema:
         return self.go_name.rsplit(".", 1)[-1]
 
 
-class _Obj(list):  # type: ignore[type-arg]
+class _Obj(list):
     """A JSON object as its ordered (key, value) pairs, so duplicate keys stay visible."""
 
 
@@ -168,7 +168,7 @@ def decode_list(value: Any, schema: Schema, go_type: str) -> list[dict[str, Any]
         return []
     if not isinstance(value, list) or isinstance(value, _Obj):
         raise DecodeError(f"json: cannot unmarshal {_json_kind(value)} into Go value of type {go_type}")
-    out = []
+    out: list[Any] = []
     for item in value:
         if item is None:
             out.append({})
@@ -319,7 +319,7 @@ def _decode_field(raw: Any, fld: Field, struct_name: str, path: str) -> Any:
     if kind == "structlist":
         if not isinstance(raw, list) or isinstance(raw, _Obj):
             raise mismatch()
-        out = []
+        out: list[Any] = []
         for item in raw:
             if item is None:
                 out.append({})

@@ -7,6 +7,8 @@ invalidation; the catalog calls into here, never the reverse.
 
 from __future__ import annotations
 
+import functools
+
 from bridge.testing.consul.errors import ApplyError
 from bridge.testing.consul.state import Record, Tables, WriteTxn, cas_allows, index_matches
 from bridge.testing.consul.wire import SECOND
@@ -173,5 +175,5 @@ def delete_session(txn: WriteTxn, session_id: str, lock_delays: dict[str, float]
             kv_set(txn, {**tables.kvs[key], "Session": ""}, update_session=True)
         if delay_s > 0:
             expiry = txn.now + delay_s
-            txn.after_commit.append(lambda key=key, expiry=expiry: lock_delays.__setitem__(key, expiry))
+            txn.after_commit.append(functools.partial(lock_delays.__setitem__, key, expiry))
     return True

@@ -264,7 +264,8 @@ class Store:
             raise ValueError("index must be >= 0")
         with self.cond:
             tables = self._tables.copy()
-            for table in (tables.nodes, tables.services, tables.checks, tables.kvs, tables.sessions):
+            every: list[dict[Any, Record]] = [tables.nodes, tables.services, tables.checks, tables.kvs, tables.sessions]
+            for table in every:
                 for key, record in list(table.items()):
                     table[key] = {
                         **record,

@@ -74,7 +74,7 @@ def pod_ready(pod: JSON) -> bool:
 
 def pod_ips(pod: JSON) -> list[str]:
     status = pod.get("status") or {}
-    ips = [e.get("ip") for e in status.get("podIPs") or [] if isinstance(e, dict) and e.get("ip")]
+    ips = [str(e["ip"]) for e in status.get("podIPs") or [] if isinstance(e, dict) and e.get("ip")]
     if not ips and status.get("podIP"):
         ips = [status["podIP"]]
     return ips
@@ -167,8 +167,8 @@ class EndpointsController:
             if labels.get(MANAGED_BY_LABEL) == CONTROLLER_NAME and labels.get(SERVICE_NAME_LABEL):
                 self.sync(store, change.namespace, labels[SERVICE_NAME_LABEL])
         elif change.resource == "endpoints":
-            service = store.peek("services", change.namespace, change.name)
-            if service is not None and (service.get("spec") or {}).get("selector"):
+            owner = store.peek("services", change.namespace, change.name)
+            if owner is not None and (owner.get("spec") or {}).get("selector"):
                 self.sync(store, change.namespace, change.name)
 
     def sync(self, store: Store, namespace: str, name: str) -> None:
@@ -371,11 +371,11 @@ class EndpointsController:
         while leftover:
             plans.append((None, leftover[: self.max_per_slice]))
             leftover = leftover[self.max_per_slice :]
-        for piece, kept in plans:
-            if not kept and piece is not None:
-                self._write("delete", store, "endpointslices", meta["namespace"], name=piece["metadata"]["name"])
+        for target, kept in plans:
+            if not kept and target is not None:
+                self._write("delete", store, "endpointslices", meta["namespace"], name=target["metadata"]["name"])
             elif kept:
-                self._put_slice(store, piece, meta, key[0], kept, ports or None)
+                self._put_slice(store, target, meta, key[0], kept, ports or None)
 
     def _put_slice(
         self,

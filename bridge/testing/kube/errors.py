@@ -188,12 +188,18 @@ def injected(code: int, retry_after: int | None = None) -> StatusError:
 # --- field validation errors (apimachinery's field.Error) -------------------------------------
 
 
+class GoSyntax(str):
+    """A value already written as Go prints it (a struct's %#v): shown as is."""
+
+
 def _go_repr(value: Any) -> str:
     """Render a value roughly as Go's %#v does in validation messages."""
+    if isinstance(value, GoSyntax):
+        return str(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return "[]string{" + ", ".join(json.dumps(v) for v in value) + "}"
     if isinstance(value, int | float):
@@ -205,7 +211,7 @@ def _go_repr(value: Any) -> str:
 class FieldError:
     """One validation failure on one field path, e.g. `metadata.name`."""
 
-    type: str  # Invalid | Required | Forbidden | Duplicate | NotSupported
+    type: str  # Invalid | Required | Forbidden | Duplicate | NotSupported | TooLong | TooMany
     field: str
     value: Any = None
     detail: str = ""
@@ -218,6 +224,8 @@ class FieldError:
             "Forbidden": "FieldValueForbidden",
             "Duplicate": "FieldValueDuplicate",
             "NotSupported": "FieldValueNotSupported",
+            "TooLong": "FieldValueTooLong",
+            "TooMany": "FieldValueTooMany",
         }[self.type]
 
     @property
@@ -231,6 +239,10 @@ class FieldError:
             text = "Forbidden"
         elif self.type == "Duplicate":
             text = f"Duplicate value: {_go_repr(self.value)}"
+        elif self.type == "TooLong":
+            text = "Too long"  # the value may be huge: upstream leaves it out
+        elif self.type == "TooMany":
+            text = f"Too many: {_go_repr(self.value)}"
         else:
             text = f"Unsupported value: {_go_repr(self.value)}"
         return f"{text}: {self.detail}" if self.detail else text
@@ -240,7 +252,11 @@ class FieldError:
 
 
 def invalid(rt: ResourceType, name: str, errors: list[FieldError]) -> StatusError:
-    listed = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(map(str, errors)) + "]"
+    """apierrors.NewInvalid: every error a cause; the message lists them once each (the
+    aggregate drops repeats) after the group-qualified kind, `EndpointSlice.discovery.k8s.io`."""
+    lines = list(dict.fromkeys(map(str, errors)))
+    listed = lines[0] if len(lines) == 1 else "[" + ", ".join(lines) + "]"
     details: JSON = _details(rt, name, kind=rt.kind)
     details["causes"] = [{"reason": e.reason, "message": e.body, "field": e.field} for e in errors]
-    return StatusError(422, "Invalid", f'{rt.kind} "{name}" is invalid: {listed}', details)
+    kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
+    return StatusError(422, "Invalid", f'{kind} "{name}" is invalid: {listed}', details)

@@ -168,7 +168,8 @@ def _merge_map(original: Any, patch: JSON, schema: Schema) -> Any:
     for name, order in orders.items():
         strategy = schema.get(name)
         if isinstance(result.get(name), list) and isinstance(strategy, MergeList):
-            server = before[name] if isinstance(before[name], list) else []
+            prior = before[name]
+            server = prior if isinstance(prior, list) else []
             result[name] = _apply_order(result[name], order, server, strategy.key)
     return result
 

@@ -18,6 +18,7 @@ stores a new dict), which lets history entries and watch events share them safel
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import random
 import threading
@@ -349,7 +350,7 @@ class Store:
         return obj
 
     def _resolve_namespace(self, rt: ResourceType, namespace: str | None, body: JSON) -> str:
-        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        meta: JSON = body["metadata"] if isinstance(body.get("metadata"), dict) else {}
         given = meta.get("namespace") if meta else None
         if not rt.namespaced:
             return ""
@@ -369,7 +370,7 @@ class Store:
                 f"as a {rt.kind}: the object sent is not a {rt.api_version} {rt.kind}"
             )
 
-    def _admit(self, rt: ResourceType, old: JSON | None, new: JSON, found: list[FieldError]) -> None:
+    def _admit(self, rt: ResourceType, old: JSON | None, new: JSON, found: builtins.list[FieldError]) -> None:
         if not found:
             for hook in self.admission:
                 found = found + hook.admit(self, rt, old, new)
@@ -545,7 +546,7 @@ class Store:
         if not isinstance(body, dict) or not body.get("apiVersion") or not body.get("kind"):
             raise errors.bad_request("error decoding YAML: the applied configuration needs apiVersion and kind")
         self._check_kind(rt, body)
-        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        meta: JSON = body["metadata"] if isinstance(body.get("metadata"), dict) else {}
         if meta.get("name") and meta["name"] != name:
             raise errors.bad_request(
                 f"the name of the object ({meta['name']}) does not match the name on the URL ({name})"

@@ -20,41 +20,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.testing.kube import errors
+from bridge.testing.kube import errors, formats, servicekinds
 from bridge.testing.kube.errors import FieldError
+from bridge.testing.kube.formats import DNS1035_LABEL_MSG, DNS1123_LABEL_MSG, DNS1123_SUBDOMAIN_MSG
 from bridge.testing.kube.jsonvalue import clone
 from bridge.testing.kube.resources import ResourceType
 
 JSON = dict[str, Any]
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-
-DNS1123_LABEL_MSG = (
-    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
-    "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex "
-    "used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
-)
-DNS1123_SUBDOMAIN_MSG = (
-    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
-    "'.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
-    "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-)
-DNS1035_LABEL_MSG = (
-    "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
-    "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or "
-    "'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
-)
-LABEL_VALUE_MSG = (
-    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or "
-    "'.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or "
-    "'my_value',  or '12345', regex used for validation is "
-    "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
-)
+# The patterns pods and ingresses still match against; the messages their errors carry.
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
 # Fields an update to metadata may not touch; the server keeps the stored values.
 _SERVER_OWNED_META = (
@@ -93,21 +70,16 @@ def micro_time(value: str) -> str:
 
 
 def name_errors(rt: ResourceType, name: str, field: str = "metadata.name") -> list[FieldError]:
-    """Validate an object name with the rule the real type uses."""
+    """Validate an object name with the rule the real type uses: `NameIsDNS1035Label` for
+    Services, `ValidateNamespaceName` (a DNS-1123 label) for namespaces, the path-segment rule
+    for RBAC objects, `NameIsDNSSubdomain` for the rest (EndpointSlices and Leases too)."""
     if rt.group == "rbac.authorization.k8s.io":
         return [FieldError("Invalid", field, name, msg) for msg in path_segment_errors(name)]
     if rt.plural == "services":
-        limit, pattern, message = 63, _DNS1035_LABEL, DNS1035_LABEL_MSG
-    elif rt.plural == "namespaces":
-        limit, pattern, message = 63, _DNS1123_LABEL, DNS1123_LABEL_MSG
-    else:
-        limit, pattern, message = 253, _DNS1123_SUBDOMAIN, DNS1123_SUBDOMAIN_MSG
-    found: list[FieldError] = []
-    if len(name) > limit:
-        found.append(FieldError("Invalid", field, name, f"must be no more than {limit} characters"))
-    if not pattern.match(name):
-        found.append(FieldError("Invalid", field, name, message))
-    return found
+        return formats.invalid(field, name, formats.dns1035_label(name))
+    if rt.plural == "namespaces":
+        return formats.invalid(field, name, formats.dns1123_label(name))
+    return formats.invalid(field, name, formats.dns1123_subdomain(name))
 
 
 def path_segment_errors(name: str) -> list[str]:
@@ -117,42 +89,12 @@ def path_segment_errors(name: str) -> list[str]:
     return [f"may not contain '{c}'" for c in ("/", "%") if c in name]
 
 
-def _qualified_name_errors(key: str, field: str) -> list[FieldError]:
-    prefix, slash, name = key.rpartition("/")
-    found: list[FieldError] = []
-    if slash and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
-        found.append(FieldError("Invalid", field, key, "prefix part " + DNS1123_SUBDOMAIN_MSG))
-    if not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):
-        found.append(
-            FieldError(
-                "Invalid",
-                field,
-                key,
-                "name part must consist of alphanumeric characters, '-', '_' or '.', and must "
-                "start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or "
-                "'123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')",
-            )
-        )
-    return found
-
-
 def _metadata_errors(rt: ResourceType, obj: JSON) -> list[FieldError]:
+    """ValidateObjectMeta's name, label and annotation checks."""
     meta = obj["metadata"]
     found = name_errors(rt, meta.get("name", ""))
-    labels = meta.get("labels") or {}
-    if not isinstance(labels, dict):
-        return [*found, FieldError("Invalid", "metadata.labels", labels, "must be a map")]
-    for key, value in labels.items():
-        found += _qualified_name_errors(str(key), "metadata.labels")
-        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
-            found.append(FieldError("Invalid", "metadata.labels", value, LABEL_VALUE_MSG))
-    annotations = meta.get("annotations") or {}
-    if not isinstance(annotations, dict):
-        return [*found, FieldError("Invalid", "metadata.annotations", annotations, "must be a map")]
-    for key, value in annotations.items():
-        found += _qualified_name_errors(str(key), "metadata.annotations")
-        if not isinstance(value, str):
-            found.append(FieldError("Invalid", "metadata.annotations", value, "must be a string"))
+    found += formats.labels_errors(meta.get("labels") or {}, "metadata.labels")
+    found += formats.annotations_errors(meta.get("annotations") or {}, "metadata.annotations")
     return found
 
 
@@ -317,8 +259,10 @@ def _default_service(obj: JSON) -> None:
     spec.setdefault("sessionAffinity", "None")
     for port in spec.get("ports") or []:
         if isinstance(port, dict):
-            port.setdefault("protocol", "TCP")
-            if kind != "ExternalName" and "targetPort" not in port and "port" in port:
+            if not port.get("protocol"):
+                port["protocol"] = "TCP"
+            # SetDefaults_Service: an unset, 0 or "" targetPort is the port.
+            if kind != "ExternalName" and port.get("targetPort") in (None, 0, "") and "port" in port:
                 port["targetPort"] = port["port"]
     if kind != "ExternalName":
         spec.setdefault("internalTrafficPolicy", "Cluster")
@@ -385,10 +329,13 @@ def default_pod_spec(spec: JSON) -> None:
 
 
 def _default_endpoint_slice(obj: JSON) -> None:
+    servicekinds.decode_endpoint_slice(obj)
     for port in obj.get("ports") or []:
         if isinstance(port, dict):
-            port.setdefault("name", "")
-            port.setdefault("protocol", "TCP")
+            if port.get("name") is None:
+                port["name"] = ""
+            if port.get("protocol") is None:  # a pointer: only a missing one is defaulted
+                port["protocol"] = "TCP"
 
 
 def _default_endpoints(obj: JSON) -> None:
@@ -435,10 +382,6 @@ _DEFAULTERS = {
 
 # --- validation -------------------------------------------------------------------------
 
-_PROTOCOLS = ("SCTP", "TCP", "UDP")
-_SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
-
-
 def _port_number_errors(value: Any, field: str) -> list[FieldError]:
     if not isinstance(value, int) or isinstance(value, bool):
         return (
@@ -449,87 +392,6 @@ def _port_number_errors(value: Any, field: str) -> list[FieldError]:
     if not 1 <= value <= 65535:
         return [FieldError("Invalid", field, value, "must be between 1 and 65535, inclusive")]
     return []
-
-
-def _protocol_errors(port: JSON, field: str) -> list[FieldError]:
-    protocol = port.get("protocol", "TCP")
-    if protocol not in _PROTOCOLS:
-        return [FieldError("NotSupported", field, protocol, 'supported values: "SCTP", "TCP", "UDP"')]
-    return []
-
-
-def _validate_service(obj: JSON, old: JSON | None) -> list[FieldError]:
-    spec = obj.get("spec") or {}
-    kind = spec.get("type", "ClusterIP")
-    found: list[FieldError] = []
-    if kind not in _SERVICE_TYPES:
-        found.append(
-            FieldError(
-                "NotSupported",
-                "spec.type",
-                kind,
-                'supported values: "ClusterIP", "ExternalName", "LoadBalancer", "NodePort"',
-            )
-        )
-    ports = spec.get("ports") or []
-    headless = spec.get("clusterIP") == "None"
-    if not ports and kind != "ExternalName" and not headless:
-        found.append(FieldError("Required", "spec.ports"))
-    names: set[str] = set()
-    for i, port in enumerate(ports):
-        path = f"spec.ports[{i}]"
-        if not isinstance(port, dict):
-            found.append(FieldError("Invalid", path, port, "must be an object"))
-            continue
-        found += _port_number_errors(port.get("port"), f"{path}.port")
-        found += _protocol_errors(port, f"{path}.protocol")
-        name = port.get("name", "")
-        if len(ports) > 1 and not name:
-            found.append(FieldError("Required", f"{path}.name"))
-        elif name and not _DNS1123_LABEL.match(name):
-            found.append(FieldError("Invalid", f"{path}.name", name, DNS1123_LABEL_MSG))
-        if name in names and name:
-            found.append(FieldError("Duplicate", f"{path}.name", name))
-        names.add(name)
-        target = port.get("targetPort")
-        if isinstance(target, int) and not isinstance(target, bool):
-            found += _port_number_errors(target, f"{path}.targetPort")
-        elif isinstance(target, str) and not (
-            _IANA_SVC_NAME.match(target) and len(target) <= 15 and re.search("[a-z]", target)
-        ):
-            found.append(
-                FieldError(
-                    "Invalid",
-                    f"{path}.targetPort",
-                    target,
-                    "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
-                )
-            )
-        if kind in ("ClusterIP", "ExternalName") and port.get("nodePort"):
-            found.append(FieldError("Forbidden", f"{path}.nodePort", None, f"may not be used when `type` is '{kind}'"))
-    if kind == "ExternalName" and not spec.get("externalName"):
-        found.append(FieldError("Required", "spec.externalName"))
-    if old is not None:
-        before = old.get("spec") or {}
-        if (
-            before.get("type", "ClusterIP") != "ExternalName"
-            and kind != "ExternalName"
-            and before.get("clusterIP")
-            and spec.get("clusterIP") != before.get("clusterIP")
-        ):
-            found.append(
-                FieldError(
-                    "Invalid",
-                    "spec.clusterIPs[0]",
-                    spec.get("clusterIPs") or [spec.get("clusterIP", "")],
-                    "may not change once set",
-                )
-            )
-    for key, value in (spec.get("selector") or {}).items():
-        found += _qualified_name_errors(str(key), "spec.selector")
-        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
-            found.append(FieldError("Invalid", "spec.selector", value, LABEL_VALUE_MSG))
-    return found
 
 
 def _validate_pod(obj: JSON, old: JSON | None) -> list[FieldError]:
@@ -569,7 +431,7 @@ def pod_spec_errors(spec: JSON, where: str) -> list[FieldError]:
         name = container.get("name", "")
         if not name:
             found.append(FieldError("Required", f"{path}.name"))
-        elif not _DNS1123_LABEL.match(name):
+        elif not _DNS1123_LABEL.fullmatch(name):
             found.append(FieldError("Invalid", f"{path}.name", name, DNS1123_LABEL_MSG))
         elif name in seen:
             found.append(FieldError("Duplicate", f"{path}.name", name))
@@ -579,21 +441,12 @@ def pod_spec_errors(spec: JSON, where: str) -> list[FieldError]:
         for j, port in enumerate(container.get("ports") or []):
             ppath = f"{path}.ports[{j}]"
             found += _port_number_errors(port.get("containerPort"), f"{ppath}.containerPort")
-            found += _protocol_errors(port, f"{ppath}.protocol")
-            pname = port.get("name")
-            if pname is not None and not (_IANA_SVC_NAME.match(pname) and len(pname) <= 15):
-                found.append(
-                    FieldError(
-                        "Invalid",
-                        f"{ppath}.name",
-                        pname,
-                        "must be no more than 15 characters and contain only "
-                        "alpha-numeric characters (a-z, 0-9), and hyphens (-)",
-                    )
-                )
+            found += servicekinds.protocol_errors(port, f"{ppath}.protocol")
+            if port.get("name"):
+                found += formats.check(formats.port_name, port["name"], f"{ppath}.name")
     for key in ("hostname", "subdomain"):
         value = spec.get(key)
-        if value and not _DNS1123_LABEL.match(value):
+        if value and not _DNS1123_LABEL.fullmatch(value):
             found.append(FieldError("Invalid", f"{where}.{key}", value, DNS1123_LABEL_MSG))
     return found
 
@@ -631,43 +484,6 @@ def _parses_as_ip(value: str, family: str | None) -> bool:
     return family is None or (family == "IPv4") == (parsed.version == 4)
 
 
-def _validate_endpoint_slice(obj: JSON, old: JSON | None) -> list[FieldError]:
-    found: list[FieldError] = []
-    address_type = obj.get("addressType")
-    if not address_type:
-        found.append(FieldError("Required", "addressType"))
-    elif address_type not in ("IPv4", "IPv6", "FQDN"):
-        found.append(
-            FieldError("NotSupported", "addressType", address_type, 'supported values: "FQDN", "IPv4", "IPv6"')
-        )
-    if old is not None and old.get("addressType") != address_type:
-        found.append(FieldError("Invalid", "addressType", address_type, "field is immutable"))
-    endpoints = obj.get("endpoints") or []
-    if len(endpoints) > 1000:
-        found.append(FieldError("Invalid", "endpoints", len(endpoints), "must have at most 1000 items"))
-    for i, endpoint in enumerate(endpoints):
-        path = f"endpoints[{i}].addresses"
-        addresses = endpoint.get("addresses") if isinstance(endpoint, dict) else None
-        if not addresses:
-            found.append(FieldError("Required", path, None, "must contain at least 1 address"))
-            continue
-        if len(addresses) > 100:
-            found.append(FieldError("Invalid", path, len(addresses), "must have at most 100 items"))
-        for j, address in enumerate(addresses):
-            if address_type in ("IPv4", "IPv6") and not _is_ip(address, address_type):
-                found.append(FieldError("Invalid", f"{path}[{j}]", address, f"must be a valid {address_type} address"))
-    ports = obj.get("ports") or []
-    names: set[str] = set()
-    for i, port in enumerate(ports):
-        name = port.get("name", "") if isinstance(port, dict) else ""
-        if name in names:
-            found.append(FieldError("Duplicate", f"ports[{i}].name", name))
-        names.add(name)
-        if isinstance(port, dict) and port.get("port") is not None:
-            found += _port_number_errors(port.get("port"), f"ports[{i}].port")
-    return found
-
-
 def _validate_endpoints(obj: JSON, old: JSON | None) -> list[FieldError]:
     found: list[FieldError] = []
     for i, subset in enumerate(obj.get("subsets") or []):
@@ -681,14 +497,13 @@ def _validate_endpoints(obj: JSON, old: JSON | None) -> list[FieldError]:
         ports = subset.get("ports") or []
         for j, port in enumerate(ports):
             found += _port_number_errors(port.get("port"), f"subsets[{i}].ports[{j}].port")
-            found += _protocol_errors(port, f"subsets[{i}].ports[{j}].protocol")
+            found += servicekinds.protocol_errors(port, f"subsets[{i}].ports[{j}].protocol")
             if len(ports) > 1 and not port.get("name"):
                 found.append(FieldError("Required", f"subsets[{i}].ports[{j}].name"))
     return found
 
 
 _PATH_TYPES = ("Exact", "ImplementationSpecific", "Prefix")
-_IANA_PORT_NAME_MSG = "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"
 
 
 def _ingress_host_errors(host: Any, field: str) -> list[FieldError]:
@@ -699,7 +514,7 @@ def _ingress_host_errors(host: Any, field: str) -> list[FieldError]:
     if _parses_as_ip(host, None):
         found.append(FieldError("Invalid", field, host, "must be a DNS name, not an IP address"))
     if host.startswith("*."):
-        if len(host) > 253 or not _DNS1123_SUBDOMAIN.match(host[2:]):
+        if len(host) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(host[2:]):
             found.append(
                 FieldError(
                     "Invalid",
@@ -711,7 +526,7 @@ def _ingress_host_errors(host: Any, field: str) -> list[FieldError]:
                     "for validation is '\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
                 )
             )
-    elif len(host) > 253 or not _DNS1123_SUBDOMAIN.match(host):
+    elif len(host) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(host):
         found.append(FieldError("Invalid", field, host, DNS1123_SUBDOMAIN_MSG))
     return found
 
@@ -735,7 +550,7 @@ def _ingress_backend_errors(backend: Any, field: str) -> list[FieldError]:
     name = service.get("name")
     if not name:
         found.append(FieldError("Required", f"{field}.service.name"))
-    elif not isinstance(name, str) or len(name) > 63 or not _DNS1035_LABEL.match(name):
+    elif not isinstance(name, str) or len(name) > 63 or not _DNS1035_LABEL.fullmatch(name):
         found.append(FieldError("Invalid", f"{field}.service.name", name, DNS1035_LABEL_MSG))
     port = service.get("port") or {}
     if not isinstance(port, dict):
@@ -744,9 +559,7 @@ def _ingress_backend_errors(backend: Any, field: str) -> list[FieldError]:
     if port_name and number:
         found.append(FieldError("Invalid", field, "", "cannot set both port name & port number"))
     elif port_name:
-        if not (isinstance(port_name, str) and _IANA_SVC_NAME.match(port_name) and len(port_name) <= 15
-                and re.search("[a-z]", port_name)):
-            found.append(FieldError("Invalid", f"{field}.service.port.name", port_name, _IANA_PORT_NAME_MSG))
+        found += formats.check(formats.port_name, port_name, f"{field}.service.port.name")
     elif number:
         found += _port_number_errors(number, f"{field}.service.port.number")
     else:
@@ -825,6 +638,17 @@ def _validate_lease(obj: JSON, old: JSON | None) -> list[FieldError]:
     transitions = spec.get("leaseTransitions")
     if transitions is not None and (not isinstance(transitions, int) or transitions < 0):
         found.append(FieldError("Invalid", "spec.leaseTransitions", transitions, "must be greater than or equal to 0"))
+    strategy = spec.get("strategy")
+    if strategy is not None:
+        # ValidateCoordinatedLeaseStrategy; upstream names the field twice (".strategy.strategy").
+        if "/" not in strategy and strategy != "OldestEmulationVersion":
+            found.append(FieldError("NotSupported", "spec.strategy.strategy", strategy,
+                                    'supported values: "OldestEmulationVersion"'))
+        elif "/" in strategy:
+            found += formats.check(formats.label_key, strategy, "spec.strategy.strategy")
+    if spec.get("preferredHolder") and not strategy:
+        found.append(FieldError("Forbidden", "spec.preferredHolder", None,
+                                "may only be specified if `strategy` is defined"))
     return found
 
 
@@ -842,9 +666,9 @@ def _validate_node(obj: JSON, old: JSON | None) -> list[FieldError]:
 
 _VALIDATORS = {
     "nodes": _validate_node,
-    "services": _validate_service,
+    "services": servicekinds.validate_service,
     "pods": _validate_pod,
-    "endpointslices": _validate_endpoint_slice,
+    "endpointslices": servicekinds.validate_endpoint_slice,
     "endpoints": _validate_endpoints,
     "ingresses": _validate_ingress,
     "leases": _validate_lease,
