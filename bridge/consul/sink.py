@@ -113,10 +113,10 @@ class ConsulSink:
         groups = iter_plan_operations(plan, self._node)
         batch: list[_Member] = []
         ops = size = 0
-        # Room for the node's operation while Consul may not have our node.
-        room = self._batch_size - (0 if self._node_known else 1)
         for item, kind, group in zip(items, kinds, groups, strict=True):
             weight = _size_bound(item)
+            # Room for the node's operation while Consul may not have our node.
+            room = self._batch_size - (0 if self._node_known else 1)
             if batch and (ops + len(group) > room or size + weight > MAX_TXN_BYTES - 1024):
                 self._send(batch, result)
                 batch, ops, size = [], 0, 0
