@@ -17,10 +17,24 @@ annotations, names, IDs, tags, meta and per-type address choices follow it:
   no host (or no LB IP) leaves the Service on its endpoints.
 
 Where this module departs from consul-k8s it says so; each departure is a bug of theirs.
+
+Everything derived stays within what Consul accepts (hashicorp/consul
+`structs.ValidateServiceMetadata`, `ValidateWeights`, `servicePreApply`), so a Service's
+annotations can never make Consul refuse its registrations; what would is left out and
+returned as a `Refusal` for the Service (consul-k8s sends it and fails the whole batch):
+
+- a `service-meta-<KEY>` annotation whose key is not `[a-zA-Z0-9_-]+`, is longer than 128
+  bytes or starts with `consul-`, or whose value is longer than 512 bytes;
+- meta beyond Consul's 64 pairs: the bridge's own keys (and room for the endpoint meta)
+  come first, then the Service's ports, then the annotations in key order;
+- a `service-weight` that is not an integer from 2 (consul-k8s) to 65535 (Consul, which
+  would otherwise store 1 without a word);
+- an address Consul refuses for a service (`0.0.0.0`, `::`): that registration.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -47,6 +61,18 @@ META_ANNOTATION_PREFIX = "consul.hashicorp.com/service-meta-"
 
 NODE_PORT_SYNC_TYPES = ("ExternalOnly", "InternalOnly", "ExternalFirst")
 
+# Consul's limits on what a registration carries (agent/structs/structs.go).
+META_MAX_PAIRS = 64
+META_KEY_MAX_BYTES = 128
+META_VALUE_MAX_BYTES = 512
+META_RESERVED_PREFIX = "consul-"
+MAX_WEIGHT = 65535
+_META_KEY = re.compile(r"[a-zA-Z0-9_-]+")
+_ANY_ADDRESSES = frozenset({"0.0.0.0", "::", "[::]"})  # ipaddr.IsAny
+# What `_endpoint_meta` may add to a registration: room is kept for all of it.
+_ENDPOINT_META = frozenset({"external-k8s-ref-kind", "external-k8s-ref-name", "external-k8s-node-name",
+                            "external-k8s-topology-zone", "external-k8s-hostname"})
+
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
@@ -70,20 +96,32 @@ class SyncOptions:
     ingress_lb_ips: bool = False
 
 
+class Refusal(NamedTuple):
+    """Something a Service asks for that Consul would refuse, left out: `reason` is a fixed
+    word (a metric label), `message` says what and why."""
+
+    service: ServiceKey
+    reason: str  # meta_key, meta_value, meta_count, weight or address
+    message: str
+
+
 class Registrations(NamedTuple):
-    """What one Service contributes, and why any of it was left out (one line each)."""
+    """What one Service contributes, why any of it was left out (one line each), and what
+    of it Consul would refuse."""
 
     registrations: tuple[Registration, ...]
     skipped: tuple[str, ...] = ()
+    refused: tuple[Refusal, ...] = ()
 
 
 @dataclass(frozen=True)
 class Wanted:
-    """Every registration this cluster should have, by service ID, and a reason for
-    each Service or endpoint left out."""
+    """Every registration this cluster should have, by service ID, a reason for each
+    Service or endpoint left out, and what Consul would refuse."""
 
     registrations: MappingProxyType[str, Registration]
     skipped: tuple[str, ...] = ()
+    refused: tuple[Refusal, ...] = ()
 
 
 def parse_bool(value: str | None) -> bool | None:
@@ -118,14 +156,26 @@ def parse_tags(value: str) -> list[str]:
 
 
 def parse_weight(value: str | None) -> int | None:
-    """consul-k8s's service-weight: an integer greater than 1, else rejected (None)."""
+    """consul-k8s's service-weight: an integer greater than 1, and (Consul's DNS weights)
+    at most 65535; None when absent or rejected."""
     if value is None:
         return None
     text = value.strip()
     if not (text.isascii() and text.isdigit()):
         return None
     weight = int(text)
-    return weight if weight > 1 else None
+    return weight if 1 < weight <= MAX_WEIGHT else None
+
+
+def meta_key_problem(key: str) -> str | None:
+    """Why Consul refuses `key` as a meta key (`validateMetaPair`'s text), or None."""
+    if not _META_KEY.fullmatch(key):
+        return "Key contains invalid characters"
+    if len(key) > META_KEY_MAX_BYTES:  # ASCII by now: characters are bytes
+        return f"Key is too long (limit: {META_KEY_MAX_BYTES} characters)"
+    if key.startswith(META_RESERVED_PREFIX):
+        return f"Key prefix '{META_RESERVED_PREFIX}' is reserved for internal use"
+    return None
 
 
 def sync_enabled(service: Service, default_sync: bool) -> bool:
@@ -194,19 +244,56 @@ def _node_address(node: Node | None, sync_type: str) -> str | None:
     return None
 
 
-def _service_meta(service: Service, cluster_id: str) -> dict[str, str]:
+def _service_meta(service: Service, cluster_id: str, refused: list[Refusal]) -> dict[str, str]:
+    """The meta every registration of `service` carries, within Consul's limits; what does
+    not fit is added to `refused`."""
     meta = {
         "external-source": EXTERNAL_SOURCE,
         "external-k8s-ns": service.key.namespace,
         "external-k8s-name": service.key.name,
         OWNER_META: cluster_id,
     }
+    # Room for the pairs each instance adds, whether or not this Service's instances do.
+    taken = set(meta) | _ENDPOINT_META
+    crowded: list[str] = []
     for port in service.ports:
         # An unnamed port (only possible when it is the only one) gives "port-", as in consul-k8s.
-        meta[f"port-{port.name}"] = str(port.port)
+        key = f"port-{port.name}"
+        if key in taken or len(taken) < META_MAX_PAIRS:
+            meta[key] = str(port.port)
+            taken.add(key)
+        else:
+            crowded.append(f"the meta of port {port.name!r}")
+    bad_keys: list[str] = []
+    long_values: list[str] = []
+    annotated: dict[str, str] = {}
     for key, value in service.annotations:
-        if key.startswith(META_ANNOTATION_PREFIX) and len(key) > len(META_ANNOTATION_PREFIX):
-            meta[key[len(META_ANNOTATION_PREFIX):]] = value
+        if not key.startswith(META_ANNOTATION_PREFIX) or len(key) == len(META_ANNOTATION_PREFIX):
+            continue
+        meta_key = key[len(META_ANNOTATION_PREFIX):]
+        problem = meta_key_problem(meta_key)
+        if problem is not None:
+            bad_keys.append(f"{key} ({problem})")
+        elif len(value.encode()) > META_VALUE_MAX_BYTES:
+            long_values.append(f"{key} ({len(value.encode())} bytes)")
+        else:
+            annotated[meta_key] = value
+    for key in sorted(annotated):  # overriding a key we set takes no room (as consul-k8s)
+        if key in taken or len(taken) < META_MAX_PAIRS:
+            meta[key] = annotated[key]
+            taken.add(key)
+        else:
+            crowded.append(META_ANNOTATION_PREFIX + key)
+    item = service.key
+    if bad_keys:
+        refused.append(Refusal(item, "meta_key", "annotations left out, Consul refuses their meta keys: "
+                               + ", ".join(bad_keys)))
+    if long_values:
+        refused.append(Refusal(item, "meta_value", "annotations left out, Consul refuses meta values over "
+                               f"{META_VALUE_MAX_BYTES} bytes: " + ", ".join(long_values)))
+    if crowded:
+        refused.append(Refusal(item, "meta_count", f"left out, Consul takes at most {META_MAX_PAIRS} meta "
+                               "pairs (the bridge's own and room for endpoint meta first): " + ", ".join(crowded)))
     return meta
 
 
@@ -286,12 +373,18 @@ def registrations_for(service: Service, options: SyncOptions,
     for what it asks that cannot be registered. `routes` are the Ingress routes of the
     snapshot (those to other Services are ignored)."""
     skipped: list[str] = []
-    found = _registrations(service, options, nodes or {}, routes, skipped)
-    return Registrations(tuple(found), tuple(skipped))
+    refused: list[Refusal] = []
+    unusable: list[str] = []
+    found = _registrations(service, options, nodes or {}, routes, skipped, refused, unusable)
+    if unusable:
+        refused.append(Refusal(service.key, "address", "not registered, Consul refuses the service address "
+                               "(Invalid service address): " + ", ".join(sorted(set(unusable)))))
+    return Registrations(tuple(found), tuple(skipped), tuple(refused))
 
 
 def _registrations(service: Service, options: SyncOptions, nodes: dict[str, Node],
-                   routes: Iterable[IngressRoute], skipped: list[str]) -> list[Registration]:
+                   routes: Iterable[IngressRoute], skipped: list[str],
+                   refused: list[Refusal], unusable: list[str]) -> list[Registration]:
     if not sync_enabled(service, options.default_sync):
         return []
     if service.type in (ServiceType.CLUSTER_IP, ServiceType.HEADLESS) \
@@ -303,12 +396,12 @@ def _registrations(service: Service, options: SyncOptions, nodes: dict[str, Node
     if name is None:
         return []
     tags = (options.tag, *parse_tags(service.annotation(TAGS_ANNOTATION) or ""))
-    base = _service_meta(service, options.cluster_id)
+    base = _service_meta(service, options.cluster_id, refused)
     weight_text = service.annotation(WEIGHT_ANNOTATION)
     weight = parse_weight(weight_text)
     if weight_text is not None and weight is None:
-        skipped.append(f"{service.key}: annotation {WEIGHT_ANNOTATION} must be an integer "
-                       f"greater than 1, got {weight_text!r}; weight not applied")
+        refused.append(Refusal(service.key, "weight", f"annotation {WEIGHT_ANNOTATION} must be an "
+                               f"integer from 2 to {MAX_WEIGHT}, got {weight_text[:40]!r}; weight not applied"))
     out: list[Registration] = []
 
     # The meta as pairs, the Service's shared by all its instances (and repeated values
@@ -318,6 +411,9 @@ def _registrations(service: Service, options: SyncOptions, nodes: dict[str, Node
 
     def add(address: str, port: int, meta: dict[str, str], *, id_address: str | None = None,
             check: str = "", weighted: bool = False) -> None:
+        if address in _ANY_ADDRESSES:
+            unusable.append(address)
+            return
         pairs = base_pairs.copy()
         for key, value in meta.items():
             pairs[key] = _pair(key, value) if key in _SHARED_META else (key, value)
@@ -384,13 +480,13 @@ def _registrations(service: Service, options: SyncOptions, nodes: dict[str, Node
     return out
 
 
-_Entry = tuple[Service, object, tuple[Registration, ...], tuple[str, ...]]
+_Entry = tuple[Service, object, tuple[Registration, ...], tuple[str, ...], tuple[Refusal, ...]]
 
 
 class Memo:
     """What `desired()` computed last time, kept to do only what changed the next time.
 
-    Per Service: the registrations and skip reasons computed for it, reused while it is
+    Per Service: the registrations, skip reasons and refusals computed for it, reused while it is
     the same object with the same context (the sources keep an unchanged Service as the
     same object between snapshots). And the result itself (service ID -> registration,
     with the Service owning each ID), patched for the Services that changed: a pass over
@@ -404,6 +500,7 @@ class Memo:
         self.wanted: dict[str, Registration] = {}
         self.owner: dict[str, ServiceKey] = {}
         self.reasons: dict[ServiceKey, tuple[str, ...]] = {}  # only Services with some
+        self.refused: dict[ServiceKey, tuple[Refusal, ...]] = {}  # only Services with some
         self.clean = False  # `wanted` is whole and has no duplicate ID: patch it
         # Service IDs whose registration the last call added, changed or removed; None
         # when it rebuilt everything.
@@ -421,8 +518,8 @@ def _context(service: Service, nodes: dict[str, Node],
 
 def desired(snapshot: Snapshot, options: SyncOptions, memo: Memo | None = None) -> Wanted:
     """Every registration this cluster should have, by service ID, with the reasons for
-    what was left out. Where two Services ask for one ID, the first key in sort order
-    wins and the other is reported skipped.
+    what was left out and what Consul would refuse. Where two Services ask for one ID, the
+    first key in sort order wins and the other is reported skipped.
 
     With a `memo`, only the Services changed since its last use are computed again, and
     the registrations are a read-only view of the memo's own map, valid until its next use.
@@ -452,21 +549,26 @@ def desired(snapshot: Snapshot, options: SyncOptions, memo: Memo | None = None) 
     if not (memo.clean and _patch(memo, touched, services, stale, gone, options, nodes, routes)):
         memo.touched = None
         _rebuild(memo, services, stale, gone, options, nodes, routes)
-    reasons = memo.reasons
+    reasons, refusals = memo.reasons, memo.refused
     skipped = tuple(reason for key in sorted(reasons) for reason in reasons[key])
-    return Wanted(MappingProxyType(memo.wanted), skipped)
+    refused = tuple(refusal for key in sorted(refusals) for refusal in refusals[key])
+    return Wanted(MappingProxyType(memo.wanted), skipped, refused)
 
 
 def _compute(memo: Memo, key: ServiceKey, service: Service, context: object,
              options: SyncOptions, nodes: dict[str, Node],
              routes: dict[ServiceKey, list[IngressRoute]]) -> tuple[Registration, ...]:
-    """`service`'s registrations, recorded in the memo with its skip reasons."""
-    registrations, reasons = registrations_for(service, options, nodes, routes.get(key, ()))
-    memo.entries[key] = (service, context, registrations, reasons)
+    """`service`'s registrations, recorded in the memo with its skip reasons and refusals."""
+    registrations, reasons, refused = registrations_for(service, options, nodes, routes.get(key, ()))
+    memo.entries[key] = (service, context, registrations, reasons, refused)
     if reasons:
         memo.reasons[key] = reasons
     else:
         memo.reasons.pop(key, None)
+    if refused:
+        memo.refused[key] = refused
+    else:
+        memo.refused.pop(key, None)
     return registrations
 
 
@@ -481,6 +583,7 @@ def _patch(memo: Memo, touched: set[str], services: Mapping[ServiceKey, Service]
     for key in gone:
         _drop(memo, key)
         memo.reasons.pop(key, None)
+        memo.refused.pop(key, None)
     for key, context in stale:
         _drop(memo, key)
         for registration in _compute(memo, key, services[key], context, options, nodes, routes):
@@ -527,6 +630,7 @@ def _rebuild(memo: Memo, services: Mapping[ServiceKey, Service],
             wanted[sid] = registration
             owner[sid] = key
     memo.reasons = {key: entry[3] for key, entry in memo.entries.items() if entry[3]}
+    memo.refused = {key: entry[4] for key, entry in memo.entries.items() if entry[4]}
     for key, reasons in duplicates.items():
         memo.reasons[key] = memo.entries[key][3] + tuple(reasons)
     memo.wanted, memo.owner, memo.clean = wanted, owner, not duplicates

@@ -35,6 +35,24 @@ if TYPE_CHECKING:  # urllib3 defines them for type checkers only
     from urllib3._base_connection import BaseHTTPConnection, BaseHTTPSConnection
 
 
+class TxnRolledBack(Conflict):
+    """Consul rolled a transaction back: `errors` are its (OpIndex, What) pairs, the
+    operations that failed and Consul's text for each."""
+
+    def __init__(self, errors: list[tuple[int, str]], detail: str) -> None:
+        super().__init__(f"txn rolled back: {detail}")
+        self.errors = errors
+
+
+class TxnRefused(Rejected):
+    """Consul refused a transaction as a whole (a 4xx other than 409 and 429): `status`
+    says why (400: a body it cannot decode, 403: the token, 413: too large)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "********") if secret else text
 
@@ -181,8 +199,9 @@ class ConsulClient:
     def txn(self, operations: list[dict[str, Any]], *, timeout: float | None = None
             ) -> list[dict[str, Any]]:
         """Apply operations atomically, waiting `timeout` seconds at most for the answer
-        (default: the client's). Raises Conflict (with Consul's per-operation errors in
-        the message) when Consul rolled the transaction back."""
+        (default: the client's). Raises TxnRolledBack (with Consul's per-operation errors)
+        when Consul rolled the transaction back, TxnRefused when it refused the request as
+        a whole."""
         http = self._w.http
 
         def put() -> Response:
@@ -197,14 +216,15 @@ class ConsulClient:
         body = _redact(str(response.body), self._token)
         if response.code == 409:
             try:
-                errors = json.loads(body).get("Errors") or []
-                detail = "; ".join(f"op {e.get('OpIndex')}: {e.get('What')}" for e in errors)
-            except (ValueError, AttributeError):
-                detail = body.strip()
-            raise Conflict(f"txn rolled back: {detail}")
+                errors = [(int(e["OpIndex"]), str(e.get("What") or ""))
+                          for e in json.loads(body).get("Errors") or []]
+                detail = "; ".join(f"op {index}: {what}" for index, what in errors)
+            except (ValueError, AttributeError, KeyError, TypeError):
+                errors, detail = [], body.strip()
+            raise TxnRolledBack(errors, detail)
         if response.code == 429 or response.code >= 500:
             raise Transient(f"txn: {response.code} {body.strip()}")
-        raise Rejected(f"txn: {response.code} {body.strip()}")
+        raise TxnRefused(response.code, f"txn: {response.code} {body.strip()}")
 
     # Sessions and KV: the leader's claim on bridge/clusters/<cluster_id> (bridge/ha/).
 

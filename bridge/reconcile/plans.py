@@ -8,7 +8,10 @@ sink and the outcome back to the planner (`applied`), the same way for every sin
   diffed against a record of what Consul holds. The record is read from Consul on the
   first pass, on every periodic resync (which is how drift made by others is repaired)
   and after anything went wrong; in between it is kept from each apply's outcome. With
-  `upsert_only` nothing is deleted.
+  `upsert_only` nothing is deleted. A registration Consul rejected is not sent again
+  while the same one is wanted: only once it changes, or at the periodic resync. What
+  `desired` left out because Consul would refuse it is reported (once) through
+  `bridge.rejections`, as are the sink's rejections.
 - `KubePlanner`: Consul services -> headless Services and EndpointSlices
   (`materialise.plan_for`), against the Kubernetes source's caches, which are current
   and free to read, so they are read every pass. A write the API server rejected is not
@@ -27,7 +30,9 @@ from typing import Any, Generic, Protocol, TypeVar
 from bridge.catalog.model import Snapshot
 from bridge.catalog.plan import Plan, Registration, diff
 from bridge.catalog.sink import ApplyResult, Sink, SinkPlan
-from bridge.catalog.to_consul import Memo, SyncOptions, desired
+from bridge.catalog.to_consul import Memo, Refusal, SyncOptions, desired
+from bridge.consul.sink import SINK as CONSUL_SINK
+from bridge.consul.sink import registration_item
 from bridge.kube.materialise import Held, KubePlan, ObjectKey, object_item, plan_for
 from bridge.kube.sink import SINK
 from bridge.rejections import REJECTIONS, Rejections
@@ -58,10 +63,14 @@ class Planner(Protocol[P]):
 
 class ConsulPlanner:
     def __init__(self, sink: Sink[dict[str, Registration], Plan, str], options: SyncOptions,
-                 *, upsert_only: bool = False) -> None:
+                 *, upsert_only: bool = False, rejections: Rejections = REJECTIONS) -> None:
         self._sink = sink
         self._options = options
         self._upsert_only = upsert_only
+        self._rejections = rejections
+        # The registrations Consul rejected, as sent (held back while wanted unchanged).
+        self._rejected: dict[str, Registration] = {}
+        self._refusals: set[str] = set()  # the refusal items of `desired` reported, in force
         self._memo = Memo()  # registrations of the Services unchanged since the last pass
         # Our record of what Consul holds; None: read it before the next plan. It is None
         # from each plan until `applied` says how the writes went, so a pass that ended
@@ -74,6 +83,7 @@ class ConsulPlanner:
 
     def plan(self, kube: Snapshot, consul: Snapshot, *, reread: bool) -> Decision[Plan]:
         wanted = desired(kube, self._options, self._memo)
+        self._report(wanted.refused)
         actual = self._actual
         if reread or actual is None:
             actual = self._sink.actual()
@@ -88,17 +98,59 @@ class ConsulPlanner:
             log.info("upsert-only: keeping %d registrations Kubernetes no longer has",
                      len(plan.delete))
             plan = Plan(plan.create, plan.update, (), plan.replaced)
+        if self._rejected:  # the periodic resync tries them again
+            plan = self._hold_back(plan, wanted.registrations, hold=not reread)
         self._against, self._wanted = actual, wanted.registrations
         return Decision(plan, wanted.skipped)
 
     def applied(self, plan: Plan, result: ApplyResult[Any]) -> None:
+        for sid in result.written:
+            if self._rejected.pop(sid, None) is not None:
+                self._rejections.forget(registration_item(sid), CONSUL_SINK)
+        if result.rejected:
+            sent = {reg.service_id: reg for reg in (*plan.create, *plan.update)}
+            self._rejected.update((sid, sent[sid]) for sid in result.rejected if sid in sent)
         if result.failed:
             return  # some writes may have landed: the record is read again
         actual = self._against
         for reg in plan.delete:  # everything was written: creates and updates are in
-            actual.pop(reg.service_id, None)  # `wanted`, the deletes are gone
-        self._actual = _settled(self._wanted, actual)
-        self._actual_is_last = len(self._actual) == len(self._wanted)
+            if reg.service_id not in result.rejected:  # `wanted`, the deletes are gone
+                actual.pop(reg.service_id, None)
+        settled = _settled(self._wanted, actual)
+        # Apart from what Consul rejected (not diffed again until it changes or a resync).
+        self._actual_is_last = len(settled) == len(self._wanted)
+        for sid in (*self._rejected, *result.rejected):  # Consul holds what it held
+            if sid in actual:
+                settled[sid] = actual[sid]
+            else:
+                settled.pop(sid, None)
+        self._actual = settled
+
+    def _hold_back(self, plan: Plan, wanted: Mapping[str, Registration], *, hold: bool) -> Plan:
+        """`plan` without (`hold`) the registrations Consul rejected as they are still
+        wanted; the rejections of registrations no longer wanted so are dropped."""
+        for sid, reg in list(self._rejected.items()):
+            if wanted.get(sid) != reg:
+                del self._rejected[sid]
+                self._rejections.forget(registration_item(sid), CONSUL_SINK)
+        held = self._rejected
+        if not (hold and held):
+            return plan
+        return Plan(tuple(r for r in plan.create if r.service_id not in held),
+                    tuple(r for r in plan.update if r.service_id not in held),
+                    plan.delete, plan.replaced)
+
+    def _report(self, refused: tuple[Refusal, ...]) -> None:
+        """What `desired` left out because Consul would refuse it: logged and counted once
+        while it lasts (each Service and reason is one item)."""
+        items = set()
+        for refusal in refused:
+            item = f"Service {refusal.service}: {refusal.reason}"
+            self._rejections.rejected(CONSUL_SINK, item, refusal.reason, refusal.message)
+            items.add(item)
+        for item in self._refusals - items:
+            self._rejections.forget(item, CONSUL_SINK)
+        self._refusals = items
 
 
 def _settled(wanted: MappingProxyType[str, Registration], actual: Mapping[str, Registration]

@@ -298,6 +298,6 @@ def test_cached_then_counted_down_then_stale_while_the_upstream_is_stopped(world
 def test_the_loop_was_logged_once(world):
     run = world["run"]
     run.stop()
-    stderr = run.p.stderr.read() if run.p.stderr else ""
+    stderr = run.stderr
     logged = [line for line in stderr.splitlines() if "forwarding loop" in line]
     assert len(logged) == 1, logged

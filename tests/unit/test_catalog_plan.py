@@ -311,7 +311,7 @@ def test_service_port_annotation_with_non_ascii_digits_is_a_port_name(value):
 
 def test_instance_without_ports_is_skipped_and_reported():
     svc = service(instances=(pod("10.0.0.1", "web-0", ports=()), pod("10.0.0.2", "web-1")))
-    found, skipped = registrations_for(svc, opts())
+    found, skipped, _ = registrations_for(svc, opts())
     assert [r.address for r in found] == ["10.0.0.2"]
     assert len(skipped) == 1 and "10.0.0.1" in skipped[0], skipped
 

@@ -9,51 +9,34 @@ from __future__ import annotations
 
 from bridge.testing.consul import render
 from bridge.testing.consul.acl import Authorizer
-from bridge.testing.consul.bexpr import NODE_SERVICE_FIELDS, compile_filter
+from bridge.testing.consul.bexpr import HEALTH_CHECK_FIELDS, NODE_SERVICE_FIELDS, compile_filter
 from bridge.testing.consul.catalog import (
     HEALTH_CRITICAL,
     HEALTH_PASSING,
     HEALTH_WARNING,
     check_type_of,
-    is_any_address,
     service_from_node_service,
-    weights_error,
 )
 from bridge.testing.consul.context import Api
 from bridge.testing.consul.decode import CHECK_UPDATE, SERVICE_DEFINITION, decode_request
-from bridge.testing.consul.errors import HTTPError, bad_request
+from bridge.testing.consul.errors import HTTPError, bad_request, server_error
 from bridge.testing.consul.protocol import Request, Response, empty_response, json_response
 from bridge.testing.consul.query import request_token
 from bridge.testing.consul.router import Route, route
 from bridge.testing.consul.state import Record
-from bridge.testing.consul.wire import format_duration, go_quote
-
-_VALID_STATUSES = (HEALTH_PASSING, HEALTH_WARNING, HEALTH_CRITICAL)
-_INTERVAL_KEYS = ("ScriptArgs", "HTTP", "TCP", "UDP", "GRPC", "H2PING", "OSService")
+from bridge.testing.consul.validation import (
+    VALID_STATUSES,
+    is_any_address,
+    service_meta_error,
+    validate_check_type,
+    weights_error,
+)
+from bridge.testing.consul.wire import SECOND, format_duration, go_quote
 
 
 def _authz(api: Api, req: Request) -> Authorizer:
     token, _ = request_token(req)
     return api.acl.resolve(token)
-
-
-def validate_check_type(check: Record) -> None:
-    """`CheckType.Validate`, with Consul's messages (reported as "Invalid check: ...")."""
-    interval_check = any(check.get(key) for key in _INTERVAL_KEYS)
-    alias = bool(check.get("AliasNode") or check.get("AliasService"))
-    interval, ttl = check.get("Interval", 0), check.get("TTL", 0)
-    if interval > 0 and ttl > 0:
-        raise ValueError("Interval and TTL cannot both be specified")
-    if interval_check and interval <= 0:
-        raise ValueError("Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks")
-    if interval_check and alias:
-        raise ValueError("Interval cannot be set for Alias checks")
-    if alias and ttl > 0:
-        raise ValueError("TTL must be not be set for Alias checks")
-    if not interval_check and not alias and ttl <= 0:
-        raise ValueError("TTL must be > 0 for TTL checks")
-    if check.get("OutputMaxSize", 0) < 0:
-        raise ValueError("MaxOutputMaxSize must be positive")
 
 
 def _agent_checks(api: Api, service: Record, check_types: list[Record]) -> list[Record]:
@@ -83,6 +66,7 @@ def _agent_checks(api: Api, service: Record, check_types: list[Record]) -> list[
                 "ExposedPort": 0,
                 "Definition": {},
                 "_explicit_status": bool(ctype.get("Status")),
+                "_ttl": ctype.get("TTL", 0) / SECOND,
             }
         )
     return out
@@ -98,13 +82,16 @@ def agent_service_register(api: Api, req: Request) -> Response:
     weights = body.get("Weights")
     if weights is not None and weights_error(weights) is not None:
         raise bad_request(f"Invalid Weights: {weights_error(weights)}")
+    meta_error = service_meta_error(body.get("Kind", ""), body.get("Meta"))
+    if meta_error is not None:
+        raise bad_request(f"Invalid Service Meta: {meta_error}")
     check_types = ([body["Check"]] if body.get("Check") else []) + [c for c in body.get("Checks") or [] if c]
     for ctype in check_types:
         try:
             validate_check_type(ctype)
         except ValueError as exc:
             raise bad_request(f"Invalid check: {exc}") from None
-        if ctype.get("Status") and ctype["Status"] not in _VALID_STATUSES:
+        if ctype.get("Status") and ctype["Status"] not in VALID_STATUSES:
             raise bad_request("Status for checks must 'passing', 'warning', 'critical'")
     node_service = {
         "Kind": body.get("Kind", ""),
@@ -192,6 +179,8 @@ def agent_service(api: Api, req: Request) -> Response:
 @route("/v1/agent/checks", "GET")
 def agent_checks(api: Api, req: Request) -> Response:
     authz = _authz(api, req)
+    # After the ACL filtering, as in Consul (a filter must not probe what the token cannot read).
+    predicate = compile_filter(req.get("filter"), HEALTH_CHECK_FIELDS)
     with api.store.lock:
         checks = dict(api.store.tables.agent_checks)
     out: dict[str, Record] = {}
@@ -205,7 +194,8 @@ def agent_checks(api: Api, req: Request) -> Response:
         if readable:
             rendered = render.health_check({**check, "CreateIndex": 0, "ModifyIndex": 0})
             del rendered["CreateIndex"], rendered["ModifyIndex"]
-            out[cid] = rendered
+            if predicate is None or predicate(rendered):
+                out[cid] = rendered
     return json_response(req, out)
 
 
@@ -221,6 +211,9 @@ def _update_check(api: Api, req: Request, check_id: str, status: str, output: st
         authz.require("service", check["ServiceName"], "write")
     else:
         authz.require("node", check["Node"], "write")
+    if not api.agent.has_ttl(check_id):
+        # `updateTTLCheck`: only a TTL check takes updates; the error is a plain 500.
+        raise server_error(f"CheckID {go_quote(check_id)} does not have associated TTL")
     with api.store.write() as txn:
         api.agent.update_check(txn, check_id, status, output)
     return empty_response()
@@ -245,9 +238,33 @@ def agent_check_fail(api: Api, req: Request) -> Response:
 def agent_check_update(api: Api, req: Request) -> Response:
     body = decode_request(req.body, CHECK_UPDATE)
     status = body.get("Status", "")
-    if status not in _VALID_STATUSES:
+    if status not in VALID_STATUSES:
         raise bad_request(f"Invalid check status: '{status}'")
     return _update_check(api, req, req.path.removeprefix("/v1/agent/check/update/"), status, body.get("Output", ""))
+
+
+def _stats(api: Api) -> dict[str, dict[str, str]]:
+    """`Agent.Stats`: sections of string values; the numbers are the agent's own."""
+    with api.store.lock:
+        services = len(api.store.tables.agent_services)
+        checks = api.store.tables.agent_checks
+        ttls = sum(1 for cid in checks if api.agent.has_ttl(cid))
+        total = len(checks)
+    cfg = api.config
+    return {
+        "agent": {"check_monitors": "0", "check_ttls": str(ttls), "checks": str(total), "services": str(services)},
+        "build": {"prerelease": "", "revision": "fake", "version": cfg.version, "version_metadata": ""},
+        "consul": {
+            "acl": "enabled" if api.acl.enabled else "disabled",
+            "bootstrap": "true",
+            "known_datacenters": "1",
+            "leader": str(api.faults.known_leader).lower(),
+            "leader_addr": f"{cfg.node_address}:8300",
+            "server": "true",
+        },
+        "runtime": {"arch": "amd64", "cpu_count": "1", "goroutines": "1", "max_procs": "1", "os": "linux",
+                    "version": "go1.22"},
+    }
 
 
 @route("/v1/agent/self", "GET")
@@ -282,7 +299,7 @@ def agent_self(api: Api, req: Request) -> Response:
             "DelegateMax": 5,
             "DelegateCur": 4,
         },
-        "Stats": {"agent": {"check_monitors": "0", "services": "0"}, "consul": {"server": "true", "leader": "true"}},
+        "Stats": _stats(api),
         "Meta": {"consul-network-segment": "", "consul-version": cfg.version},
         "xDS": None,
     }

@@ -18,14 +18,12 @@ from bridge.testing.consul.catalog import (
     changes_node,
     check_from_request,
     index_for_service,
-    is_any_address,
     lookup_node,
     service_from_node_service,
     services_named,
     services_on_node,
     sorted_nodes,
     tag_filter_passes,
-    validate_node_id,
 )
 from bridge.testing.consul.context import Api
 from bridge.testing.consul.decode import DEREGISTER_REQUEST, REGISTER_REQUEST, decode_request
@@ -46,6 +44,7 @@ from bridge.testing.consul.query import (
 )
 from bridge.testing.consul.router import Route, route
 from bridge.testing.consul.state import Record, Tables
+from bridge.testing.consul.validation import is_any_address, validate_node_id
 
 CONSUL_SERVICE = "consul"
 

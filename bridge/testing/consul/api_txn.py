@@ -1,9 +1,10 @@
 """/v1/txn: atomic multi-operation transactions over KV, nodes, services and checks.
 
 Mirrors agent/txn_endpoint.go, agent/consul/txn_endpoint.go and state/txn.go: the body
-is a list of `{"KV"|"Node"|"Service"|"Check": {...}}`; more than the configured number of
-operations is 413; every operation is pre-checked (validation + ACL) and then applied in
-one state transaction; any failure rolls back everything and answers 409 with
+is a list of `{"KV"|"Node"|"Service"|"Check": {...}}`; a body over `txn_max_req_len` or
+more than the configured number of operations is 413; every operation is pre-checked
+(validation + ACL) and then applied in one state transaction; any failure rolls back
+everything and answers 409 with
 `{"Results": null, "Errors": [{"OpIndex", "What"}]}`. A transaction with no writes takes
 Consul's read-only path, whose response also carries the QueryMeta fields.
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from bridge.testing.consul import render
 from bridge.testing.consul.acl import Authorizer
-from bridge.testing.consul.catalog import is_any_address, service_from_node_service, validate_node_id
+from bridge.testing.consul.catalog import service_from_node_service
 from bridge.testing.consul.context import Api
 from bridge.testing.consul.decode import TXN_OP, DecodeError, decode_list, parse_json
 from bridge.testing.consul.errors import ApplyError, HTTPError, bad_request
@@ -28,6 +29,7 @@ from bridge.testing.consul.query import parse_options, request_token, require_da
 from bridge.testing.consul.router import Route, route
 from bridge.testing.consul.sessions import kv_cas, kv_delete, kv_delete_cas, kv_delete_tree, kv_lock, kv_set, kv_unlock
 from bridge.testing.consul.state import Record, Tables, WriteTxn, cas_allows, index_matches
+from bridge.testing.consul.validation import is_any_address, validate_node_id
 from bridge.testing.consul.wire import go_quote
 
 KV_MAX_VALUE_SIZE = 512 * 1024
@@ -410,6 +412,10 @@ def _results_json(results: list[Result]) -> list[Record]:
 
 @route("/v1/txn", "PUT")
 def txn_endpoint(api: Api, req: Request) -> Response:
+    # convertOps: the body's size is checked before it is decoded.
+    max_len = max(api.config.txn_max_req_len, KV_MAX_VALUE_SIZE)
+    if len(req.body) > max_len:
+        raise HTTPError(413, f"Request body too large, max size: {max_len} bytes")
     try:
         decoded = decode_list(parse_json(req.body), TXN_OP, "api.TxnOps")
     except DecodeError as exc:

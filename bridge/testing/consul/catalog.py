@@ -24,7 +24,6 @@ the primary key, i.e. node then ID), sorting only the few keys they select.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from bridge.testing.consul.errors import ApplyError
@@ -35,14 +34,13 @@ from bridge.testing.consul.sessions import (
     sessions_for_node,
 )
 from bridge.testing.consul.state import PairKey, Record, Tables, WriteTxn
+from bridge.testing.consul.validation import service_meta_error, weights_error
 from bridge.testing.consul.wire import format_duration, go_quote
 
 EXTINCTION = "service_last_extinction"
 NODE_EXTINCTION = "node_last_extinction"
 HEALTH_PASSING, HEALTH_WARNING, HEALTH_CRITICAL = "passing", "warning", "critical"
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_ANY_ADDRESSES = {"0.0.0.0", "::", "[::]"}
 
 
 class Catalog:
@@ -105,10 +103,15 @@ class Catalog:
     # -- services ----------------------------------------------------------------
 
     def ensure_service(self, txn: WriteTxn, node: str, service: Record) -> None:
-        """`ensureServiceTxn`: upsert one service instance; identical writes are no-ops."""
+        """`ensureServiceTxn`: upsert one service instance; identical writes are no-ops.
+        Refuses meta that `structs.ValidateServiceMetadata` refuses."""
         tables = txn.tables
         key = (node.lower(), service["ServiceID"].lower())
         existing = tables.services.get(key)
+        # Before the node check, as in Consul: meta is vetted on every write path.
+        meta_error = service_meta_error(service.get("ServiceKind", ""), service.get("ServiceMeta"))
+        if meta_error is not None:
+            raise ApplyError(f"Invalid Service Meta for node {node} and serviceID {service['ServiceID']}: {meta_error}")
         if node.lower() not in tables.nodes:
             raise ApplyError("Missing node registration")
         entry = {**service, "Node": node}
@@ -294,20 +297,6 @@ def _unfile_check(tables: Tables, key: PairKey, check: Record) -> None:
 # ---------------------------------------------------------------------------
 
 
-def validate_node_id(node_id: str) -> None:
-    """`nodePreApply`'s UUID check, with go-uuid's error text."""
-    if not node_id:
-        return
-    if len(node_id) != 36:
-        raise ValueError("Bad node ID: uuid string is wrong length")
-    if not _UUID_RE.match(node_id):
-        raise ValueError("Bad node ID: uuid is improperly formatted")
-
-
-def is_any_address(address: str) -> bool:
-    return address in _ANY_ADDRESSES
-
-
 def node_from_request(req: Record) -> Record:
     return {
         "ID": req.get("ID", ""),
@@ -373,18 +362,6 @@ def service_from_node_service(ns: Record) -> Record:
         "ServiceConnect": ns.get("Connect") or {},
         "ServiceLocality": ns.get("Locality"),
     }
-
-
-def weights_error(weights: Record) -> str | None:
-    """`ValidateWeights`: the message for invalid DNS weights, or None."""
-    passing, warning = weights.get("Passing", 0), weights.get("Warning", 0)
-    if passing < 1:
-        return "Passing must be greater than 0"
-    if warning < 0:
-        return "Warning must be greater or equal than 0"
-    if passing > 65535 or warning > 65535:
-        return "DNS Weight must be between 0 and 65535"
-    return None
 
 
 _DEFINITION_DURATIONS = ("Interval", "Timeout", "DeregisterCriticalServiceAfter")

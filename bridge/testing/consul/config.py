@@ -23,6 +23,8 @@ class AgentConfig:
     jitter: bool = True
     # /v1/txn operation limit: 128 in current releases, 64 in older ones.
     max_txn_ops: int = 128
+    # /v1/txn body limit: txn_max_req_len (kv_max_value_size if larger), 512 KiB by default.
+    txn_max_req_len: int = 512 * 1024
     # Server option session_ttl_min (Consul's default is 10s); tests may lower it.
     session_ttl_min_ns: int = 10 * SECOND
     session_ttl_max_ns: int = 24 * 60 * MINUTE

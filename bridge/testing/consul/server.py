@@ -93,7 +93,7 @@ class ConsulServer:
             config=self.config,
             store=self.state,
             catalog=catalog,
-            agent=Agent(self.config, self.state, catalog),
+            agent=Agent(self.config, self.state, catalog, clock),
             acl=self.acl,
             faults=self.faults,
             requests=self.requests,
@@ -134,6 +134,7 @@ class ConsulServer:
         self.faults.cancel_timers()
         self._transport.stop()
         self.api.session_timers.stop()
+        self.api.agent.stop()
 
     def __enter__(self) -> Self:
         return self.start() if not self._started else self

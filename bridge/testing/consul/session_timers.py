@@ -1,4 +1,4 @@
-"""TTL expiry for sessions: one thread sleeping on a Condition until the next deadline.
+"""TTL expiry for sessions.
 
 Consul invalidates a TTL session once it has gone unrenewed for TTL x 2 (its
 SessionTTLMultiplier; the contract only promises "not before TTL"). Invalidation is
@@ -8,9 +8,9 @@ blocked readers wake exactly as for an explicit destroy.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
+from bridge.testing.consul.deadlines import Deadlines
 from bridge.testing.timers import SYSTEM, Clock
 
 SESSION_TTL_MULTIPLIER = 2
@@ -18,45 +18,14 @@ SESSION_TTL_MULTIPLIER = 2
 
 class SessionTimers:
     def __init__(self, expire: Callable[[str], None], clock: Clock = SYSTEM) -> None:
-        self._expire = expire
-        self._clock = clock
-        self._cond = threading.Condition()
-        self._deadlines: dict[str, float] = {}
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="consul-fake-session-ttl", daemon=True)
-        self._thread.start()
+        self._deadlines: Deadlines[str] = Deadlines(expire, clock, name="consul-fake-session-ttl")
 
     def reset(self, session_id: str, ttl_seconds: float) -> None:
         """(Re)arm a session's timer, as create and renew do."""
-        with self._cond:
-            self._deadlines[session_id] = self._clock.now() + ttl_seconds * SESSION_TTL_MULTIPLIER
-            self._cond.notify()
+        self._deadlines.arm(session_id, ttl_seconds * SESSION_TTL_MULTIPLIER)
 
     def cancel(self, session_id: str) -> None:
-        with self._cond:
-            self._deadlines.pop(session_id, None)
+        self._deadlines.cancel(session_id)
 
     def stop(self, timeout: float = 2.0) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopped:
-                    now = self._clock.now()
-                    due = [sid for sid, deadline in self._deadlines.items() if deadline <= now]
-                    if due:
-                        for sid in due:
-                            del self._deadlines[sid]
-                        break
-                    # With nothing armed, only reset() or stop() can give us work.
-                    wait = min(self._deadlines.values(), default=None)
-                    self._clock.wait(self._cond, None if wait is None else wait - now)
-                if self._stopped:
-                    return
-            # Expire outside our lock: the store takes its own lock for the write.
-            for sid in due:
-                self._expire(sid)
+        self._deadlines.stop(timeout)
