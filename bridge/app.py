@@ -193,7 +193,9 @@ class App:
         if self.kube_client is not None:
             if not self.kube.synced:
                 missing.append("kubernetes list")
-            missing.extend(self.kube_client.access.problems())
+            # A refused Lease is the leader election's to report: a warning, since a
+            # replica that cannot lead still answers DNS (see `self.ha.problems`).
+            missing.extend(self.kube_client.access.problems(but=("leases",)))
         if self.consul is not None and not self.consul.synced:
             missing.append("consul list")
         missing += self.ha.waiting_for()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,11 @@ class Access:
                 return
         log.info("kubernetes now allows %s", request)
 
-    def problems(self) -> list[str]:
+    def problems(self, *, but: Collection[str] = ()) -> list[str]:
         """One line per refused request, e.g. 'kubernetes refused list services in all
-        namespaces: HTTP 403: services is forbidden: ...'; empty when none is refused."""
+        namespaces: HTTP 403: services is forbidden: ...'; empty when none is refused.
+        Requests on the resources in `but` are left out (their owner reports them)."""
         with self._lock:
             held = sorted(self._refused.items(), key=lambda item: str(item[0]))
-        return [f"kubernetes refused {request}: {text}" for request, text in held]
+        return [f"kubernetes refused {request}: {text}" for request, text in held
+                if request.resource not in but]
