@@ -191,7 +191,9 @@ def test_an_idle_sidecar_only_reissues_blocking_queries_whose_wait_expired(regis
     only after its wait expired without a change; nothing polls and nothing is written."""
     consul = registered.consul_url
     names = sorted(http("GET", consul + "/v1/catalog/services"))
-    expected = {"/v1/catalog/services", *(f"/v1/health/service/{name}" for name in names)}
+    # The catalog, each service, and the clusters' claims (who is alive: bridge/ha/clusters.py).
+    expected = {"/v1/catalog/services", "/v1/kv/bridge/clusters/",
+                *(f"/v1/health/service/{name}" for name in names)}
     assert {"/v1/health/service/cart", "/v1/health/service/billing"} <= expected
     with UpstreamServer() as upstream:
         sidecar = start_sidecar(consul, upstream.address, tmp_path,
