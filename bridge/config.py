@@ -1,5 +1,9 @@
 """Settings: every knob of the bridge, its default, and the one place they are read.
 
+Longer than our other modules on purpose: it is the one schema (each setting, its default,
+its check and its line in `config/bridge.yaml`), and a setting split from its neighbours
+would be a setting two files must agree on.
+
 Layers, lowest to highest: the defaults below, a YAML file (`--config`), environment
 variables, command-line flags. The result is one frozen `Settings` built at start-up and
 passed down; no other module reads the environment. Each field's `why` is the text

@@ -1,5 +1,8 @@
 """Which Consul registrations a Kubernetes snapshot asks for: consul-k8s's rules, per type.
 
+Somewhat over our 600-line mark: the per-type rules, the annotations and Consul's limits on
+what they produce decide one registration together, and are read side by side.
+
 PURE. Users must be able to move from consul-k8s catalog sync without relabelling, so the
 annotations, names, IDs, tags, meta and per-type address choices follow it:
 

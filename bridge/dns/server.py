@@ -1,5 +1,9 @@
 """The DNS transport: UDP and TCP listeners answering from the current `Table`.
 
+Over our 600-line mark: the UDP and TCP loops share one per-query path (`_handle`: table,
+cache, recursion check, autopath, forwarding) and its per-thread counters; the TCP
+connection handling (the last third) is the candidate to move out next.
+
 `DnsServer` serves the table of the catalog it was last given (`publish`) on the sockets
 it binds in `start()` (`listeners.py`) or is handed by `workers.py`; questions outside our
 zones are answered from the cache (`cache.py`) or go to the forwarder (`forwarder.py`) for
