@@ -11,6 +11,7 @@ project (tests, the `bridge fake-consul` CLI) uses:
     server.faults.no_leader(count=1)     # fault injection
     server.requests.records()            # what clients sent (tokens redacted)
     server.acl.create_token({...})       # with acl_master_token set
+    ConsulServer(tls=True, verify_incoming=True).start().tls.write(directory)   # HTTPS (tls.py)
     server.config.max_txn_ops = 64       # AgentConfig fields may be changed while running
     ConsulServer(clock=ManualClock())    # time-driven behaviour on a clock the test moves
     server.stop()
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
@@ -47,6 +49,7 @@ from bridge.testing.consul.query import request_token
 from bridge.testing.consul.router import Router
 from bridge.testing.consul.session_timers import SessionTimers
 from bridge.testing.consul.state import Store
+from bridge.testing.consul.tls import ConsulTLS, default_names
 from bridge.testing.consul.transport import Transport
 from bridge.testing.consul.wire import SECOND
 from bridge.testing.timers import SYSTEM, Clock
@@ -71,7 +74,12 @@ class ConsulServer:
         session_ttl_min: float = 10.0,
         version: str = "1.22.0",
         clock: Clock = SYSTEM,
+        tls: bool = False,
+        verify_incoming: bool = False,
+        tls_names: Sequence[str] = (),
     ) -> None:
+        if (verify_incoming or tls_names) and not tls:
+            raise ValueError("verify_incoming and tls_names need tls=True")
         self.host = host
         node_address = "127.0.0.1" if host in _UNSPECIFIED_HOSTS else host.strip("[]")
         self.config = AgentConfig(
@@ -109,7 +117,9 @@ class ConsulServer:
             *api_misc.ROUTES,
         ]
         self.router = Router(self.api, routes)
-        self._transport = Transport(host, port, self._handle)
+        self.tls = ConsulTLS(tls_names or default_names(host, datacenter), datacenter=datacenter,
+                             verify_incoming=verify_incoming) if tls else None
+        self._transport = Transport(host, port, self._handle, self.tls.server_context() if self.tls else None)
         self.faults.attach_outage_hooks(self._transport.close_listener, self._transport.reopen)
         self._stopping = threading.Event()
         self._started = False
@@ -152,7 +162,7 @@ class ConsulServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._transport.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self._transport.port}"
 
     # -- test hooks ---------------------------------------------------------------------
 
