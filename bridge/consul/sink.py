@@ -21,7 +21,7 @@ from bridge.catalog.plan import Plan, Registration
 from bridge.catalog.sink import ApplyResult
 from bridge.consul.client import ConsulClient
 from bridge.consul.objects import iter_plan_operations, node_operation, registrations_on_node
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, Denied
 from bridge.retry import Backoff, Stopped, retrying
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,9 @@ class ConsulSink:
             return
         except BridgeError as exc:
             WRITE_ERRORS.inc(len(members))
-            log.error("consul write of %d registrations failed: %s", len(members), exc)
+            # A refusal (TLS, a missing permission) was logged once by the client already.
+            log.log(logging.DEBUG if isinstance(exc, Denied) else logging.ERROR,
+                    "consul write of %d registrations failed: %s", len(members), exc)
             for item, _ in members:
                 result.failed[item.service_id] = str(exc)
             return

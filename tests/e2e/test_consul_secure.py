@@ -5,9 +5,14 @@ The test servers and the bridge run as subprocesses, as a user would start them.
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+from pathlib import Path
+
 import consul as pyconsul
 import pytest
 
+from tests.conftest import eventually
 from tests.e2e.proc import Proc
 
 
@@ -37,3 +42,75 @@ def test_tls_flags_without_tls_exit_2_naming_the_flag(flag):
         code = proc.p.wait(timeout=30)
     assert code == 2
     assert f"invalid setting {flag[0]}=" in proc.stderr and "needs --tls" in proc.stderr
+
+
+DEMO_SERVICES = Path(__file__).resolve().parents[2] / "bridge" / "demo" / "kubernetes.yaml"
+
+
+@pytest.fixture
+def kube(tmp_path):
+    proc = Proc("fake-k8s", "--listen", "127.0.0.1:0", "--load", str(DEMO_SERVICES),
+                "--write-kubeconfig", str(tmp_path / "kubeconfig"))
+    proc.expect("fake-k8s listening")
+    try:
+        yield tmp_path / "kubeconfig"
+    finally:
+        proc.stop()
+
+
+def _consul_client(url: str, tls: Path) -> pyconsul.Consul:
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    return pyconsul.Consul(host=host, port=int(port), scheme="https", verify=str(tls / "ca.pem"),
+                           cert=(str(tls / "client.pem"), str(tls / "client-key.pem")))
+
+
+def _run_bridge(kubeconfig: Path, consul_url: str, env: dict[str, str]) -> tuple[Proc, int]:
+    run = Proc("run", "--kubeconfig", str(kubeconfig), "--consul-addr", consul_url, "--cluster-id", "east",
+               "--dns-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", env=env)
+    port = int(run.expect(r"http listening on 127\.0\.0\.1:(\d+)").group(1))
+    return run, port
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_bridge_syncs_over_mutual_tls(tmp_path, kube):
+    consul, url = _consul_with_tls(tmp_path)
+    tls = tmp_path / "tls"
+    env = {"CONSUL_CACERT": str(tls / "ca.pem"), "CONSUL_CLIENT_CERT": str(tls / "client.pem"),
+           "CONSUL_CLIENT_KEY": str(tls / "client-key.pem")}
+    with consul:
+        run, port = _run_bridge(kube, url, env)
+        with run:
+            client = _consul_client(url, tls)
+            eventually(lambda: "php-apache-svc" in client.catalog.services()[1], 30,
+                       "php-apache-svc registered in Consul over mutual TLS")
+            eventually(lambda: _readyz(port)[0] == 200, 30, "/readyz 200")
+            assert run.stop() == 0
+        assert "Traceback" not in run.stderr, run.stderr
+
+
+def test_bridge_without_client_certificate_says_so_once_and_is_not_ready(tmp_path, kube):
+    consul, url = _consul_with_tls(tmp_path)
+    tls = tmp_path / "tls"
+    with consul:
+        run, port = _run_bridge(kube, url, {"CONSUL_CACERT": str(tls / "ca.pem")})
+        with run:
+            eventually(lambda: "sent no client certificate" in run.stderr, 30, "the TLS refusal logged")
+            # Stopped only once the Kubernetes side has listed: a reflector still connecting
+            # when the process exits can abort the interpreter (a daemon thread in connect()).
+            eventually(lambda: "kubernetes list" not in _readyz(port)[1], 30, "the Kubernetes side listed")
+            status, body = _readyz(port)
+            assert status == 503, body
+            assert "consul list" in body, body
+            assert run.stop() == 0, run.stderr[-5000:]
+        # The loops retried all along (a certificate may be mounted); the reason was logged once.
+        lines = [line for line in run.stderr.splitlines() if "client certificate" in line]
+        assert len(lines) == 1, run.stderr
+        assert "CONSUL_CLIENT_CERT" in lines[0] and "consul.client_key" in lines[0], lines[0]
+        assert "Traceback" not in run.stderr
