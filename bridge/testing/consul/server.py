@@ -26,6 +26,8 @@ from types import TracebackType
 from typing import Self
 
 from bridge.testing.consul import (
+    acl_login,
+    api_acl,
     api_agent,
     api_catalog,
     api_health,
@@ -95,7 +97,7 @@ class ConsulServer:
         self.state = Store(clock=clock)
         self.faults = Faults(self.state, clock)
         self.requests = RequestLog()
-        self.acl = AclRegistry(acl_master_token, default_policy=acl_default_policy)
+        self.acl = AclRegistry(acl_master_token, default_policy=acl_default_policy, clock=clock)
         catalog = Catalog(self.state.lock_delays)
         self.api = Api(
             config=self.config,
@@ -115,6 +117,8 @@ class ConsulServer:
             *api_session.ROUTES,
             *api_txn.ROUTES,
             *api_misc.ROUTES,
+            *api_acl.ROUTES,
+            *acl_login.ROUTES,
         ]
         self.router = Router(self.api, routes)
         self.tls = ConsulTLS(tls_names or default_names(host, datacenter), datacenter=datacenter,
