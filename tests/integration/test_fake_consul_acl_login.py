@@ -59,8 +59,8 @@ def put(target: ConsulTarget, path: str, body: dict) -> dict:
 
 def auth_method(kube: KubeAPIServer, reviewer: str | None = None) -> dict:
     body = json.loads((DEPLOY / "auth-method.json").read_text())
-    body["Config"] = {"Host": kube.url, "CACert": kube.ca_pem.decode(),
-                      "ServiceAccountJWT": reviewer or kube.service_account_token("bridge", "bridge-consul-auth-method")}
+    reviewer = reviewer or kube.service_account_token("bridge", "bridge-consul-auth-method")
+    body["Config"] = {"Host": kube.url, "CACert": kube.ca_pem.decode(), "ServiceAccountJWT": reviewer}
     return body
 
 
