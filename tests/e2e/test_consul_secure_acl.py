@@ -88,7 +88,7 @@ def test_central_syncs_and_sidecar_reads_with_the_shipped_policies(consul, kubec
     sidecar = token_for(consul, "bridge-sidecar", (DEPLOY / "sidecar-policy.hcl").read_text())
     run, port = run_bridge(kubeconfig, consul, central["SecretID"])
     with run:
-        eventually(lambda: "php-apache-svc" in registered(consul), 30, "php-apache-svc registered by the central bridge")
+        eventually(lambda: "php-apache-svc" in registered(consul), 30, "registered by the central bridge")
         eventually(lambda: addresses(port, "billing.consul.svc.cluster.local") == {"192.0.2.21", "192.0.2.22"}, 30,
                    "the central bridge answering what it read from Consul")
         # The reader's own cluster is empty: what it answers can only come from Consul.
