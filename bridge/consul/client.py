@@ -31,6 +31,7 @@ from urllib3.poolmanager import PoolManager
 
 from bridge.config import ConsulSettings, token
 from bridge.consul.access import TLS, ConsulAccess
+from bridge.consul.login import LOGIN, ConsulLogin
 from bridge.errors import Conflict, Denied, Rejected, Transient
 
 if TYPE_CHECKING:  # urllib3 defines them for type checkers only
@@ -108,6 +109,10 @@ class ConsulClient:
         self.access = ConsulAccess()
         # Set by a login (login.py): gives the token to use, and replaces one Consul lost.
         self.credentials: Credentials | None = None
+        self.login: ConsulLogin | None = None
+        if settings.auth_method:
+            self.login = ConsulLogin(self, settings)
+            self.credentials = self.login
         self._reads = _CuttableAdapter(settings.tls_server_name)
         self._writes = _CuttableAdapter(settings.tls_server_name)
         self._c = self._connect(settings, self._reads)
@@ -200,6 +205,31 @@ class ConsulClient:
         self.access.allowed(TLS)
         self.access.allowed(_kind(what))
         return result
+
+    def acl_login(self, method: str, bearer_token: str) -> tuple[str, str]:
+        """`/v1/acl/login` through auth method `method`: the new token's (secret, accessor).
+        Raises Denied if Consul refuses the login (logged once), Transient if it cannot be asked."""
+        try:
+            answer = self._call_once(LOGIN, self._w.acl.login, method, bearer_token)
+        except TokenLost as exc:  # here: Consul does not know the auth method
+            message = _redact(str(exc).removeprefix(f"{LOGIN}: ").removesuffix(" (the token is unknown to Consul)"),
+                              bearer_token)
+            self.access.refused(LOGIN, message)
+            raise Denied(f"{LOGIN}: {message}") from None
+        except Transient as exc:
+            message = _redact(str(exc), bearer_token)
+            if not re.match(rf"{LOGIN}: 5\d\d ", message):
+                raise Transient(message, exc.retry_after) from None
+            # The auth method's validator refused the bearer token (Consul answers 500).
+            self.access.refused(LOGIN, message.removeprefix(f"{LOGIN}: "))
+            raise Denied(message) from None
+        if not isinstance(answer, dict) or not answer.get("SecretID"):
+            raise Transient(f"{LOGIN}: no token in the answer")
+        return str(answer["SecretID"]), str(answer.get("AccessorID") or "")
+
+    def acl_logout(self, secret: str) -> None:
+        """`/v1/acl/logout` of the login token `secret`."""
+        self._call_once("acl logout", self._w.acl.logout, secret)
 
     def services(self, index: int | None, *, not_on_node: str = "") -> tuple[int, dict[str, list[str]]]:
         """Blocking read of every service name and its tags; with `not_on_node`, only the

@@ -20,6 +20,7 @@ from bridge.testing.kube import KubeAPIServer
 from tests.conftest import eventually
 from tests.e2e.proc import Proc
 from tests.integration import conftest_consul
+from tests.integration import test_fake_consul_acl_login as setup
 from tests.integration.conftest_consul import ConsulTarget
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
@@ -120,3 +121,45 @@ def test_a_missing_rule_is_reported_in_consuls_words_and_nothing_is_deleted(cons
     lines = [line for line in run.stderr.splitlines() if "consul refused" in line]
     assert len(lines) == 1, run.stderr
 
+
+
+SECOND_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: second-svc, namespace: default}
+spec:
+  clusterIP: None
+  selector: {app: php-apache}
+  ports: [{name: http, port: 80, targetPort: 80, protocol: TCP}]
+"""
+
+
+def login_tokens(consul: ConsulTarget) -> list[str]:
+    tokens = consul.http("GET", "/v1/acl/tokens?authmethod=bridge-kubernetes", headers=ROOT).json()
+    return [t["AccessorID"] for t in tokens]
+
+
+def test_bridge_logs_in_with_its_service_account_and_replaces_a_deleted_token(consul, tmp_path) -> None:
+    with KubeAPIServer(tls=True) as kube:
+        kube.load_manifests([DEMO / "kubernetes.yaml", setup.NAMESPACE, DEPLOY / "auth-method-rbac.yaml"])
+        bearer = kube.write_service_account(tmp_path / "serviceaccount", "bridge", "bridge") / "token"
+        consul.http("PUT", "/v1/acl/policy", {"Name": "bridge-central-east", "Rules": central_rules()}, headers=ROOT)
+        assert consul.http("PUT", "/v1/acl/auth-method", setup.auth_method(kube), headers=ROOT).status == 200
+        rule = (DEPLOY / "binding-rule-central.json").read_text().replace("CLUSTER_ID", "east")
+        assert consul.http("PUT", "/v1/acl/binding-rule", rule, headers=ROOT).status == 200
+        assert consul.fake is not None
+        run = Proc("run", "--consul-addr", consul.fake.url, "--cluster-id", "east", "--kubeconfig",
+                   str(kube.write_kubeconfig(tmp_path / "kubeconfig")), "--dns-listen", "127.0.0.1:0",
+                   "--http-listen", "127.0.0.1:0",
+                   env={"BRIDGE_CONSUL_AUTH_METHOD": "bridge-kubernetes", "BRIDGE_DNS_WORKERS": "0",
+                        "BRIDGE_CONSUL_LOGIN_BEARER_TOKEN_FILE": str(bearer)})
+        with run:
+            eventually(lambda: "php-apache-svc" in registered(consul), 30, "registered with the login's token")
+            [first] = login_tokens(consul)
+            assert consul.http("DELETE", f"/v1/acl/token/{first}", headers=ROOT).status == 200
+            kube.load_manifests(SECOND_SERVICE)
+            eventually(lambda: "second-svc" in registered(consul), 30, "a write after the token was deleted")
+            assert login_tokens(consul) not in ([], [first]), "no new login replaced the deleted token"
+            assert run.stop() == 0
+        assert f"consul no longer knows the login token {first}" in run.stderr, run.stderr
+        assert bearer.read_text().strip() not in run.stderr
