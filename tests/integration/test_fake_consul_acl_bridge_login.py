@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from bridge import config
 from bridge.config import ConsulSettings
 from bridge.consul.client import ConsulClient
-from bridge.errors import Denied
+from bridge.errors import ConfigError, Denied
 from tests.integration import test_fake_consul_acl_login as setup
 from tests.integration.conftest_consul import ConsulTarget
 
@@ -106,3 +107,8 @@ def test_an_unknown_auth_method_is_a_refusal_not_a_lost_token(consul, bearer, ku
                                      'not found']
     finally:
         client.close()
+
+
+def test_auth_method_and_a_fixed_token_do_not_go_together() -> None:
+    with pytest.raises(ConfigError, match=r"consul\.auth_method.*leave consul\.token and consul\.token_file empty"):
+        config.build(environ={"BRIDGE_CONSUL_AUTH_METHOD": "bridge-kubernetes", "CONSUL_HTTP_TOKEN": "t"})

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from bridge import config
 from bridge.config import ConsulSettings
 from bridge.consul.client import ConsulClient
-from bridge.errors import Denied
+from bridge.errors import ConfigError, Denied
 from tests.integration import conftest_consul
 
 
@@ -88,3 +89,17 @@ def test_tls_server_name_checks_the_certificate_against_that_name(tmp_path: Path
         finally:
             for client in (plain, named, wrong):
                 client.close()
+
+
+def test_tls_settings_come_from_the_consul_cli_variables() -> None:
+    settings = config.build(environ={"CONSUL_HTTP_ADDR": "consul.example:8501", "CONSUL_HTTP_SSL": "true",
+                                     "CONSUL_CACERT": "/ca.pem", "CONSUL_CLIENT_CERT": "/c.pem",
+                                     "CONSUL_CLIENT_KEY": "/k.pem", "CONSUL_TLS_SERVER_NAME": "server.dc1.consul"})
+    consul = settings.consul
+    assert (consul.address, consul.ca_cert, consul.client_cert, consul.client_key, consul.tls_server_name) == (
+        "https://consul.example:8501", "/ca.pem", "/c.pem", "/k.pem", "server.dc1.consul")
+
+
+def test_a_client_key_without_its_certificate_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"consul\.client_key.*needs consul\.client_cert"):
+        config.build(environ={"CONSUL_CLIENT_KEY": "/k.pem"})
