@@ -180,7 +180,7 @@ class ConsulClient:
             result = fn(*args, **kwargs)
         except ACLPermissionDenied as exc:
             message = _redact(str(exc), self._token)
-            if "ACL not found" in message:
+            if "ACL not found" in message and self.credentials is not None:  # a login replaces it
                 raise TokenLost(f"{what}: {message} (the token is unknown to Consul)") from None
             self.access.refused(_kind(what), message)
             raise Denied(f"{what}: {message}") from None

@@ -113,3 +113,17 @@ def test_the_sidecar_policy_reads_and_writes_nothing(consul) -> None:
     finally:
         writer.close()
         reader.close()
+
+
+def test_a_fixed_token_consul_does_not_know_is_refused_and_logged_once(consul, caplog) -> None:
+    assert consul.fake is not None
+    client = ConsulClient(ConsulSettings(address=consul.fake.url, token="0d4c2b1a-0000-4000-8000-00000000dead"))
+    try:
+        for _ in range(3):
+            with pytest.raises(Denied, match="catalog services: ACL not found"):
+                client.services(None)
+        assert client.problems() == ["consul refused catalog services: ACL not found"]
+        assert caplog.text.count("consul refused catalog services: ACL not found") == 1
+        assert "0d4c2b1a-0000-4000-8000-00000000dead" not in caplog.text
+    finally:
+        client.close()
