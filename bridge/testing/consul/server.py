@@ -10,7 +10,7 @@ project (tests, the `bridge fake-consul` CLI) uses:
     server.state.index                   # the store (snapshot/restore/reset_index)
     server.faults.no_leader(count=1)     # fault injection
     server.requests.records()            # what clients sent (tokens redacted)
-    server.acl.create_token({...})       # with acl_master_token set
+    server.acl.create_token({...})       # with acl_master_token set (or /v1/acl/policy, /v1/acl/token)
     ConsulServer(tls=True, verify_incoming=True).start().tls.write(directory)   # HTTPS (tls.py)
     server.config.max_txn_ops = 64       # AgentConfig fields may be changed while running
     ConsulServer(clock=ManualClock())    # time-driven behaviour on a clock the test moves
