@@ -229,3 +229,12 @@ def test_an_expired_token_is_not_found() -> None:
         clock.advance(61)
         expired = target.http("GET", "/v1/catalog/services", headers=as_token(t["SecretID"]))
         assert (expired.status, expired.text) == (403, "ACL not found")
+
+
+def test_default_allow_does_not_extend_to_acl_management() -> None:
+    # acl/static_authorizer.go: the allow-all authorizer allows everything but manages nothing.
+    with conftest_consul.fake_consul(acl_master_token=MASTER, acl_default_policy="allow") as fake:
+        target = conftest_consul.fake_target(fake)
+        assert target.http("PUT", "/v1/kv/anything", "v").status == 200
+        response = target.http("GET", "/v1/acl/policies")
+        assert (response.status, response.text) == (403, "Permission denied")

@@ -122,7 +122,9 @@ class Authorizer:
                 best = prefix
         if best is not None:
             return LEVELS[prefixes[best]]
-        return LEVELS["write"] if self.default_policy == "allow" else LEVELS["deny"]
+        # The default "allow" authorizer manages nothing: ACL reads and writes need a rule.
+        allow = self.default_policy == "allow" and resource != "acl"
+        return LEVELS["write"] if allow else LEVELS["deny"]
 
     def allowed(self, resource: str, name: str, access: str) -> bool:
         return self.level(resource, name) >= LEVELS[access]
