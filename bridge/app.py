@@ -196,6 +196,8 @@ class App:
             # A refused Lease is the leader election's to report: a warning, since a
             # replica that cannot lead still answers DNS (see `self.ha.problems`).
             missing.extend(self.kube_client.access.problems(but=("leases",)))
+        # Consul's refusals (a TLS handshake, an ACL): logged once by the client, held there.
+        missing.extend(self.consul_client.problems())
         if self.consul is not None and not self.consul.synced:
             missing.append("consul list")
         missing += self.ha.waiting_for()
@@ -260,5 +262,7 @@ class App:
                     log.warning("stopping: %s did not finish within %.2fs; a transaction it "
                                 "sent is applied whole or not at all", thread.name, STOP_DEADLINE)
         self.ha.stop(STOP_DEADLINE)  # no write under way: give up the Lease and the claim
+        if self.consul_client.login is not None:
+            self.consul_client.login.stop()  # the login's token, deleted rather than left to its TTL
         self.dns.stop()  # each a no-op if it never started
         self.http.stop()

@@ -238,8 +238,21 @@ def _seconds_arg(value: str) -> float:
 def cmd_fake_consul(args: argparse.Namespace) -> int:
     from bridge.testing.consul import ConsulServer
 
+    for flag, value in (("--verify-incoming", args.verify_incoming), ("--write-tls", args.write_tls),
+                        ("--tls-name", args.tls_name)):
+        if value and not args.tls:
+            raise ConfigError(flag, value, "needs --tls")
     host, port = config.parse_hostport(args.listen)
-    return _serve_fake(ConsulServer(host=host, port=port), "fake-consul", args.load, "load")
+    server = ConsulServer(host=host, port=port, tls=args.tls, verify_incoming=args.verify_incoming,
+                          tls_names=args.tls_name, acl_master_token=args.acl_initial_management_token,
+                          acl_default_policy=args.acl_default_policy)
+
+    def write() -> None:
+        if args.write_tls and server.tls is not None:
+            server.tls.write(args.write_tls)
+            _say(f"ca.pem, client.pem and client-key.pem written to {args.write_tls}")
+
+    return _serve_fake(server, "fake-consul", args.load, "load", write)
 
 
 def _listen_arg(value: str) -> str:
@@ -294,6 +307,17 @@ def parser() -> argparse.ArgumentParser:
     fc.add_argument("--listen", default="127.0.0.1:0", type=_listen_arg)
     fc.add_argument("--load", action="append", default=[], metavar="FILE",
                     help="YAML or JSON list of catalog register bodies (repeatable)")
+    fc.add_argument("--tls", action="store_true", help="serve HTTPS with a CA made at start")
+    fc.add_argument("--verify-incoming", action="store_true",
+                    help="require a client certificate signed by that CA (Consul's verify_incoming)")
+    fc.add_argument("--write-tls", metavar="DIR", help="write ca.pem, client.pem and client-key.pem into DIR")
+    fc.add_argument("--tls-name", action="append", default=[], metavar="NAME",
+                    help="a name for the server certificate, instead of server.<dc>.consul, localhost "
+                         "and the loopback addresses (repeatable)")
+    fc.add_argument("--acl-initial-management-token", metavar="TOKEN",
+                    help="turn ACLs on with this management token (Consul's acl.tokens.initial_management)")
+    fc.add_argument("--acl-default-policy", choices=("allow", "deny"), default="deny",
+                    help="with ACLs on: what a request no rule covers gets (default deny)")
     fc.set_defaults(func=cmd_fake_consul)
     return top
 

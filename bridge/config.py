@@ -11,7 +11,7 @@ passed down; no other module reads the environment. Each field's `why` is the te
 
 Environment: the ecosystem's own variables (`KUBECONFIG`, `CONSUL_HTTP_ADDR`,
 `CONSUL_HTTP_TOKEN`, `CONSUL_HTTP_TOKEN_FILE`, `CONSUL_CACERT`, `CONSUL_CLIENT_CERT`,
-`CONSUL_CLIENT_KEY`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_SSL_VERIFY`, and the kubelet's
+`CONSUL_CLIENT_KEY`, `CONSUL_HTTP_SSL`, `CONSUL_HTTP_SSL_VERIFY`, `CONSUL_TLS_SERVER_NAME`, and the kubelet's
 `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT` in a pod, `POD_NAME` from the downward
 API) plus `BRIDGE_<SECTION>_<KEY>` for every setting
 (`BRIDGE_DNS_TTL=10`, `BRIDGE_CLUSTER_ID=east`). Bridge variables win over ecosystem ones.
@@ -182,6 +182,14 @@ class ConsulSettings:
     client_cert: str = _setting("", "client certificate for mTLS (CONSUL_CLIENT_CERT)")
     client_key: str = _setting("", "client key for mTLS (CONSUL_CLIENT_KEY)", secret=True)
     ssl_verify: bool = _setting(True, "verify the server certificate (CONSUL_HTTP_SSL_VERIFY)")
+    tls_server_name: str = _setting("", "name to expect in Consul's certificate (and send as SNI) when "
+                                        "the address is not in it, e.g. server.dc1.consul "
+                                        "(CONSUL_TLS_SERVER_NAME)")
+    auth_method: str = _setting("", "log in through this Consul auth method (type kubernetes) with "
+                                    "the service-account token, instead of a fixed token")
+    login_bearer_token_file: str = _setting("/var/run/secrets/kubernetes.io/serviceaccount/token",
+                                            "the JWT auth_method logs in with, read at each login "
+                                            "(the kubelet rotates it)")
     datacenter: str = _setting("", "datacenter to read and write; empty means the agent's")
     wait: int = _setting(300, "seconds a blocking query waits for a change (Consul caps at "
                               "600)", check=_positive)
@@ -374,6 +382,7 @@ _ECOSYSTEM_ENV: dict[str, str] = {
     "CONSUL_CLIENT_CERT": "consul.client_cert",
     "CONSUL_CLIENT_KEY": "consul.client_key",
     "CONSUL_HTTP_SSL_VERIFY": "consul.ssl_verify",
+    "CONSUL_TLS_SERVER_NAME": "consul.tls_server_name",
     # The pod's name, from the downward API (client-go's leader-election examples use it too).
     "POD_NAME": "ha.identity",
 }
@@ -600,6 +609,14 @@ def _check_combination(settings: Settings) -> None:
         if not settings.sync.from_consul:
             raise ConfigError("kubernetes.enabled", False, "with sync.from_consul: false as "
                               "well there is nothing to answer from")
+    consul = settings.consul
+    if consul.auth_method and (consul.token or consul.token_file):
+        # A login gives the token; a fixed one as well would leave which one is used to chance.
+        raise ConfigError("consul.auth_method", consul.auth_method,
+                          "logs in for a token: leave consul.token and consul.token_file empty")
+    if consul.client_key and not consul.client_cert:
+        raise ConfigError("consul.client_key", consul.client_key,
+                          "needs consul.client_cert (CONSUL_CLIENT_CERT) as well")
     ha = settings.ha
     # client-go's NewLeaderElector rules: the leader must give up before anyone else may
     # take over, and must get more than one try (with jitter) before it gives up.

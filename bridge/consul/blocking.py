@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from tenacity import RetryCallState, retry_if_exception_type
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, Denied
 from bridge.retry import Backoff, Stopped, retrying
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,8 @@ class BlockingLoop(Generic[T]):
             self._on_error(exc)
         if self._stop.is_set():
             log.debug("%s: ended by the stop: %s", self.name, exc)  # its client was closed
+        elif isinstance(exc, Denied):  # the client logged the refusal once already
+            log.debug("%s: %s; retrying in %.2fs", self.name, exc, state.upcoming_sleep)
         elif isinstance(exc, BridgeError):
             log.warning("%s: %s; retrying in %.2fs", self.name, exc, state.upcoming_sleep)
         else:

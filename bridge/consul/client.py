@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import threading
 import urllib.parse
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import consul
 import requests
@@ -29,7 +30,9 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import PoolManager
 
 from bridge.config import ConsulSettings, token
-from bridge.errors import Conflict, Rejected, Transient
+from bridge.consul.access import TLS, ConsulAccess
+from bridge.consul.login import LOGIN, ConsulLogin
+from bridge.errors import Conflict, Denied, Rejected, Transient
 
 if TYPE_CHECKING:  # urllib3 defines them for type checkers only
     from urllib3._base_connection import BaseHTTPConnection, BaseHTTPSConnection
@@ -61,12 +64,17 @@ class _CuttableAdapter(HTTPAdapter):
     """An HTTPAdapter that remembers the connections it opens, so `cut()` can end the
     requests in flight on them: closing a requests Session only closes idle ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, server_name: str = "") -> None:
         self._opened: weakref.WeakSet[BaseHTTPConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._server_name = server_name
         super().__init__()  # calls init_poolmanager
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._server_name:
+            # Consul's certificate names e.g. server.dc1.consul, not the address dialled: ask
+            # for that name (SNI) and check the certificate against it, as consul's tls_server_name.
+            kwargs.update(server_hostname=self._server_name, assert_hostname=self._server_name)
         super().init_poolmanager(*args, **kwargs)
         self._track(self.poolmanager)
 
@@ -114,9 +122,17 @@ class ConsulClient:
     """The calls the bridge makes, each returning plain JSON values."""
 
     def __init__(self, settings: ConsulSettings) -> None:
+        self._settings = settings
         self._token = token(settings)
-        self._reads = _CuttableAdapter()
-        self._writes = _CuttableAdapter()
+        self.access = ConsulAccess()
+        # Set by a login (login.py): gives the token to use, and replaces one Consul lost.
+        self.credentials: Credentials | None = None
+        self.login: ConsulLogin | None = None
+        if settings.auth_method:
+            self.login = ConsulLogin(self, settings)
+            self.credentials = self.login
+        self._reads = _CuttableAdapter(settings.tls_server_name)
+        self._writes = _CuttableAdapter(settings.tls_server_name)
         self._c = self._connect(settings, self._reads)
         self._w = self._connect(settings, self._writes)
         self.wait = f"{settings.wait}s"
@@ -147,6 +163,15 @@ class ConsulClient:
             session.headers["X-Consul-Token"] = self._token
         return c
 
+    def problems(self) -> list[str]:
+        """What Consul refuses us (TLS, permissions), one line each; for readiness."""
+        return self.access.problems()
+
+    def _use_token(self, secret: str) -> None:
+        self._token = secret
+        for c in (self._c, self._w):
+            c.http.session.headers["X-Consul-Token"] = secret
+
     def close(self) -> None:
         """Cut every read in flight (blocking queries end at once with a Transient error);
         a transaction in flight completes. Calls after this fail or open new connections."""
@@ -154,9 +179,30 @@ class ConsulClient:
         self._writes.close()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` with its errors made ours. With a login, a token Consul no
+        longer knows (deleted, expired) is replaced by a new login and the call made again."""
+        credentials = self.credentials
+        if credentials is None:
+            return self._call_once(what, fn, *args, **kwargs)
+        used = credentials.token()
+        if used != self._token:
+            self._use_token(used)
         try:
-            return fn(*args, **kwargs)
-        except (ACLPermissionDenied, ACLDisabled, BadRequest) as exc:
+            return self._call_once(what, fn, *args, **kwargs)
+        except TokenLost:
+            self._use_token(credentials.lost(used))
+            return self._call_once(what, fn, *args, **kwargs)
+
+    def _call_once(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = fn(*args, **kwargs)
+        except ACLPermissionDenied as exc:
+            message = _redact(str(exc), self._token)
+            if "ACL not found" in message and self.credentials is not None:  # a login replaces it
+                raise TokenLost(f"{what}: {message} (the token is unknown to Consul)") from None
+            self.access.refused(_kind(what), message)
+            raise Denied(f"{what}: {message}") from None
+        except (ACLDisabled, BadRequest) as exc:
             raise Rejected(f"{what}: {_redact(str(exc), self._token)}") from None
         except ConsulException as exc:
             message = _redact(str(exc), self._token)
@@ -165,11 +211,43 @@ class ConsulClient:
             if message[:1] == "4":
                 raise Rejected(f"{what}: {message}") from None
             raise Transient(f"{what}: {message}") from None
+        except requests.exceptions.SSLError as exc:
+            reason = tls_refusal(exc, self._settings)
+            self.access.refused(TLS, reason)
+            raise Denied(f"{what}: {reason}") from None
         except requests.RequestException as exc:
             # The exception text quotes the URL, and the URL can carry the token.
             raise Transient(f"{what}: {type(exc).__name__}") from None
         except (ValueError, TypeError) as exc:
             raise Transient(f"{what}: bad response: {type(exc).__name__}") from None
+        self.access.allowed(TLS)
+        self.access.allowed(_kind(what))
+        return result
+
+    def acl_login(self, method: str, bearer_token: str) -> tuple[str, str]:
+        """`/v1/acl/login` through auth method `method`: the new token's (secret, accessor).
+        Raises Denied if Consul refuses the login (logged once), Transient if it cannot be asked."""
+        try:
+            answer = self._call_once(LOGIN, self._w.acl.login, method, bearer_token)
+        except TokenLost as exc:  # here: Consul does not know the auth method
+            message = _redact(str(exc).removeprefix(f"{LOGIN}: ").removesuffix(" (the token is unknown to Consul)"),
+                              bearer_token)
+            self.access.refused(LOGIN, message)
+            raise Denied(f"{LOGIN}: {message}") from None
+        except Transient as exc:
+            message = _redact(str(exc), bearer_token)
+            if not re.match(rf"{LOGIN}: 5\d\d ", message):
+                raise Transient(message, exc.retry_after) from None
+            # The auth method's validator refused the bearer token (Consul answers 500).
+            self.access.refused(LOGIN, message.removeprefix(f"{LOGIN}: "))
+            raise Denied(message) from None
+        if not isinstance(answer, dict) or not answer.get("SecretID"):
+            raise Transient(f"{LOGIN}: no token in the answer")
+        return str(answer["SecretID"]), str(answer.get("AccessorID") or "")
+
+    def acl_logout(self, secret: str) -> None:
+        """`/v1/acl/logout` of the login token `secret`."""
+        self._call_once("acl logout", self._w.acl.logout, secret)
 
     def services(self, index: int | None, *, not_on_node: str = "") -> tuple[int, dict[str, list[str]]]:
         """Blocking read of every service name and its tags; with `not_on_node`, only the
@@ -206,11 +284,21 @@ class ConsulClient:
 
         def put() -> Response:
             # py-consul's put() has no per-call timeout; the same request, with one.
-            return http.response(http.session.put(
+            response = http.response(http.session.put(
                 http.uri("/v1/txn"), data=json.dumps(operations), verify=http.verify,
                 cert=http.cert, timeout=timeout or http.connections_timeout))
+            if response.code == 403:  # "ACL not found" (a login replaces it) or "Permission denied"
+                raise ACLPermissionDenied(response.body)
+            if response.code == 409 and "Permission denied" in str(response.body):
+                raise _TxnDenied(response.body)  # not a success of the call: keep it refused
+            return response
 
-        response = self._call("txn", put)
+        try:
+            response = self._call("txn", put)
+        except _TxnDenied as exc:
+            detail = _txn_errors(_redact(str(exc), self._token))
+            self.access.refused("txn", detail)
+            raise Denied(f"txn rolled back: {detail}") from None
         if response.code == 200:
             return (json.loads(response.body) or {}).get("Results") or []
         body = _redact(str(response.body), self._token)
@@ -268,3 +356,65 @@ class ConsulClient:
     def kv_release(self, key: str, value: bytes, session_id: str) -> bool:
         """Writes `key` and gives up the session's lock on it (no lock-delay follows)."""
         return bool(self._call(f"kv release {key}", self._c.kv.put, key, value, release=session_id))
+
+
+class TokenLost(Denied):
+    """Consul does not know the token (`ACL not found`): deleted, expired, or never made."""
+
+
+class Credentials(Protocol):
+    """Where the token comes from when the bridge logs in (login.py)."""
+
+    def token(self) -> str:
+        """The token to send; logs in first if there is none. Raises Denied if it cannot."""
+        ...
+
+    def lost(self, secret: str) -> str:
+        """Consul no longer knows `secret`: a new token (by a new login, unless another call
+        already made one). Raises Denied if the login fails."""
+        ...
+
+
+class _TxnDenied(Exception):
+    """A transaction Consul rolled back because the token lacks a permission (409)."""
+
+
+def _txn_errors(body: str) -> str:
+    """Consul's per-operation errors of a rolled-back transaction, on one line."""
+    try:
+        errors = json.loads(body).get("Errors") or []
+        return "; ".join(f"op {e.get('OpIndex')}: {e.get('What')}" for e in errors)
+    except (ValueError, AttributeError):
+        return body.strip()
+
+
+def _kind(what: str) -> str:
+    """The kind of call `what` names, as refusals are held: "health service web" -> "health service"."""
+    return " ".join(what.split()[:2])
+
+
+_SSL_REASON = re.compile(r"\[SSL: \w+\] (.+?)\s*\(_ssl\.c")
+_NAME_REASON = re.compile(r"CertificateError\(.(hostname .+? doesn.t match .+?).\)")
+
+
+def tls_refusal(exc: requests.exceptions.SSLError, settings: ConsulSettings) -> str:
+    """Why the TLS handshake with Consul failed, with the setting that would fix it.
+
+    Only the TLS library's reason is quoted: the exception text also carries the URL."""
+    text = str(exc)
+    found = _SSL_REASON.search(text) or _NAME_REASON.search(text)
+    reason = found.group(1).strip() if found else "TLS error"
+    if "mismatch" in reason or "doesn't match" in reason:
+        return (f"its certificate does not name the address we dial or consul.tls_server_name "
+                f"({reason}); set consul.tls_server_name (CONSUL_TLS_SERVER_NAME) to a name it holds")
+    if "certificate verify failed" in reason:
+        return (f"its certificate is not trusted ({reason}); set consul.ca_cert (CONSUL_CACERT) "
+                f"to the CA that signed it")
+    # Consul ends a handshake it refuses with an alert, which the client reads, or sees the
+    # connection closed first ("EOF occurred"): the reason varies, so it is not quoted.
+    if not settings.client_cert:
+        return ("the TLS handshake failed: Consul verifies incoming connections and we sent no "
+                "client certificate; set consul.client_cert and consul.client_key "
+                "(CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY)")
+    return (f"the TLS handshake failed: Consul does not accept the client certificate "
+            f"{settings.client_cert}; it must be signed by a CA Consul trusts")

@@ -32,7 +32,7 @@ from bridge.catalog.plan import Plan, Registration
 from bridge.catalog.sink import ApplyResult
 from bridge.consul.client import ConsulClient, TxnRefused, TxnRolledBack
 from bridge.consul.objects import iter_plan_operations, node_operation, registrations_on_node
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, Denied
 from bridge.ha.gate import NotWriter, WriteGate, write_timeout
 from bridge.rejections import REJECTIONS, Rejections
 from bridge.retry import Backoff, Stopped, retrying
@@ -186,7 +186,8 @@ class ConsulSink:
                     self._fail(pending, str(exc), result)
                 return ""
             except BridgeError as exc:
-                self._fail(pending, str(exc), result)
+                # A refusal (TLS, a missing permission) was logged once by the client already.
+                self._fail(pending, str(exc), result, log_it=not isinstance(exc, Denied))
                 return ""
             if with_node:
                 self._node_known = True

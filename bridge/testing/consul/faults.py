@@ -98,7 +98,8 @@ def redact_query(raw_query: str) -> dict[str, list[str]]:
 
 
 def redact_body(body: bytes) -> str:
-    """The request body as text, with any JSON key named "token" (any case) hidden."""
+    """The request body as text, with the value of any JSON key that holds a secret hidden
+    ("token", and the ACL endpoints' "SecretID", "BearerToken", "ServiceAccountJWT", any case)."""
     text = body.decode("utf-8", errors="replace")
     try:
         parsed = json.loads(text)
@@ -107,9 +108,12 @@ def redact_body(body: bytes) -> str:
     return json.dumps(_redact(parsed), separators=(",", ":"))
 
 
+_SECRET_KEYS = frozenset({"token", "secretid", "bearertoken", "serviceaccountjwt"})
+
+
 def _redact(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: (HIDDEN if k.lower() == "token" else _redact(v)) for k, v in value.items()}
+        return {k: (HIDDEN if k.lower() in _SECRET_KEYS else _redact(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v) for v in value]
     return value

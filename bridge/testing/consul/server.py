@@ -10,7 +10,8 @@ project (tests, the `bridge fake-consul` CLI) uses:
     server.state.index                   # the store (snapshot/restore/reset_index)
     server.faults.no_leader(count=1)     # fault injection
     server.requests.records()            # what clients sent (tokens redacted)
-    server.acl.create_token({...})       # with acl_master_token set
+    server.acl.create_token({...})       # with acl_master_token set (or /v1/acl/policy, /v1/acl/token)
+    ConsulServer(tls=True, verify_incoming=True).start().tls.write(directory)   # HTTPS (tls.py)
     server.config.max_txn_ops = 64       # AgentConfig fields may be changed while running
     ConsulServer(clock=ManualClock())    # time-driven behaviour on a clock the test moves
     server.stop()
@@ -20,10 +21,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
 from bridge.testing.consul import (
+    acl_login,
+    api_acl,
     api_agent,
     api_catalog,
     api_health,
@@ -47,6 +51,7 @@ from bridge.testing.consul.query import request_token
 from bridge.testing.consul.router import Router
 from bridge.testing.consul.session_timers import SessionTimers
 from bridge.testing.consul.state import Store
+from bridge.testing.consul.tls import ConsulTLS, default_names
 from bridge.testing.consul.transport import Transport
 from bridge.testing.consul.wire import SECOND
 from bridge.testing.timers import SYSTEM, Clock
@@ -71,7 +76,12 @@ class ConsulServer:
         session_ttl_min: float = 10.0,
         version: str = "1.22.0",
         clock: Clock = SYSTEM,
+        tls: bool = False,
+        verify_incoming: bool = False,
+        tls_names: Sequence[str] = (),
     ) -> None:
+        if (verify_incoming or tls_names) and not tls:
+            raise ValueError("verify_incoming and tls_names need tls=True")
         self.host = host
         node_address = "127.0.0.1" if host in _UNSPECIFIED_HOSTS else host.strip("[]")
         self.config = AgentConfig(
@@ -87,7 +97,7 @@ class ConsulServer:
         self.state = Store(clock=clock)
         self.faults = Faults(self.state, clock)
         self.requests = RequestLog()
-        self.acl = AclRegistry(acl_master_token, default_policy=acl_default_policy)
+        self.acl = AclRegistry(acl_master_token, default_policy=acl_default_policy, clock=clock)
         catalog = Catalog(self.state.lock_delays)
         self.api = Api(
             config=self.config,
@@ -107,9 +117,13 @@ class ConsulServer:
             *api_session.ROUTES,
             *api_txn.ROUTES,
             *api_misc.ROUTES,
+            *api_acl.ROUTES,
+            *acl_login.ROUTES,
         ]
         self.router = Router(self.api, routes)
-        self._transport = Transport(host, port, self._handle)
+        self.tls = ConsulTLS(tls_names or default_names(host, datacenter), datacenter=datacenter,
+                             verify_incoming=verify_incoming) if tls else None
+        self._transport = Transport(host, port, self._handle, self.tls.server_context() if self.tls else None)
         self.faults.attach_outage_hooks(self._transport.close_listener, self._transport.reopen)
         self._stopping = threading.Event()
         self._started = False
@@ -153,7 +167,7 @@ class ConsulServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._transport.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self._transport.port}"
 
     # -- test hooks ---------------------------------------------------------------------
 

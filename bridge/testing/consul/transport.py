@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from bridge.testing.consul.errors import Abort
 from bridge.testing.consul.protocol import Request, Response
+from bridge.testing.consul.tls import handshake
 
 App = Callable[[Request], Response]
 _MAX_BODY = 64 * 1024 * 1024
@@ -67,6 +69,21 @@ class _Server(ThreadingHTTPServer):
         )
         self.transport.track_thread(thread)
         thread.start()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        context = self.transport.ssl_context
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            secured = handshake(context, request)
+        except OSError:
+            return  # not TLS, or (verify_incoming) no client certificate from our CA
+        try:
+            super().finish_request(secured, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                secured.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -194,10 +211,11 @@ class _Handler(BaseHTTPRequestHandler):
 class Transport:
     """Owns the listener, the serving thread and every connection thread."""
 
-    def __init__(self, host: str, port: int, app: App) -> None:
+    def __init__(self, host: str, port: int, app: App, ssl_context: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
         self.app = app
+        self.ssl_context = ssl_context  # HTTPS when set (tls.py)
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
