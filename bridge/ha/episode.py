@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from bridge.errors import Denied
+
 
 class Episode:
     def __init__(self, log: logging.Logger, what: str) -> None:
@@ -20,7 +22,9 @@ class Episode:
             self._log.debug("%s still failing: %s", self._what, exc)
             return
         self.failing = True
-        self._log.warning("%s failing: %s", self._what, exc)
+        # A refusal (RBAC, an ACL, a TLS handshake) was logged once by the client that met it.
+        level = logging.DEBUG if isinstance(exc, Denied) else logging.WARNING
+        self._log.log(level, "%s failing: %s", self._what, exc)
 
     def recovered(self) -> None:
         if self.failing:
