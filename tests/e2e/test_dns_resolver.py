@@ -25,6 +25,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import eventually
 from tests.e2e.proc import Proc
 from tests.integration.dns_upstream import UpstreamServer
 
@@ -126,18 +127,6 @@ class Bridge:
                 for sample in family.samples if sample.name.startswith("bridge_dns_")}
 
 
-def until(check: Any, what: str, timeout: float = 15.0) -> Any:
-    """Polls `check` until it returns something truthy; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what} (last: {last!r})")
-
-
 def addresses(reply: dns.message.Message) -> list[str]:
     return [rd.to_text() for rrset in reply.answer for rd in rrset]
 
@@ -172,8 +161,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         http_port = int(run.expect(r"http listening on 127\.0\.0\.1:(\d+)").group(1))
         relay.target = ("127.0.0.1", dns_port)
         bridge = Bridge(dns_port, http_port, consul_url)
-        until(lambda: addresses(bridge.ask("kube-dns.kube-system.svc.cluster.local.")),
-              "the catalog answered")
+        eventually(lambda: addresses(bridge.ask("kube-dns.kube-system.svc.cluster.local.")),
+              what="the catalog answered")
         yield {"bridge": bridge, "main": main, "corp": corp, "short": short, "relay": relay,
                "run": run}
     finally:
@@ -192,9 +181,9 @@ def test_kube_system_is_answered_but_not_synced_to_consul(world):
     assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == ["10.96.0.10"]
     with urllib.request.urlopen(f"{bridge.consul_url}/v1/catalog/services", timeout=TIMEOUT) as r:
         synced = r.read().decode()
-    until(lambda: "web" in urllib.request.urlopen(f"{bridge.consul_url}/v1/catalog/services",
+    eventually(lambda: "web" in urllib.request.urlopen(f"{bridge.consul_url}/v1/catalog/services",
                                                   timeout=TIMEOUT).read().decode(),
-          "default/web synced to Consul")
+          what="default/web synced to Consul")
     assert "kube-dns" not in synced, "kubernetes.deny_namespaces still keeps it from Consul"
 
 
@@ -259,8 +248,8 @@ def test_refused_outside_allow_recursion_with_our_zones_still_answered(world):
 def test_a_forwarding_loop_is_cut_and_reported_once(world):
     bridge, relay = world["bridge"], world["relay"]
     # The start-up probe (HINFO <random>.<random>.loop.test) came back through the relay.
-    until(lambda: bridge.metrics().get(("bridge_dns_forward_loops_total", ()), 0) >= 1,
-          "the loop probe seen coming back")
+    eventually(lambda: bridge.metrics().get(("bridge_dns_forward_loops_total", ()), 0) >= 1,
+          what="the loop probe seen coming back")
     loops = bridge.metrics()[("bridge_dns_forward_loops_total", ())]
     relayed = relay.relayed
     reply = bridge.ask("anything.loop.test.")
@@ -284,11 +273,11 @@ def test_cached_then_counted_down_then_stale_while_the_upstream_is_stopped(world
     first = bridge.ask("fresh.stale.test.")
     assert addresses(first) == ["192.0.2.3"] and first.answer[0].ttl == 2
     short.stop()
-    lower = until(lambda: (r := bridge.ask("fresh.stale.test.")).answer and
-                  r.answer[0].ttl < 2 and r, "an answer from the cache with a lower TTL")
+    lower = eventually(lambda: (r := bridge.ask("fresh.stale.test.")).answer and
+                  r.answer[0].ttl < 2 and r, what="an answer from the cache with a lower TTL")
     assert lower.rcode() == dns.rcode.NOERROR and addresses(lower) == ["192.0.2.3"]
-    stale = until(lambda: (r := bridge.ask("fresh.stale.test.", tcp=True)).answer and
-                  r.answer[0].ttl == 30 and r, "past its TTL: the stale answer (TTL 30)")
+    stale = eventually(lambda: (r := bridge.ask("fresh.stale.test.", tcp=True)).answer and
+                  r.answer[0].ttl == 30 and r, what="past its TTL: the stale answer (TTL 30)")
     assert stale.rcode() == dns.rcode.NOERROR and addresses(stale) == ["192.0.2.3"]
     assert bridge.metrics()[("bridge_dns_cache_served_stale_total", ())] >= 1
     uncached = bridge.ask("other.stale.test.")
