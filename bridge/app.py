@@ -132,7 +132,8 @@ class App:
                 cluster_id=settings.cluster_id,
                 default_namespace=sync.consul_namespace,
                 on_change=self._changed, stop=self.stop_event, admit_warning=sync.admit_warning,
-                keep_ours=not settings.kubernetes.enabled, threads=self.threads)
+                keep_ours=not settings.kubernetes.enabled, threads=self.threads,
+                adopt_node=sync.adopt_node)
         self.ha = HighAvailability(
             settings, self.kube_client if settings.kubernetes.enabled else None,
             self.consul_client, stop=self.stop_event, on_writable=self.trigger.poke,
@@ -141,7 +142,8 @@ class App:
         if sync.to_consul:
             consul_sink = ConsulSink(self.consul_client, node=settings.node_name,
                                      cluster_id=settings.cluster_id, stop=self.stop_event,
-                                     batch_size=sync.batch_size, gate=self.ha.leadership)
+                                     batch_size=sync.batch_size, gate=self.ha.leadership,
+                                     adopt_node=sync.adopt_node)
             options = SyncOptions(
                 cluster_id=settings.cluster_id, tag=sync.tag, prefix=sync.service_prefix,
                 add_namespace_suffix=sync.add_namespace_suffix,
@@ -152,8 +154,9 @@ class App:
                 external_name=sync.external_name, not_ready=sync.not_ready,
                 ingress=sync.ingress, ingress_lb_ips=sync.ingress_lb_ips,
             )
-            lanes.append(Lane("consul", ConsulPlanner(consul_sink, options,
-                                                      upsert_only=sync.upsert_only), consul_sink))
+            lanes.append(Lane("consul", ConsulPlanner(
+                consul_sink, options, upsert_only=sync.upsert_only,
+                adopt_from=consul_sink.leftovers if sync.adopt_node else None), consul_sink))
         if sync.to_k8s:
             assert self.kube_client is not None and isinstance(self.kube, KubeSource)
             kube_sink = KubeSink(self.kube_client, self.kube.objects, self.stop_event,

@@ -202,6 +202,9 @@ class SyncSettings:
                                        "the catalog DNS answers from")
     node_name: str = _setting("", "synthetic Consul node our registrations live on; empty "
                                   "means k8s-sync-<cluster_id>")
+    adopt_node: str = _setting("", "consul-k8s catalog sync's node (its -consul-node-name, e.g. "
+                                   "k8s-sync): its registrations of the Services we sync are "
+                                   "removed once ours are in place; empty: off")
     tag: str = _setting("k8s", "tag on every registration we write (consul-k8s: -consul-k8s-tag)")
     service_prefix: str = _setting("", "prefix for Consul service names (consul-k8s: "
                                        "-k8s-service-prefix)")
@@ -609,6 +612,14 @@ def _check_combination(settings: Settings) -> None:
         if not settings.sync.from_consul:
             raise ConfigError("kubernetes.enabled", False, "with sync.from_consul: false as "
                               "well there is nothing to answer from")
+    sync = settings.sync
+    if sync.adopt_node and sync.adopt_node == settings.node_name:
+        raise ConfigError("sync.adopt_node", sync.adopt_node, "is the bridge's own node "
+                          "(sync.node_name): name consul-k8s's node")
+    if sync.adopt_node and sync.upsert_only:
+        # Adoption deletes consul-k8s's registrations; upsert-only promises no delete.
+        raise ConfigError("sync.adopt_node", sync.adopt_node, "removes consul-k8s's registrations: "
+                          "it cannot be combined with sync.upsert_only")
     consul = settings.consul
     if consul.auth_method and (consul.token or consul.token_file):
         # A login gives the token; a fixed one as well would leave which one is used to chance.

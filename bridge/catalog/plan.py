@@ -3,7 +3,9 @@
 PURE. `to_consul.desired()` says what Consul should hold for this cluster; `diff()`
 compares that with what the Consul sink reports as ours and yields only the writes
 needed. An unchanged world gives an empty plan, which is what makes restarts and
-periodic resyncs write nothing.
+periodic resyncs write nothing. A plan may also carry `adopt`: registrations consul-k8s
+left on its own node that the bridge has taken over (`catalog/adopt.py`), deregistered
+from that node.
 """
 
 from __future__ import annotations
@@ -51,19 +53,25 @@ class Plan:
     delete: tuple[Registration, ...] = ()
     # service ID -> what Consul holds now, for each update (so a write can be the minimum)
     replaced: Mapping[str, Registration] = field(default_factory=dict, compare=False)
+    # consul-k8s's registrations on `sync.adopt_node` taken over: deregistered from there
+    adopt: tuple[Registration, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.create or self.update or self.delete)
+        return not (self.create or self.update or self.delete or self.adopt)
 
     def __len__(self) -> int:
-        return len(self.create) + len(self.update) + len(self.delete)
+        return len(self.create) + len(self.update) + len(self.delete) + len(self.adopt)
 
     def counts(self) -> dict[str, int]:
-        return {"create": len(self.create), "update": len(self.update), "delete": len(self.delete)}
+        counts = {"create": len(self.create), "update": len(self.update), "delete": len(self.delete)}
+        if self.adopt:
+            counts["adopt"] = len(self.adopt)
+        return counts
 
     def describe(self) -> Iterator[str]:
-        for verb, regs in (("register", (*self.create, *self.update)), ("deregister", self.delete)):
+        for verb, regs in (("register", (*self.create, *self.update)), ("deregister", self.delete),
+                           ("deregister consul-k8s's", self.adopt)):
             for reg in regs:
                 yield f"{verb} {reg.service_id} ({reg.name} {reg.address}:{reg.port})"
 

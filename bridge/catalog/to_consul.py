@@ -385,17 +385,34 @@ def registrations_for(service: Service, options: SyncOptions,
     return Registrations(tuple(found), tuple(skipped), tuple(refused))
 
 
+def _synced_name(service: Service, options: SyncOptions, skipped: list[str]) -> str | None:
+    """The Consul name `service` is registered under, or None when it is not synced (its
+    annotation, its type, or a bad name annotation, whose reason is added to `skipped`)."""
+    if not sync_enabled(service, options.default_sync):
+        return None
+    if service.type in (ServiceType.CLUSTER_IP, ServiceType.HEADLESS) \
+            and not options.cluster_ip_services:
+        return None
+    if service.type is ServiceType.EXTERNAL_NAME and not options.external_name:
+        return None
+    return _consul_name(service, options, skipped)
+
+
+def synced_services(snapshot: Snapshot, options: SyncOptions) -> frozenset[tuple[str, str]]:
+    """(Consul name, namespace) of every Service the sync registers, whether or not it has
+    an instance now: what consul-k8s's registrations are matched against on adoption."""
+    found: set[tuple[str, str]] = set()
+    for key, service in snapshot.services.items():
+        name = _synced_name(service, options, [])
+        if name is not None:
+            found.add((name, key.namespace))
+    return frozenset(found)
+
+
 def _registrations(service: Service, options: SyncOptions, nodes: dict[str, Node],
                    routes: Iterable[IngressRoute], skipped: list[str],
                    refused: list[Refusal], unusable: list[str]) -> list[Registration]:
-    if not sync_enabled(service, options.default_sync):
-        return []
-    if service.type in (ServiceType.CLUSTER_IP, ServiceType.HEADLESS) \
-            and not options.cluster_ip_services:
-        return []
-    if service.type is ServiceType.EXTERNAL_NAME and not options.external_name:
-        return []
-    name = _consul_name(service, options, skipped)
+    name = _synced_name(service, options, skipped)
     if name is None:
         return []
     tags = (options.tag, *parse_tags(service.annotation(TAGS_ANNOTATION) or ""))

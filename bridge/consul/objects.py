@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from bridge.catalog.model import Instance, Origin, OriginKind, Port, frozen_map
@@ -44,6 +44,14 @@ def _get(raw: Mapping[str, Any], key: str, default: Any = None) -> Any:
 def is_ours(service: Mapping[str, Any], node: str, our_node: str, cluster_id: str) -> bool:
     meta = _get(service, "Meta") or {}
     return node == our_node or meta.get(OWNER_META) == cluster_id
+
+
+def is_consul_k8s(service: Mapping[str, Any]) -> bool:
+    """Registered by consul-k8s's catalog sync: meta `external-source: kubernetes` and
+    `external-k8s-ns` (its `ConsulSourceKey` and `ConsulK8SNS`), and no bridge's owner."""
+    meta = _get(service, "Meta") or {}
+    return isinstance(meta, dict) and meta.get("external-source") == EXTERNAL_SOURCE \
+        and bool(meta.get("external-k8s-ns")) and OWNER_META not in meta
 
 
 def instance_from_health(entry: Mapping[str, Any], passing_only: bool = True) -> Instance:
@@ -101,6 +109,18 @@ def _ports(port: int, meta: Mapping[str, Any]) -> tuple[Port, ...]:
 def registrations_on_node(node_view: Mapping[str, Any] | None, checks: Iterable[Mapping[str, Any]],
                           cluster_id: str) -> dict[str, Registration]:
     """Our registrations as Consul holds them: services on our node carrying our marker."""
+    return _registrations(node_view, checks, lambda svc: (_get(svc, "Meta") or {}).get(OWNER_META) == cluster_id)
+
+
+def consul_k8s_registrations(node_view: Mapping[str, Any] | None) -> dict[str, Registration]:
+    """consul-k8s's registrations on its node (`is_consul_k8s`), without their checks'
+    status: what adoption may deregister there once the bridge's own are in place."""
+    return _registrations(node_view, (), is_consul_k8s)
+
+
+def _registrations(node_view: Mapping[str, Any] | None, checks: Iterable[Mapping[str, Any]],
+                   keep: Callable[[Mapping[str, Any]], bool]) -> dict[str, Registration]:
+    """The services of a `/v1/catalog/node/<node>` answer that `keep` accepts, by ID."""
     if not node_view:
         return {}
     services = _get(node_view, "Services") or {}
@@ -109,9 +129,9 @@ def registrations_on_node(node_view: Mapping[str, Any] | None, checks: Iterable[
     status = {str(_get(c, "CheckID")): str(_get(c, "Status") or "") for c in checks}
     out: dict[str, Registration] = {}
     for svc in services:
-        meta = _get(svc, "Meta") or {}
-        if meta.get(OWNER_META) != cluster_id:
+        if not isinstance(svc, dict) or not keep(svc):
             continue
+        meta = _get(svc, "Meta") or {}
         sid = str(_get(svc, "ID") or "")
         weights = _get(svc, "Weights") or {}
         reg = Registration(
@@ -165,15 +185,17 @@ def _check_operation(node: str, reg: Registration) -> dict[str, Any]:
     return {"Check": {"Verb": "set", "Check": check}}
 
 
-def plan_operations(plan: Plan, node: str) -> list[list[dict[str, Any]]]:
+def plan_operations(plan: Plan, node: str, adopt_node: str = "") -> list[list[dict[str, Any]]]:
     """The plan as txn operations, grouped so one registration's service and check
-    always land in the same transaction."""
-    return list(iter_plan_operations(plan, node))
+    always land in the same transaction; `plan.adopt` is deregistered from `adopt_node`."""
+    return list(iter_plan_operations(plan, node, adopt_node))
 
 
-def iter_plan_operations(plan: Plan, node: str) -> Iterator[list[dict[str, Any]]]:
-    """`plan_operations` one group at a time, in the order of create, update, delete (a
-    first sync of 10,000 instances would otherwise hold 20,000 operations at once)."""
+def iter_plan_operations(plan: Plan, node: str, adopt_node: str = "") -> Iterator[list[dict[str, Any]]]:
+    """`plan_operations` one group at a time, in the order of create, update, delete,
+    adopt (a first sync of 10,000 instances would otherwise hold 20,000 operations at once)."""
+    if plan.adopt and not adopt_node:
+        raise ValueError("a plan that adopts needs the node to deregister from")
     for reg in plan.create:
         yield _set_operations(node, reg, update=False)
     for reg in plan.update:
@@ -183,7 +205,13 @@ def iter_plan_operations(plan: Plan, node: str) -> Iterator[list[dict[str, Any]]
             continue
         yield _set_operations(node, reg, held, update=True)
     for reg in plan.delete:
-        # Deleting a service deletes its checks with it. Consul vets every service op, a
-        # delete too, and refuses an ID without a name.
-        yield [{"Service": {"Verb": "delete", "Node": node,
-                            "Service": {"ID": reg.service_id, "Service": reg.name}}}]
+        yield [_delete_operation(node, reg)]
+    for reg in plan.adopt:
+        yield [_delete_operation(adopt_node, reg)]
+
+
+def _delete_operation(node: str, reg: Registration) -> dict[str, Any]:
+    # Deleting a service deletes its checks with it. Consul vets every service op, a
+    # delete too, and refuses an ID without a name.
+    return {"Service": {"Verb": "delete", "Node": node,
+                        "Service": {"ID": reg.service_id, "Service": reg.name}}}

@@ -1,7 +1,10 @@
 """Consul as a Sink: reads what this cluster owns there, and applies a plan in transactions.
 
 `actual()` reads only our synthetic node and keeps only entries with our owner marker, so
-a neighbour's registrations are invisible to the diff and can never be deleted. `apply()`
+a neighbour's registrations are invisible to the diff and can never be deleted. The one
+exception is the user's to opt into: with `adopt_node` (`sync.adopt_node`), `leftovers()`
+reads consul-k8s's registrations on its node, and a plan's `adopt` deregisters some of
+them there (which ones and when: `catalog/adopt.py`). `apply()`
 packs the plan into `/v1/txn` batches of at most `batch_size` operations and Consul's
 default 512 KiB body (a registration's service and check always share a batch), retries
 transient failures with backoff, and reports the outcome of every item; nothing is
@@ -31,7 +34,12 @@ from prometheus_client import Counter
 from bridge.catalog.plan import Plan, Registration
 from bridge.catalog.sink import ApplyResult
 from bridge.consul.client import ConsulClient, TxnRefused, TxnRolledBack
-from bridge.consul.objects import iter_plan_operations, node_operation, registrations_on_node
+from bridge.consul.objects import (
+    consul_k8s_registrations,
+    iter_plan_operations,
+    node_operation,
+    registrations_on_node,
+)
 from bridge.errors import BridgeError, Denied
 from bridge.ha.gate import NotWriter, WriteGate, write_timeout
 from bridge.rejections import REJECTIONS, Rejections
@@ -93,11 +101,14 @@ class _Member(NamedTuple):
 class ConsulSink:
     def __init__(self, client: ConsulClient, *, node: str, cluster_id: str,
                  stop: threading.Event, batch_size: int = 64,
-                 gate: WriteGate | None = None, rejections: Rejections = REJECTIONS) -> None:
-        """`gate`: asked before each transaction; None writes always."""
+                 gate: WriteGate | None = None, rejections: Rejections = REJECTIONS,
+                 adopt_node: str = "") -> None:
+        """`gate`: asked before each transaction; None writes always. `adopt_node`:
+        consul-k8s's node, whose registrations a plan may adopt."""
         self._client = client
         self._gate = gate
         self._node = node
+        self._adopt_node = adopt_node
         self._cluster_id = cluster_id
         self._batch_size = max(3, batch_size)  # a registration's 2 operations, and the node's
         self._rejections = rejections
@@ -110,14 +121,20 @@ class ConsulSink:
         checks = self._client.node_checks(self._node) if view else []
         return registrations_on_node(view, checks, self._cluster_id)
 
+    def leftovers(self) -> dict[str, Registration]:
+        """consul-k8s's registrations on `adopt_node`, by service ID."""
+        if not self._adopt_node:
+            return {}
+        return consul_k8s_registrations(self._client.node_services(self._adopt_node))
+
     def apply(self, plan: Plan) -> ApplyResult[str]:
         result: ApplyResult[str] = ApplyResult()
         if plan.empty:
             return result
-        items = [*plan.create, *plan.update, *plan.delete]
+        items = [*plan.create, *plan.update, *plan.delete, *plan.adopt]
         kinds = ["create"] * len(plan.create) + ["update"] * len(plan.update) \
-            + ["delete"] * len(plan.delete)
-        groups = iter_plan_operations(plan, self._node)
+            + ["delete"] * (len(plan.delete) + len(plan.adopt))
+        groups = iter_plan_operations(plan, self._node, self._adopt_node)
         batch: list[_Member] = []
         ops = size = 0
         held = ""  # why no more is sent: the bridge stops, or the gate closed

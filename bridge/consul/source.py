@@ -10,6 +10,12 @@ A sidecar (`kubernetes.enabled: false`) writes nothing and watches no Kubernetes
 the only source of its own cluster's Services is what the central bridge of that cluster
 registered: with `keep_ours` every instance is kept, and those of a Kubernetes origin
 answer under the `external-k8s-ns` and `external-k8s-name` their registration carries.
+
+With `adopt_node` (`sync.adopt_node`), what consul-k8s registered on that node is this
+cluster's own Services as consul-k8s saw them. The central bridge drops them: its
+Kubernetes view answers for them, and its sync takes them over. A sidecar drops each one
+whose service ID our node holds too: while the central bridge takes over, the same
+instance is registered on both nodes, and is answered once.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from bridge.catalog.model import Instance, Service, ServiceKey, ServiceType, Sna
 from bridge.catalog.naming import dns_label, dns_labels
 from bridge.consul.blocking import BlockingLoop
 from bridge.consul.client import ConsulClient
-from bridge.consul.objects import BadEntry, instance_from_health, is_ours
+from bridge.consul.objects import BadEntry, instance_from_health, is_consul_k8s, is_ours
 from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
@@ -51,11 +57,14 @@ class ConsulSource:
     def __init__(self, client: ConsulClient, *, our_node: str, cluster_id: str,
                  default_namespace: str, on_change: Callable[[], None],
                  stop: threading.Event, admit_warning: bool = False,
-                 keep_ours: bool = False, threads: Threads | None = None) -> None:
+                 keep_ours: bool = False, threads: Threads | None = None,
+                 adopt_node: str = "") -> None:
         """`keep_ours`: keep the instances `our_node` and `cluster_id` mark as this
-        cluster's (a sidecar); otherwise they are dropped (the central bridge wrote them)."""
+        cluster's (a sidecar); otherwise they are dropped (the central bridge wrote them).
+        `adopt_node`: consul-k8s's node, whose copies of this cluster's Services are dropped."""
         self._client = client
         self._our_node = our_node
+        self._adopt_node = adopt_node
         self._cluster_id = cluster_id
         self._keep_ours = keep_ours
         self._namespace = default_namespace
@@ -147,12 +156,16 @@ class ConsulSource:
 
     def _store(self, name: str, entries: list[dict[str, Any]]) -> None:
         instances: list[Instance] = []
+        ours = self._our_ids(entries) if self._adopt_node and self._keep_ours else frozenset()
         for entry in entries:
             service = entry.get("Service") or {}
             node = str((entry.get("Node") or {}).get("Node") or "")
             if not isinstance(service, dict):
                 continue
             if not self._keep_ours and is_ours(service, node, self._our_node, self._cluster_id):
+                continue
+            if node == self._adopt_node and self._adopt_node and is_consul_k8s(service) \
+                    and (not self._keep_ours or str(service.get("ID") or "") in ours):
                 continue
             try:
                 instances.append(instance_from_health(entry, not self._admit_warning))
@@ -169,6 +182,15 @@ class ConsulSource:
             entries_copy[name] = value
             self._entries = entries_copy
         self._on_change()
+
+    def _our_ids(self, entries: list[dict[str, Any]]) -> frozenset[str]:
+        """The service IDs of `entries` on our node."""
+        ids = set()
+        for entry in entries:
+            service, node = entry.get("Service"), entry.get("Node")
+            if isinstance(service, dict) and isinstance(node, dict) and node.get("Node") == self._our_node:
+                ids.add(str(service.get("ID") or ""))
+        return frozenset(ids)
 
     def snapshot(self) -> Snapshot:
         entries = self._entries

@@ -6,7 +6,9 @@ planner (`plans.py`, the only per-sink part) builds the plan, the sink applies i
 the outcome of every item goes back to the planner; skipped items are logged once while
 they last, and a pass with any failure is retried with backoff (`bridge.retry`), sooner
 if a change arrives. Nothing is written, and so nothing deleted, before both sources
-have listed completely once.
+have listed completely once. A plan that is a first step (adoption: the bridge's own
+registrations before consul-k8s's go) asks for a follow-up, planned in the same pass
+once it has been applied in full.
 
 With a write gate (high availability: `bridge/ha/`), a replica that is not the writer
 plans nothing and reads nothing of the sinks: its passes end at the gate. The first pass
@@ -142,7 +144,9 @@ class Reconciler:
         return settled
 
     def _sync(self, lane: Lane[Any], kube: Snapshot, consul: Snapshot, *, reread: bool,
-              since: float | None) -> bool:
+              since: float | None, follow: bool = True) -> bool:
+        """`follow`: a plan that asks for a follow-up gets it, planned on the same
+        snapshots once it is applied (once per pass)."""
         lane.in_sync = False
         try:
             decision = lane.planner.plan(kube, consul, reread=reread)
@@ -178,6 +182,8 @@ class Reconciler:
             elif not self._stop.is_set():  # when stopping, the rest was not sent: no news
                 log.warning("%s: %d writes failed", lane.name, len(result.failed))
             return False
+        if decision.follow_up and follow:
+            return self._sync(lane, kube, consul, reread=False, since=None, follow=False)
         lane.in_sync = True
         if not self._heap_settled:
             # The first full sync made what lives long (registrations, our record of the

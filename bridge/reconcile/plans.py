@@ -11,7 +11,10 @@ sink and the outcome back to the planner (`applied`), the same way for every sin
   `upsert_only` nothing is deleted. A registration Consul rejected is not sent again
   while the same one is wanted: only once it changes, or at the periodic resync. What
   `desired` left out because Consul would refuse it is reported (once) through
-  `bridge.rejections`, as are the sink's rejections.
+  `bridge.rejections`, as are the sink's rejections. With `adopt_from` (`sync.adopt_node`)
+  it also keeps a record of consul-k8s's registrations on that node, read as the other,
+  and adds to the plan those `catalog/adopt.takeover` says go now; while some wait for
+  this plan's writes, the decision asks for a `follow_up` plan once they are applied.
 - `KubePlanner`: Consul services -> headless Services and EndpointSlices
   (`materialise.plan_for`), against the Kubernetes source's caches, which are current
   and free to read, so they are read every pass. A write the API server rejected is not
@@ -22,15 +25,18 @@ sink and the outcome back to the planner (`applied`), the same way for every sin
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
+from prometheus_client import Counter
+
+from bridge.catalog.adopt import takeover
 from bridge.catalog.model import Snapshot
 from bridge.catalog.plan import Plan, Registration, diff
 from bridge.catalog.sink import ApplyResult, Sink, SinkPlan
-from bridge.catalog.to_consul import Memo, Refusal, SyncOptions, desired
+from bridge.catalog.to_consul import Memo, Refusal, SyncOptions, desired, synced_services
 from bridge.consul.sink import SINK as CONSUL_SINK
 from bridge.consul.sink import registration_item
 from bridge.kube.materialise import Held, KubePlan, ObjectKey, object_item, plan_for
@@ -41,13 +47,19 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=SinkPlan)
 
+LEFT_ALONE = Counter("bridge_adopt_left_alone_total", "consul-k8s registrations on sync.adopt_node left "
+                     "in place because the bridge syncs no Service of their name and namespace "
+                     "(counted once each)")
+
 
 @dataclass(frozen=True)
 class Decision(Generic[P]):
-    """A plan, and why anything the sources ask for is not in it (one line each)."""
+    """A plan, and why anything the sources ask for is not in it (one line each).
+    `follow_up`: the plan is a first step; plan again as soon as it is applied."""
 
     plan: P
     skipped: tuple[str, ...] = ()
+    follow_up: bool = False
 
 
 class Planner(Protocol[P]):
@@ -63,11 +75,19 @@ class Planner(Protocol[P]):
 
 class ConsulPlanner:
     def __init__(self, sink: Sink[dict[str, Registration], Plan, str], options: SyncOptions,
-                 *, upsert_only: bool = False, rejections: Rejections = REJECTIONS) -> None:
+                 *, upsert_only: bool = False, rejections: Rejections = REJECTIONS,
+                 adopt_from: Callable[[], dict[str, Registration]] | None = None) -> None:
+        """`adopt_from`: reads consul-k8s's registrations on `sync.adopt_node`, by
+        service ID (None: nothing is adopted)."""
         self._sink = sink
         self._options = options
         self._upsert_only = upsert_only
         self._rejections = rejections
+        self._adopt_from = adopt_from
+        # Our record of consul-k8s's registrations, kept as `_actual` is (None: read it).
+        self._leftovers: dict[str, Registration] | None = None
+        self._leftovers_against: dict[str, Registration] = {}
+        self._left_alone: set[str] = set()  # the IDs reported as left alone, in force
         # The registrations Consul rejected, as sent (held back while wanted unchanged).
         self._rejected: dict[str, Registration] = {}
         self._refusals: set[str] = set()  # the refusal items of `desired` reported, in force
@@ -101,7 +121,44 @@ class ConsulPlanner:
         if self._rejected:  # the periodic resync tries them again
             plan = self._hold_back(plan, wanted.registrations, hold=not reread)
         self._against, self._wanted = actual, wanted.registrations
-        return Decision(plan, wanted.skipped)
+        if self._adopt_from is None:
+            return Decision(plan, wanted.skipped)
+        plan, waiting = self._adopt(plan, kube, wanted.registrations, actual, reread=reread)
+        # Those waiting for our writes go in the next plan: at once, not at the next change.
+        return Decision(plan, wanted.skipped, follow_up=waiting and bool(plan.create or plan.update))
+
+    def _adopt(self, plan: Plan, kube: Snapshot, wanted: Mapping[str, Registration],
+               actual: Mapping[str, Registration], *, reread: bool) -> tuple[Plan, bool]:
+        """`plan` with consul-k8s's registrations whose Services the bridge has in place;
+        and whether some wait for ours to be written."""
+        assert self._adopt_from is not None
+        leftovers = self._leftovers
+        if reread or leftovers is None:
+            leftovers = self._adopt_from()
+        self._leftovers, self._leftovers_against = None, leftovers
+        if not leftovers:
+            self._left_alone = set()
+            return plan, False
+        found = takeover(leftovers, wanted, actual, synced_services(kube, self._options))
+        self._report_left_alone(found.kept)
+        if found.remove:
+            plan = Plan(plan.create, plan.update, plan.delete, plan.replaced, adopt=found.remove)
+        return plan, bool(found.waiting)
+
+    def _report_left_alone(self, kept: tuple[Registration, ...]) -> None:
+        """consul-k8s's registrations of Services the bridge does not sync: logged and
+        counted once while they last."""
+        ids = {reg.service_id for reg in kept}
+        news: dict[tuple[str, str], list[str]] = {}
+        for reg in kept:
+            if reg.service_id not in self._left_alone:
+                news.setdefault((reg.namespace, reg.name), []).append(reg.service_id)
+        for (namespace, name), sids in sorted(news.items()):
+            LEFT_ALONE.inc(len(sids))
+            log.warning("consul: leaving consul-k8s's %d registrations of %s (namespace %s) in place: "
+                        "the bridge syncs no such Service: %s", len(sids), name, namespace,
+                        ", ".join(sorted(sids)))
+        self._left_alone = ids
 
     def applied(self, plan: Plan, result: ApplyResult[Any]) -> None:
         for sid in result.written:
@@ -111,7 +168,11 @@ class ConsulPlanner:
             sent = {reg.service_id: reg for reg in (*plan.create, *plan.update)}
             self._rejected.update((sid, sent[sid]) for sid in result.rejected if sid in sent)
         if result.failed:
-            return  # some writes may have landed: the record is read again
+            return  # some writes may have landed: the records are read again
+        if self._adopt_from is not None:
+            adopted = {reg.service_id for reg in plan.adopt}
+            self._leftovers = {sid: reg for sid, reg in self._leftovers_against.items()
+                               if sid not in adopted}
         actual = self._against
         for reg in plan.delete:  # everything was written: creates and updates are in
             if reg.service_id not in result.rejected:  # `wanted`, the deletes are gone
