@@ -34,23 +34,19 @@ def takeover(leftovers: Mapping[str, Registration], wanted: Mapping[str, Registr
     """Which of consul-k8s's registrations (`leftovers`, by service ID) go now: those of a
     Service in `synced` (Consul name, namespace) whose `wanted` registrations are all in
     `actual`, what Consul holds on the bridge's node, exactly as wanted."""
-    if not leftovers:
-        return Takeover()
+    kept = [reg for reg in leftovers.values() if (reg.name, reg.namespace) not in synced]
+    if len(kept) == len(leftovers):
+        return Takeover(kept=tuple(sorted(kept)))
     # A Service with any registration missing or different (not written yet, held back
     # after Consul rejected it, a write that failed) keeps consul-k8s's for now.
     unsettled = {(reg.name, reg.namespace) for sid, reg in wanted.items()
                  if not _in_place(actual.get(sid), reg)}
     remove: list[Registration] = []
     waiting: list[Registration] = []
-    kept: list[Registration] = []
     for reg in leftovers.values():
         service = (reg.name, reg.namespace)
-        if service not in synced:
-            kept.append(reg)
-        elif service in unsettled:
-            waiting.append(reg)
-        else:
-            remove.append(reg)
+        if service in synced:
+            (waiting if service in unsettled else remove).append(reg)
     return Takeover(tuple(sorted(remove)), tuple(sorted(waiting)), tuple(sorted(kept)))
 
 

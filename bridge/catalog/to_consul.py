@@ -38,7 +38,7 @@ returned as a `Refusal` for the Service (consul-k8s sends it and fails the whole
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
@@ -398,11 +398,15 @@ def _synced_name(service: Service, options: SyncOptions, skipped: list[str]) -> 
     return _consul_name(service, options, skipped)
 
 
-def synced_services(snapshot: Snapshot, options: SyncOptions) -> frozenset[tuple[str, str]]:
-    """(Consul name, namespace) of every Service the sync registers, whether or not it has
-    an instance now: what consul-k8s's registrations are matched against on adoption."""
+def synced_services(snapshot: Snapshot, options: SyncOptions,
+                    namespaces: Collection[str] | None = None) -> frozenset[tuple[str, str]]:
+    """(Consul name, namespace) of every Service the sync registers (of `namespaces`;
+    None: all), whether or not it has an instance now: what consul-k8s's registrations
+    are matched against on adoption."""
     found: set[tuple[str, str]] = set()
     for key, service in snapshot.services.items():
+        if namespaces is not None and key.namespace not in namespaces:
+            continue
         name = _synced_name(service, options, [])
         if name is not None:
             found.add((name, key.namespace))

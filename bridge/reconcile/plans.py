@@ -139,7 +139,8 @@ class ConsulPlanner:
         if not leftovers:
             self._left_alone = set()
             return plan, False
-        found = takeover(leftovers, wanted, actual, synced_services(kube, self._options))
+        namespaces = {reg.namespace for reg in leftovers.values()}
+        found = takeover(leftovers, wanted, actual, synced_services(kube, self._options, namespaces))
         self._report_left_alone(found.kept)
         if found.remove:
             plan = Plan(plan.create, plan.update, plan.delete, plan.replaced, adopt=found.remove)
@@ -155,9 +156,9 @@ class ConsulPlanner:
                 news.setdefault((reg.namespace, reg.name), []).append(reg.service_id)
         for (namespace, name), sids in sorted(news.items()):
             LEFT_ALONE.inc(len(sids))
-            log.warning("consul: leaving consul-k8s's %d registrations of %s (namespace %s) in place: "
-                        "the bridge syncs no such Service: %s", len(sids), name, namespace,
-                        ", ".join(sorted(sids)))
+            log.warning("consul: leaving consul-k8s's %d registration%s of %s (namespace %s) in place: "
+                        "the bridge syncs no such Service: %s", len(sids), "" if len(sids) == 1 else "s",
+                        name, namespace, ", ".join(sorted(sids)))
         self._left_alone = ids
 
     def applied(self, plan: Plan, result: ApplyResult[Any]) -> None:
