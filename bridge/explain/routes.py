@@ -12,11 +12,11 @@ import dataclasses
 import json
 import threading
 from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from bridge.catalog.model import Catalog, ServiceKey
-from bridge.explain.model import explain, summary_rows
+from bridge.explain.model import World, explain, summary_rows
 from bridge.explain.page import PAGE_SIZE, explain_page, status_page
-from bridge.explain.state import OperatorState
 
 Reply = tuple[int, str, bytes]
 Query = Mapping[str, list[str]]
@@ -30,8 +30,16 @@ def _one(query: Query, name: str, default: str = "") -> str:
     return values[0]
 
 
+class View(Protocol):
+    """What the pages read (`state.OperatorState` of a running bridge)."""
+
+    def world(self) -> World: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class Routes:
-    def __init__(self, state: OperatorState) -> None:
+    def __init__(self, state: View) -> None:
         self._state = state
         self._lock = threading.Lock()  # the sorted keys below; taken by HTTP threads only
         self._sorted: tuple[Catalog | None, list[ServiceKey]] = (None, [])

@@ -84,7 +84,8 @@ class OperatorState:
             consul=view.consul if view else empty,
             merged=view.merged if view else {},
             changed_at=view.changed_at if view else {},
-            answer=self.answers.answer_for(catalog),
+            # Asked only by an explanation: the status page never builds an answerer.
+            answer=lambda name, qtype: self.answers.answer_for(catalog)(name, qtype),
             zone=settings.dns.zone,
             cluster_id=settings.cluster_id,
             kubernetes=kube is not None,

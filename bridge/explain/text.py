@@ -30,7 +30,7 @@ def render(explanation: JSON, now: float | None = None) -> str:
     title = f"{service['namespace']}/{service['name']}" if service else explanation["query"]
     say(f"{title}  (read as {explanation.get('reading') or 'nothing known'})")
     if not explanation.get("ready"):
-        say("  the catalog is not ready yet: DNS answers SERVFAIL")
+        say("  the catalog is not ready yet: DNS answers SERVFAIL for the names it does not hold yet")
     for note in explanation.get("notes") or []:
         say(f"  note: {note}")
     if explanation.get("candidates"):
