@@ -428,8 +428,8 @@ def _collisions(world: World, key: ServiceKey) -> list[str]:
 def _times(world: World, key: ServiceKey | None) -> JSON:
     at = world.changed_at.get(key) if key is not None else None
     return {"service": at or None,
-            "sources": {s.name: {"last_change": s.last_change or None, "last_event": s.last_event or None}
-                        for s in world.sources}}
+            "sources": [{"source": s.name, "last_change": s.last_change or None,
+                         "last_event": s.last_event or None} for s in world.sources]}
 
 
 def explain(world: World, text: str) -> JSON:

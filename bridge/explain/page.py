@@ -24,7 +24,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.4em;margin:0 0 .3em} h2{font-size:1.1em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;width:100%} th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}
 th{background:#f3f3f3} tr:hover td{background:#fafafa} .ok{color:#17692a} .bad{color:#b3261e}
-.grid{display:flex;flex-wrap:wrap;gap:1em}
+.grid{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
 .card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:16em}
 form{margin:.6em 0} input[type=search]{width:24em;padding:3px} pre{background:#f6f6f6;padding:.8em;overflow:auto}
 .muted{color:#666}
@@ -52,7 +52,7 @@ def _header(status: JSON, sources: Sequence[JSON]) -> str:
     ha = status["ha"]
     waiting = status["waiting_for"]
     ready = (f"<div class=card id=readiness><b>Readiness</b>: {_ok(not waiting, 'ready', 'not ready')}"
-             f"<br>waiting for: {_list(waiting)}warnings: {_list(status['warnings'])}</div>")
+             f"<br>waiting for: {_list(waiting)}<br>warnings: {_list(status['warnings'])}</div>")
     role = "writer (leads)" if ha["writer"] else "standby (answers DNS, does not write)"
     election = (f"identity {escape(ha['identity'])}<br>lease holder {escape(ha['lease_holder'] or '-')}"
                 if ha["election"] else "no leader election (single writer)")

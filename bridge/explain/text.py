@@ -85,6 +85,7 @@ def render(explanation: JSON, now: float | None = None) -> str:
     say("Last change:")
     if service:
         say(f"  this service: {when(times.get('service'), now)}")
-    for name, at in (times.get("sources") or {}).items():
-        say(f"  source {name}: changed {when(at['last_change'], now)}, heard from {when(at['last_event'], now)}")
+    for at in times.get("sources") or []:
+        say(f"  source {at['source']}: changed {when(at['last_change'], now)}, "
+            f"heard from {when(at['last_event'], now)}")
     return "\n".join(out) + "\n"
