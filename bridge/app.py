@@ -29,7 +29,8 @@ makes `/healthz` answer 500 naming it.
   of this process answer from a table the publisher swaps in as one reference. Either
   way a query sees one whole catalog state, old or new, and readers never lock. Names
   outside our zones are forwarded upstream by DNS's own forwarder thread.
-- `http`: health, readiness and metrics; it only reads.
+- `http`: health, readiness and metrics, and the operator's pages (/status, /explain:
+  `bridge.explain`); it only reads, references the loops replace whole.
 
 A sidecar (`kubernetes.enabled: false`) builds no Kubernetes client, no reflector, no sink
 and no reconciler: it reads Consul only (its own cluster's Services included, as the
@@ -71,6 +72,8 @@ from bridge.consul.source import ConsulSource
 from bridge.dns import metrics as dns_metrics
 from bridge.dns.server import DnsServer
 from bridge.dns.workers import DnsWorkers
+from bridge.explain.routes import Routes
+from bridge.explain.state import OperatorState
 from bridge.ha.wiring import HighAvailability
 from bridge.http import HealthServer
 from bridge.kube.client import KubeClient
@@ -174,7 +177,8 @@ class App:
             threads=self.threads, gate=self.ha.leadership) if lanes else None
         host, port = parse_hostport(settings.http.listen)
         self.http = HealthServer(host, port, self.waiting_for, self.threads.dead,
-                                 warnings=self.ha.problems)
+                                 warnings=self.ha.problems,
+                                 pages=Routes(OperatorState(self)).handlers())
         self._dns_bound = False
 
     def _changed(self) -> None:

@@ -1,4 +1,4 @@
-"""The `bridge` command: run, demo, check-config, and the two test servers.
+"""The `bridge` command: run, demo, check-config, explain, and the two test servers.
 
 Every server command accepts port 0, prints the address it actually bound, and exits 0
 on SIGTERM or SIGINT after an orderly stop. Bad settings exit 2 with one line naming the
@@ -105,7 +105,7 @@ def _serve_app(settings: config.Settings, banner: Callable[[Any], None] | None =
     app.start()
     for host, port in app.dns.addresses:
         _say(f"dns listening on {_fmt(host, port)} (udp, tcp)")
-    _say(f"http listening on {_fmt(*app.http.address)} (/healthz, /readyz, /metrics)")
+    _say(f"http listening on {_fmt(*app.http.address)} (/healthz, /readyz, /metrics, /status)")
     if banner:
         banner(app)
     try:
@@ -177,6 +177,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         kube.stop()
         consul.stop()
+
+
+EXPLAIN_UNKNOWN = 3  # `bridge explain`'s exit status for a name the bridge does not know
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Asks a running bridge's HTTP endpoint why NAME answers what it does."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from bridge.explain.text import render
+
+    host, port = config.parse_hostport(args.server)
+    url = f"http://{_fmt(host, port)}/explain?{urllib.parse.urlencode({'name': args.name})}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        print(f"bridge: {url}: {exc.code} {exc.read().decode(errors='replace').strip()}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"bridge: cannot reach the bridge at {args.server}: {reason}", file=sys.stderr)
+        return 1
+    explanation = json.loads(raw)
+    if args.json:
+        sys.stdout.write(raw.decode())
+    else:
+        sys.stdout.write(render(explanation))
+    return 0 if explanation.get("known") else EXPLAIN_UNKNOWN
 
 
 def _serve_fake(server: Any, name: str, loads: Sequence[str], loader: str,
@@ -286,6 +318,21 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-level", default="info")
     demo.add_argument("--log-format", default="text")
     demo.set_defaults(func=cmd_demo)
+
+    explain = sub.add_parser(
+        "explain", help="why a name answers what it does, from a running bridge",
+        description="Ask a running bridge (its HTTP listener) what DNS answers for NAME and "
+                    "why: each instance with its origin, those left out and why, the Consul "
+                    "registrations the bridge owns for it, and when each source last changed. "
+                    "NAME is a DNS name (php-apache-svc.default.svc.cluster.local), a Consul "
+                    "service name, or NAMESPACE/SERVICE. Exits 0 when the bridge knows the "
+                    f"name, {EXPLAIN_UNKNOWN} when it does not (it says why), 1 when it cannot ask.")
+    explain.add_argument("name", metavar="NAME")
+    explain.add_argument("--server", default="127.0.0.1:8080", type=_listen_arg, metavar="HOST:PORT",
+                         help="the bridge's http.listen address (default 127.0.0.1:8080)")
+    explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    explain.add_argument("--timeout", type=_seconds_arg, default=10.0, help=argparse.SUPPRESS)
+    explain.set_defaults(func=cmd_explain)
 
     k8s = sub.add_parser("fake-k8s", help="the Kubernetes API test server")
     k8s.add_argument("--listen", default="127.0.0.1:0", type=_listen_arg)

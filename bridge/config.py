@@ -326,7 +326,7 @@ class DnsSettings:
 
 @dataclass(frozen=True)
 class HttpSettings:
-    listen: str = _setting("0.0.0.0:8080", "address of /healthz, /readyz and /metrics",
+    listen: str = _setting("0.0.0.0:8080", "address of /healthz, /readyz, /metrics and the operator's /status",
                            check=_listen)
 
 

@@ -8,7 +8,9 @@ ready it answers 503 and names what it is waiting for, one line each (the compos
 decides what counts: see `App.waiting_for`). Problems that do not stop this replica
 answering DNS (high availability: a cluster id claimed by another cluster) are listed after
 the status, one `warning:` line each, without changing it. `/metrics` is the Prometheus
-text format. The port is bound by `start()`, not by the constructor.
+text format. `pages` adds the operator's pages (`bridge.explain.routes`: /status, /explain),
+served the same way; a page that fails answers 500 and is logged, never ends the server.
+The port is bound by `start()`, not by the constructor.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -29,13 +32,18 @@ POLL = 0.05  # how often the serving loop looks for `stop()`: what a stop waits 
 class HealthServer:
     def __init__(self, host: str, port: int, waiting_for: Callable[[], list[str]],
                  dead: Callable[[], Mapping[str, str]] = dict,
-                 warnings: Callable[[], list[str]] = list) -> None:
+                 warnings: Callable[[], list[str]] = list,
+                 pages: Mapping[str, Callable[[dict[str, list[str]]], tuple[int, str, bytes]]]
+                 | None = None) -> None:
         """`waiting_for`: what readiness still waits for; `dead`: thread name -> why it
-        died, for each loop thread that did; `warnings`: what /readyz adds to its status."""
+        died, for each loop thread that did; `warnings`: what /readyz adds to its status;
+        `pages`: path -> handler of the query string's values, returning (status, content
+        type, body)."""
         self._host, self._port = host, port
         self._waiting_for = waiting_for
         self._dead = dead
         self._warnings = warnings
+        self.pages = dict(pages or {})
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -51,12 +59,13 @@ class HealthServer:
         waiting_for = self._waiting_for
         dead = self._dead
         warnings = self._warnings
+        pages = self.pages
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 if path == "/healthz":
                     died = dead()
                     if died:
@@ -74,6 +83,13 @@ class HealthServer:
                     self._send(503 if missing else 200, body, "text/plain; charset=utf-8")
                 elif path == "/metrics":
                     self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
+                elif path in pages:
+                    try:
+                        code, content_type, body = pages[path](parse_qs(query))
+                    except Exception:
+                        log.exception("http: %s failed", path)
+                        code, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
+                    self._send(code, body, content_type)
                 else:
                     self._send(404, b"not found\n", "text/plain; charset=utf-8")
 

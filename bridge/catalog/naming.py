@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable
 
-from bridge.catalog.model import Service
+from bridge.catalog.model import Service, ServiceKey
 
 SERVICE_NAME_ANNOTATION = "consul.hashicorp.com/service-name"
 MAX_LABEL = 63
@@ -83,6 +83,23 @@ def dns_labels(names: Iterable[str]) -> tuple[dict[str, str], list[tuple[str, st
     smallest name in sort order keeps the plain label; each other one gets a digest suffix.
     """
     return _unique(names, dns_label, {})
+
+
+NAMESPACE_META = "external-k8s-ns"
+NAME_META = "external-k8s-name"
+# Set by whoever registers a service in Consul, to choose its namespace under cluster.local.
+NAMESPACE_OVERRIDE_META = "k8s-namespace"
+
+
+def consul_service_key(meta: dict[str, str], label: str, default_namespace: str) -> ServiceKey:
+    """Where a Consul instance answers under cluster.local: another bridge's registration in
+    its original namespace and name (`external-k8s-ns`, `external-k8s-name`), otherwise in
+    the namespace its `k8s-namespace` meta names, or `default_namespace`, under `label` (the
+    DNS label of its Consul name, `dns_labels`)."""
+    override = meta.get(NAMESPACE_OVERRIDE_META)
+    namespace = meta.get(NAMESPACE_META) or (dns_label(override) if override else default_namespace)
+    name = (meta.get(NAME_META) or label) if NAMESPACE_META in meta else label
+    return ServiceKey(namespace, name)
 
 
 KUBE_NAME_PREFIX = "consul-"

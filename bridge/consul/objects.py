@@ -92,6 +92,16 @@ def instance_from_health(entry: Mapping[str, Any], passing_only: bool = True) ->
     )
 
 
+def failing_checks(entry: Mapping[str, Any], passing_only: bool = True) -> str:
+    """The checks of a health entry that keep its instance from being healthy, as
+    `name (status), ...` (the node's checks count too, as Consul's own filter counts them)."""
+    allowed = {"passing"} if passing_only else {"passing", "warning"}
+    failing = [f"{_get(c, 'Name') or _get(c, 'CheckID') or '?'} ({_get(c, 'Status') or '?'})"
+               for c in (_get(entry, "Checks") or []) if isinstance(c, dict)
+               and str(_get(c, "Status") or "") not in allowed]
+    return ", ".join(failing) or "none named"
+
+
 def _ports(port: int, meta: Mapping[str, Any]) -> tuple[Port, ...]:
     """The instance's ports. `port-<name>` meta names them for services registered by
     hand or by tools; for Kubernetes-origin entries it holds the Service's ports, not the

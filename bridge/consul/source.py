@@ -29,10 +29,23 @@ from typing import Any
 from prometheus_client import Counter
 
 from bridge.catalog.model import Instance, Service, ServiceKey, ServiceType, Snapshot
-from bridge.catalog.naming import dns_label, dns_labels
+from bridge.catalog.naming import (
+    NAME_META,
+    NAMESPACE_META,
+    NAMESPACE_OVERRIDE_META,
+    consul_service_key,
+    dns_labels,
+)
 from bridge.consul.blocking import BlockingLoop
 from bridge.consul.client import ConsulClient
-from bridge.consul.objects import BadEntry, instance_from_health, is_consul_k8s, is_ours
+from bridge.consul.objects import (
+    BadEntry,
+    failing_checks,
+    instance_from_health,
+    is_consul_k8s,
+    is_ours,
+)
+from bridge.freshness import Freshness
 from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
@@ -40,10 +53,7 @@ log = logging.getLogger(__name__)
 SKIPPED = Counter("bridge_consul_entries_skipped_total", "Consul entries skipped as malformed")
 COLLISIONS = Counter("bridge_consul_name_collisions_total",
                      "Consul service names that sanitised to a label already taken")
-NAMESPACE_META = "external-k8s-ns"
-NAME_META = "external-k8s-name"
-# Set by whoever registers a service in Consul, to choose its namespace under cluster.local.
-NAMESPACE_OVERRIDE_META = "k8s-namespace"
+__all__ = ["NAMESPACE_META", "NAMESPACE_OVERRIDE_META", "NAME_META", "ConsulSource"]
 
 
 class _Watcher:
@@ -80,6 +90,11 @@ class ConsulSource:
         self._services: dict[ServiceKey, Service] = {}
         self._synced = False
         self._lock = threading.Lock()  # guards the watcher set, not the entries readers see
+        self.freshness = Freshness("consul")
+        # Why instances of a name are not healthy or were skipped, for `bridge explain`:
+        # name -> {"<service ID> on <node>": why}; replaced whole, as `_entries`.
+        self.notes: dict[str, dict[str, str]] = {}
+        self.labels: dict[str, str] = {}  # Consul name -> its DNS label, as of the last snapshot
         # Names whose instances are all ours (on our node) need no watcher: one blocking
         # query and thread per foreign service only. A sidecar keeps ours: every name.
         not_on_node = "" if keep_ours else our_node
@@ -90,6 +105,16 @@ class ConsulSource:
 
     def start(self) -> None:
         self.thread = self._threads.start("consul-services", self._loop.run)
+
+    @property
+    def entries(self) -> dict[str, tuple[Instance, ...]]:
+        """Consul name -> its instances, as last read (ours left out unless kept)."""
+        return self._entries
+
+    @property
+    def collisions(self) -> set[tuple[str, str, str]]:
+        """Names that sanitise to a label already taken: (loser, winner, loser's label)."""
+        return self._collisions
 
     @property
     def watched(self) -> frozenset[str]:
@@ -117,6 +142,7 @@ class ConsulSource:
         return self._synced
 
     def _on_services(self, services: dict[str, list[str]]) -> bool:
+        self.freshness.event()
         names = frozenset(services)
         with self._lock:
             for gone in set(self._watchers) - names:
@@ -130,8 +156,11 @@ class ConsulSource:
                 for name in removed:
                     entries.pop(name, None)
                 self._entries = entries
+                self.notes = {n: found for n, found in self.notes.items() if n in names}
         first = not self._listed.is_set()
         self._listed.set()
+        if removed:
+            self.freshness.change()
         if removed or first:
             self._on_change()
         return True
@@ -155,8 +184,10 @@ class ConsulSource:
         self._watchers[name] = _Watcher(name, thread, stop)
 
     def _store(self, name: str, entries: list[dict[str, Any]]) -> None:
+        self.freshness.event()
         instances: list[Instance] = []
         ours = self._our_ids(entries) if self._adopt_node and self._keep_ours else frozenset()
+        notes: dict[str, str] = {}
         for entry in entries:
             service = entry.get("Service") or {}
             node = str((entry.get("Node") or {}).get("Node") or "")
@@ -167,20 +198,29 @@ class ConsulSource:
             if node == self._adopt_node and self._adopt_node and is_consul_k8s(service) \
                     and (not self._keep_ours or str(service.get("ID") or "") in ours):
                 continue
+            where = f"{service.get('ID') or '?'} on {node or '?'}"
             try:
-                instances.append(instance_from_health(entry, not self._admit_warning))
+                instance = instance_from_health(entry, not self._admit_warning)
             except BadEntry as exc:
                 SKIPPED.inc()
                 log.warning("consul service %s: entry skipped: %s", name, exc)
+                notes[where] = f"skipped as malformed: {exc}"
+                continue
+            instances.append(instance)
+            if not instance.ready:
+                notes[where] = "checks not passing: " + failing_checks(entry, not self._admit_warning)
         value = tuple(sorted(instances))
         with self._lock:
             if name not in self._names and self._listed.is_set():
                 return  # the service vanished while this answer was in flight
+            if self.notes.get(name, {}) != notes:
+                self.notes = {**self.notes, name: notes}
             if name in self._entries and self._entries[name] == value:
                 return
             entries_copy = dict(self._entries)
             entries_copy[name] = value
             self._entries = entries_copy
+        self.freshness.change()
         self._on_change()
 
     def _our_ids(self, entries: list[dict[str, Any]]) -> frozenset[str]:
@@ -204,12 +244,7 @@ class ConsulSource:
         grouped: dict[ServiceKey, list[Instance]] = defaultdict(list)
         for name, instances in entries.items():
             for instance in instances:
-                meta = dict(instance.meta)
-                override = meta.get(NAMESPACE_OVERRIDE_META)
-                namespace = meta.get(NAMESPACE_META) or (dns_label(override) if override else self._namespace)
-                label = meta.get(NAME_META) or labels[name] if NAMESPACE_META in meta \
-                    else labels[name]
-                grouped[ServiceKey(namespace, label)].append(instance)
+                grouped[consul_service_key(dict(instance.meta), labels[name], self._namespace)].append(instance)
         services: dict[ServiceKey, Service] = {}
         for key, found in grouped.items():
             instances = tuple(found)
@@ -222,4 +257,5 @@ class ConsulSource:
                                         ports=tuple(sorted({p for i in instances for p in i.ports})),
                                         instances=instances)
         self._services = services
+        self.labels = labels
         return Snapshot.of(services.values(), self.synced)

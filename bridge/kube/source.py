@@ -118,8 +118,14 @@ class KubeSource:
         self._views = (self._sync_view, self._dns_view)
         self._joined_at: tuple[int, ...] | None = None  # reflector versions of the join
         self.dns = DnsView(self, self._dns_view)
+        self.dns_admits = self._dns_view.admits  # DNS's namespace filter, for `bridge explain`
         self._reflectors = [r for r in (self.services, self.slices, self.nodes, self.ingresses)
                             if r is not None]
+
+    @property
+    def reflectors(self) -> tuple[Reflector[Any], ...]:
+        """Services, EndpointSlices, and Nodes and Ingresses when watched."""
+        return tuple(self._reflectors)
 
     def start(self) -> None:
         for reflector in self._reflectors:

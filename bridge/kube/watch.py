@@ -19,6 +19,7 @@ from prometheus_client import Counter
 from tenacity import RetryCallState, retry_if_exception_type
 
 from bridge.errors import Denied, Expired, Rejected, Transient
+from bridge.freshness import Freshness
 from bridge.kube.client import KubeClient, Resource
 from bridge.kube.objects import BadObject, object_key
 from bridge.retry import Backoff, Stopped, retrying
@@ -69,6 +70,7 @@ class Reflector(Generic[T]):
         self.state: tuple[int, Mapping[tuple[str, str], T]] = (0, self.items)
         self._changes: deque[tuple[int, tuple[str, str]]] = deque(maxlen=CHANGE_LOG)
         self._floor = 0  # a relist at this version: what changed in it is not logged
+        self.freshness = Freshness(f"kubernetes/{resource.plural}")
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -140,6 +142,8 @@ class Reflector(Generic[T]):
         changed = self._items != fresh
         if changed:
             self._publish(fresh, None)
+        else:
+            self.freshness.event()
         first = not self.synced.is_set()
         self.synced.set()
         log.debug("%s: listed %d at resourceVersion %s", self._resource.plural, len(fresh),
@@ -154,6 +158,7 @@ class Reflector(Generic[T]):
             kind = event.get("type")
             raw = event.get("object") or {}
             EVENTS.labels(self._resource.plural, str(kind)).inc()
+            self.freshness.event()
             rv = str((raw.get("metadata") or {}).get("resourceVersion") or "")
             if kind == "BOOKMARK":
                 self.resource_version = rv or self.resource_version
@@ -184,6 +189,7 @@ class Reflector(Generic[T]):
                 updated[key] = value
             self._publish(updated, key)
             self._on_change()
+        self.freshness.event()  # the stream ended cleanly: the server was there
 
     def _publish(self, items: dict[tuple[str, str], T], key: tuple[str, str] | None) -> None:
         """Make `items` the cache: `key` changed, or (None) anything may have."""
@@ -196,6 +202,7 @@ class Reflector(Generic[T]):
         self.items = MappingProxyType(items)
         self.version = version
         self.state = (version, self.items)  # last: readers of `state` see a logged change
+        self.freshness.change()
 
     def changed_since(self, since: int, upto: int) -> set[tuple[str, str]] | None:
         """The keys changed after version `since` up to `upto` (a version read from

@@ -161,6 +161,12 @@ class ConsulPlanner:
                         name, namespace, ", ".join(sorted(sids)))
         self._left_alone = ids
 
+    def record(self) -> tuple[Mapping[str, Registration], dict[str, Registration]]:
+        """For the operator's view: the registrations the last plan wanted, and a copy of
+        what Consul held by our record then (or since, after the last apply)."""
+        held = self._actual if self._actual is not None else self._against
+        return self._wanted, held.copy()  # dict.copy: one step the reconciler cannot split
+
     def applied(self, plan: Plan, result: ApplyResult[Any]) -> None:
         for sid in result.written:
             if self._rejected.pop(sid, None) is not None:

@@ -1,0 +1,1 @@
+"""The operator's view of a running bridge: `bridge explain NAME` and the /status page."""
