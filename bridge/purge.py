@@ -177,6 +177,8 @@ class Purge:
             raise PurgeRefused(f"Consul rolled the deletion back: {exc}; {_so_far(done)}") from None
 
     def close(self) -> None:
+        if self._consul.login is not None:
+            self._consul.login.stop()  # the login's token, deleted rather than left to its TTL
         self._consul.close()
         if self._kube is not None:
             self._kube.close()
