@@ -185,8 +185,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if not (args.cluster_id or (args.config and "cluster_id" in config.read_file(args.config))
             or "cluster_id" in config.read_env(os.environ)):
         # Deleting is too much to do for a cluster id taken by default.
-        raise ConfigError("--cluster-id", None, "say which cluster's entries to purge "
-                          "(or set cluster_id in --config)")
+        raise ConfigError("cluster_id", "", "say which cluster's entries to purge: "
+                          "--cluster-id ID, or cluster_id in --config")
     settings = config.build(config_file=args.config, flags=_flags(args))
     # Its output is its lines; the clients' own logs only when asked for (--log-level).
     logs.configure(settings.log.level if args.log__level else "critical", settings.log.format,

@@ -187,3 +187,11 @@ def test_purge_with_default_deny_acls_needs_only_the_central_policy(world: World
     assert done.returncode == 0 and not done.stderr, done
     assert "k8s-sync-east" not in consul_world(consul)["nodes"]
     assert "bridge/clusters/east" not in consul_world(consul)["keys"]
+
+
+def test_purge_without_a_cluster_id_names_the_setting_and_reads_nothing() -> None:
+    """Deleting is too much to do for the cluster id a bridge takes by default."""
+    done = subprocess.run([BRIDGE, "purge", "--consul-addr", "http://127.0.0.1:1", "--yes"],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and not done.stdout, done
+    assert done.stderr.count("\n") == 1 and "--cluster-id ID, or cluster_id in --config" in done.stderr, done.stderr
