@@ -1,4 +1,4 @@
-"""The `bridge` command: run, demo, check-config, explain, and the two test servers.
+"""The `bridge` command: run, demo, check-config, explain, purge, and the two test servers.
 
 Every server command accepts port 0, prints the address it actually bound, and exits 0
 on SIGTERM or SIGINT after an orderly stop. Bad settings exit 2 with one line naming the
@@ -211,6 +211,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if explanation.get("known") else EXPLAIN_UNKNOWN
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    from bridge import logs, purge
+
+    if not (args.cluster_id or (args.config and "cluster_id" in config.read_file(args.config))
+            or "cluster_id" in config.read_env(os.environ)):
+        # Deleting is too much to do for a cluster id taken by default.
+        raise ConfigError("cluster_id", "", "say which cluster's entries to purge: "
+                          "--cluster-id ID, or cluster_id in --config")
+    settings = config.build(config_file=args.config, flags=_flags(args))
+    # Its output is its lines; the clients' own logs only when asked for (--log-level).
+    logs.configure(settings.log.level if args.log__level else "critical", settings.log.format,
+                   secrets=[settings.consul.token, config.token(settings.consul)])
+    return purge.run(settings, yes=args.yes, say=_say)
+
+
 def _serve_fake(server: Any, name: str, loads: Sequence[str], loader: str,
                 after_start: Callable[[], None] | None = None) -> int:
     server.start()
@@ -309,6 +324,14 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="FILE", help="YAML settings file")
     _add_setting_flags(check)
     check.set_defaults(func=cmd_check_config)
+
+    purge = sub.add_parser("purge", help="list (and with --yes delete) what a cluster's bridge "
+                           "left in Consul and, with sync.to_k8s, in Kubernetes")
+    purge.add_argument("--config", metavar="FILE", help="YAML settings file (as `run` has it)")
+    _add_setting_flags(purge, only=("--kubeconfig", "--context", "--consul-addr", "--cluster-id",
+                                    "--log-level", "--log-format"))
+    purge.add_argument("--yes", action="store_true", help="delete; without it nothing changes")
+    purge.set_defaults(func=cmd_purge)
 
     demo = sub.add_parser("demo", help="run the bridge against embedded test servers")
     demo.add_argument("--dns-listen", default="127.0.0.1:5353", type=_listen_arg)

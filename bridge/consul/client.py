@@ -357,6 +357,30 @@ class ConsulClient:
         """Writes `key` and gives up the session's lock on it (no lock-delay follows)."""
         return bool(self._call(f"kv release {key}", self._c.kv.put, key, value, release=session_id))
 
+    # What a cluster owns, found by its marks, for `bridge purge` (bridge/purge.py).
+
+    def nodes_with_meta(self, key: str, value: str) -> list[dict[str, Any]]:
+        """Every node whose node meta `key` is `value` (`?node-meta=key:value`)."""
+        _, data = self._call("catalog nodes", self._c.catalog.nodes, node_meta={key: value})
+        return data or []
+
+    def service_names(self, filter_expr: str) -> list[str]:
+        """The names of the services with an instance matching `filter_expr` (bexpr over
+        the catalog's service nodes)."""
+        _, data = self._call("catalog services", self._c.catalog.services, filter_expr=filter_expr)
+        return sorted(data or {})
+
+    def service_nodes(self, name: str, filter_expr: str) -> list[dict[str, Any]]:
+        """`/v1/catalog/service/<name>`: its instances matching `filter_expr`."""
+        _, data = self._call(f"catalog service {name}", self._c.catalog.service, name,
+                             filter_expr=filter_expr)
+        return data or []
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """Every session in the datacenter (those the token may read)."""
+        _, data = self._call("session list", self._c.session.list)
+        return data or []
+
 
 class TokenLost(Denied):
     """Consul does not know the token (`ACL not found`): deleted, expired, or never made."""

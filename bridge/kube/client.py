@@ -138,13 +138,16 @@ class KubeClient:
             self.access.refused(request, exc.status, status_message(exc.body, exc.reason))
         return map_error(exc, what)
 
-    def list_page(self, resource: Resource, *, limit: int, cont: str | None) -> dict[str, Any]:
-        """One page of a list as raw JSON."""
+    def list_page(self, resource: Resource, *, limit: int, cont: str | None,
+                  label_selector: str = "") -> dict[str, Any]:
+        """One page of a list as raw JSON; with `label_selector`, only the objects it selects."""
         what = f"list {resource.plural}"
         kwargs: dict[str, Any] = {"limit": limit, "_preload_content": False,
                                   "_request_timeout": (10, 60)}
         if cont:
             kwargs["_continue"] = cont
+        if label_selector:
+            kwargs["label_selector"] = label_selector
         request = Request("list", resource.plural)
         try:
             response = resource.list_method(self.api)(**kwargs)

@@ -1,5 +1,7 @@
 # The central bridge of one cluster: exactly what bridge/consul/client.py calls, nothing more.
 # Replace CLUSTER_ID with the bridge's cluster_id (README: Consul security).
+# `bridge purge` (the uninstall step, deploy/uninstall) needs nothing more: it reads as the
+# bridge reads and deletes its node (with the registrations on it) and its claim.
 
 # Its synthetic node: written in /v1/txn (Node set, Service and Check set/delete on it),
 # read back through /v1/catalog/node/k8s-sync-CLUSTER_ID and /v1/health/node/k8s-sync-CLUSTER_ID.

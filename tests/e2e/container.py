@@ -33,10 +33,12 @@ TIMING_ENV = {"BRIDGE_CONSUL_WAIT"}
 def start(objects: list[dict[str, Any]], deployment: dict[str, Any], tmp_path: Path, *,
           settings: Mapping[str, Any], env: Mapping[str, str] | None = None,
           kubelet_env: Mapping[str, str] | None = None,
-          timing_env: Mapping[str, str] | None = None) -> Proc:
+          timing_env: Mapping[str, str] | None = None,
+          secrets: Mapping[tuple[str, str], str] | None = None) -> Proc:
     """Starts the container's command. `settings` (dotted keys) and `env` rewrite addresses
     and paths only; `kubelet_env` is what the kubelet adds (KUBERNETES_SERVICE_HOST...);
-    `timing_env` shortens a timing (TIMING_ENV).
+    `timing_env` shortens a timing (TIMING_ENV); `secrets` holds the value of each Secret
+    key, by (Secret name, key), that the test creates (others are absent).
     HOME is `tmp_path`, so no kubeconfig of this machine's user is found."""
     assert set(settings) <= ADDRESS_SETTINGS, f"not an address: {set(settings) - ADDRESS_SETTINGS}"
     assert set(env or {}) <= ADDRESS_ENV, f"not an address: {set(env or {}) - ADDRESS_ENV}"
@@ -62,6 +64,9 @@ def start(objects: list[dict[str, Any]], deployment: dict[str, Any], tmp_path: P
             environ[var["name"]] = _pod_field(deployment, source["fieldRef"]["fieldPath"])
         else:
             ref = source.get("secretKeyRef", {})
+            if (ref.get("name"), ref.get("key")) in (secrets or {}):
+                environ[var["name"]] = (secrets or {})[(ref["name"], ref["key"])]
+                continue
             assert ref.get("optional") is True, f"{var['name']} needs an object the test lacks: {var}"
     for name, value in (env or {}).items():
         assert name in environ, f"the container does not set {name}"

@@ -84,13 +84,14 @@ class Running:
 
 
 def running(objects: list[dict[str, Any]], deployment: dict[str, Any], tmp_path: Path,
-            **overrides: Any) -> Running:
+            command: str = "run", **overrides: Any) -> Running:
     """Parses the container's argv with the CLI's parser and builds its settings from the
-    mounted ConfigMap and the literal environment (Secret references carry no value here)."""
+    mounted ConfigMap and the literal environment (Secret references carry no value here).
+    `deployment`: a Deployment, or a Job whose container runs `bridge <command>`."""
     spec = pod_spec(deployment)
     container = bridge_container(spec)
     argv = [*container.get("command", entrypoint()), *container.get("args", [])]
-    assert argv[:2] == ["bridge", "run"], f"the container must run `bridge run`: {argv}"
+    assert argv[:2] == ["bridge", command], f"the container must run `bridge {command}`: {argv}"
     try:
         args = cli.parser().parse_args(argv[1:])
     except SystemExit:
@@ -378,6 +379,45 @@ def test_central_replicas_are_named_in_the_lease_by_their_pod(central):
     [pod_name] = [e for e in container.get("env", []) if e["name"] == "POD_NAME"]
     assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert config.build(environ={"POD_NAME": "bridge-7d9f-x2"}).ha.identity == "bridge-7d9f-x2"
+
+
+# --- uninstall -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def uninstall() -> list[dict[str, Any]]:
+    return render("uninstall")
+
+
+def test_uninstall_stops_the_writers_and_keeps_what_the_purge_needs(central, uninstall):
+    assert one(uninstall, "Deployment", "bridge")["spec"]["replicas"] == 0, \
+        "no bridge may write (and hold the claim) while the purge runs"
+    kept = {(o["kind"], o["metadata"]["name"]) for o in uninstall} - {("Job", "bridge-purge")}
+    assert kept == {(o["kind"], o["metadata"]["name"]) for o in central}, \
+        "applying the uninstall step changes nothing of the central bridge but its replicas"
+
+
+def test_uninstall_job_purges_with_the_central_bridges_settings_and_credentials(central, uninstall,
+                                                                                 central_run, tmp_path):
+    job = one(uninstall, "Job", "bridge-purge")
+    purge = running(uninstall, job, tmp_path, command="purge")
+    assert "--yes" in purge.argv, purge.argv
+    assert purge.settings == central_run.settings, "the purge must see the bridge's own settings"
+    args = cli.parser().parse_args(purge.argv[1:])
+    assert args.cluster_id is None and purge.config_path, \
+        "the cluster id comes from the settings file, where the bridge's own comes from"
+    spec, deployed = pod_spec(job), pod_spec(one(central, "Deployment", "bridge"))
+    for field in ("serviceAccountName", "securityContext", "volumes"):
+        assert spec.get(field) == deployed.get(field), f"the Job's {field} differs from the Deployment's"
+    container, bridge = bridge_container(spec), bridge_container(deployed)
+    for field in ("image", "env", "securityContext", "volumeMounts"):
+        assert container.get(field) == bridge.get(field), f"the Job's container {field} differs"
+    assert spec["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 3, \
+        "a purge refused while the last bridge stops must be tried again"
+    check_restricted(spec, container)
+    grants = granted(uninstall)
+    if purge.settings.sync.to_k8s:
+        for resource in (("", "services"), ("discovery.k8s.io", "endpointslices")):
+            assert {(*resource, "list"), (*resource, "delete")} <= grants, f"purge lists and deletes {resource}"
 
 
 # --- sidecar ---------------------------------------------------------------------------
