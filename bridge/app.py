@@ -7,9 +7,9 @@ makes `/healthz` answer 500 naming it.
 - `reflector-services`, `reflector-endpointslices` (and `-nodes`, `-ingresses` when the
   sync needs them): each owns one Kubernetes list/watch and its cache; a cache is a
   dict replaced whole on every change (copy-on-write).
-- `consul-services` plus one `consul-<name>` thread per Consul service others
-  registered: each owns one blocking query and one entry of the Consul source's map,
-  also replaced whole.
+- `consul-reader`: one asyncio event loop running every blocking query of the Consul
+  source (the service list, and one per Consul service others registered); each query
+  owns one entry of the source's map, also replaced whole.
 - `dns-publisher`: the only thread that merges the sources into an immutable `Catalog`
   and publishes it to DNS. Sources wake it through its own coalescing `Trigger` (10 ms
   quiet, 40 ms at most), so DNS never waits behind a write to Consul or Kubernetes.
