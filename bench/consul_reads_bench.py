@@ -219,7 +219,8 @@ def run(args: argparse.Namespace, workdir: Path) -> Result:
 def report(r: Result, args: argparse.Namespace) -> None:
     kinds: dict[str, int] = {}
     for record in r.requests:
-        kind = f"{record['method']} {record['path'].rsplit('/', 1)[0] if '/health/' in record['path'] else record['path']}" \
+        path = record['path'].rsplit('/', 1)[0] if '/health/' in record['path'] else record['path']
+        kind = f"{record['method']} {path}" \
                f" {'blocking' if 'index=' in record['query'] else 'plain'} {record['status']}"
         kinds[kind] = kinds.get(kind, 0) + 1
     growth = (r.loaded.rss_kb - r.baseline.rss_kb) / 1024
