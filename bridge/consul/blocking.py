@@ -140,10 +140,6 @@ class BlockingQuery(Generic[T]):
         self._sleep = sleep
         self.index = 0
         self._bucket = TokenBucket(clock=clock)
-        # As BlockingLoop's: capped low, and any error is retried.
-        self._retrying = AsyncRetrying(
-            retry=retry_if_exception_type(Exception), wait=Backoff(base=0.05, cap=1.0),
-            sleep=sleep, before_sleep=self._failed, reraise=True)
 
     async def run(self) -> None:
         """Until `deliver` says no more (or the task is cancelled)."""
@@ -151,19 +147,35 @@ class BlockingQuery(Generic[T]):
             pause = self._bucket.delay()
             if pause:
                 await self._sleep(pause)
-            answer: tuple[int, T] = await self._retrying(self._attempt, self.index or None)
-            returned, value = answer
+            returned, value = await self._answer(self.index or None)
             new = next_index(self.index, returned)
             if new == 0:
                 log.info("%s: index went backwards (%d -> %d); starting over", self.name,
                          self.index, returned)
             self.index = new
-            if not self._deliver(value):
+            more = self._deliver(value)
+            del value  # not held while the next query blocks: thousands of them block at once
+            if not more:
                 return
 
-    async def _attempt(self, index: int | None) -> tuple[int, T]:
-        # A coroutine function: tenacity awaits only what such a function returns.
-        return await self._fetch(index)
+    async def _answer(self, index: int | None) -> tuple[int, T]:
+        try:
+            return await self._fetch(index)
+        except Exception as exc:
+            failed: list[Exception] = [exc]
+        # Only a failure pays for tenacity's state; its first attempt is the one that failed.
+        # As BlockingLoop's: capped low, and any error is retried.
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Exception), wait=Backoff(base=0.05, cap=1.0),
+            sleep=self._sleep, before_sleep=self._failed, reraise=True)
+
+        async def attempt(index: int | None) -> tuple[int, T]:
+            if failed:
+                raise failed.pop()
+            return await self._fetch(index)
+
+        answer: tuple[int, T] = await retrying(attempt, index)
+        return answer
 
     def _failed(self, state: RetryCallState) -> None:
         _log_failure(self.name, state, self._on_error, stopping=False)

@@ -35,6 +35,11 @@ R = TypeVar("R")
 # silent for longer than that and a margin is a connection that died unnoticed.
 _READ_MARGIN = 15.0
 _CONNECT_TIMEOUT = 10.0
+# Reads without an index (each service's first, and after an index reset) answer at once:
+# at most this many at a time, so thousands of services are not one burst of connections
+# (a listen backlog overflows, Consul's connection limit per client trips). The blocking
+# reads that follow reuse their connections and are not limited.
+FIRST_READS = 32
 
 
 def _ssl_context(settings: ConsulSettings) -> ssl.SSLContext:
@@ -61,6 +66,7 @@ class ConsulReads:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT,
                                               sock_read=settings.wait * 17 / 16 + _READ_MARGIN)
         self._session: aiohttp.ClientSession | None = None
+        self._first_reads: asyncio.Semaphore | None = None
         # A login is a synchronous call (client.py): made on a thread of its own, rarely.
         self._login_pool: ThreadPoolExecutor | None = None
 
@@ -70,6 +76,7 @@ class ConsulReads:
         connector = aiohttp.TCPConnector(limit=0, ssl=_ssl_context(self._settings) if self._https else False)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
                                               auto_decompress=True, trust_env=False)
+        self._first_reads = asyncio.Semaphore(FIRST_READS)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -103,6 +110,13 @@ class ConsulReads:
         if index:
             query["index"] = str(index)
             query["wait"] = self._wait
+        if index:
+            return await self._get_token(what, path, query)
+        assert self._first_reads is not None, "open() first"
+        async with self._first_reads:
+            return await self._get_token(what, path, query)
+
+    async def _get_token(self, what: str, path: str, query: dict[str, str]) -> tuple[int, Any]:
         credentials = self._client.credentials
         if credentials is None:
             return await self._get_once(what, path, query, self._static_token)
