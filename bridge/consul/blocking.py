@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from bridge.errors import BridgeError, Denied
+from bridge.errors import BridgeError, Denied, Throttled
 from bridge.retry import Backoff, Stopped, retrying
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _log_failure(name: str, state: RetryCallState, on_error: Callable[[BaseExcep
         on_error(exc)
     if stopping:
         log.debug("%s: ended by the stop: %s", name, exc)  # its client was closed
-    elif isinstance(exc, Denied):  # the client logged the refusal once already
+    elif isinstance(exc, Denied | Throttled):  # the client logged the refusal once already
         log.debug("%s: %s; retrying in %.2fs", name, exc, state.upcoming_sleep)
     elif isinstance(exc, BridgeError):
         log.warning("%s: %s; retrying in %.2fs", name, exc, state.upcoming_sleep)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 import urllib.parse
 from collections.abc import Callable
@@ -23,13 +24,15 @@ from typing import Any, TypeVar
 
 import aiohttp
 import yarl
+from prometheus_client import Counter
 
 from bridge.config import ConsulSettings, token
 from bridge.consul.access import TLS
 from bridge.consul.client import ConsulClient, TokenLost, tls_refusal
-from bridge.errors import Denied, Rejected, Transient
+from bridge.errors import Denied, Rejected, Throttled, Transient
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 # A blocking query is answered after at most wait + wait/16 (Consul's jitter); a read
 # silent for longer than that and a margin is a connection that died unnoticed.
@@ -40,6 +43,14 @@ _CONNECT_TIMEOUT = 10.0
 # (a listen backlog overflows, Consul's connection limit per client trips). The blocking
 # reads that follow reuse their connections and are not limited.
 FIRST_READS = 32
+# Consul's 429 for a connection over its `limits.http_max_conns_per_client` (go-connlimit).
+CONNECTION_LIMIT = "too many concurrent connections"
+# How long a query Consul refused a connection waits before it asks again: a refusal frees
+# nothing, and thousands of queries retrying each second would only add to the storm.
+CONNECTION_LIMIT_RETRY = 30.0
+
+CONNECTIONS_REFUSED = Counter("bridge_consul_connections_refused_total",
+                              "Consul blocking reads refused for the agent's connection limit per client")
 
 
 def _ssl_context(settings: ConsulSettings) -> ssl.SSLContext:
@@ -67,6 +78,7 @@ class ConsulReads:
                                               sock_read=settings.wait * 17 / 16 + _READ_MARGIN)
         self._session: aiohttp.ClientSession | None = None
         self._first_reads: asyncio.Semaphore | None = None
+        self._limit_reported = False
         # A login is a synchronous call (client.py): made on a thread of its own, rarely.
         self._login_pool: ThreadPoolExecutor | None = None
 
@@ -157,6 +169,15 @@ class ConsulReads:
                 raise TokenLost(f"{what}: {text} (the token is unknown to Consul)")
             access.refused(kind, text)
             raise Denied(f"{what}: {text}")
+        if status == 429 and CONNECTION_LIMIT in text:
+            CONNECTIONS_REFUSED.inc()
+            if not self._limit_reported:
+                self._limit_reported = True
+                log.error("consul refuses this bridge more connections (%s): the bridge holds one per "
+                          "blocking query, one per Consul service; raise limits.http_max_conns_per_client "
+                          "on the agent it talks to above the number of services plus 20. Refused "
+                          "queries ask again every %.0fs", text.strip(), CONNECTION_LIMIT_RETRY)
+            raise Throttled(f"{what}: {status} {text.strip()}", CONNECTION_LIMIT_RETRY)
         if status == 429 or status >= 500:
             raise Transient(f"{what}: {status} {text}", _seconds(retry_after))
         if status != 200:

@@ -8,6 +8,7 @@ lost replaced by a new login, the read made again; the token never in a URL.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 
@@ -36,13 +37,13 @@ def registration(name: str, address: str) -> dict:
 
 def ours(thread: threading.Thread) -> bool:
     """Not one of the test server's per-connection threads."""
-    target = getattr(thread, "_target", None)
-    return getattr(target, "__name__", "") != "process_request_thread"
+    return thread.name != "consul-fake-conn"
 
 
 @pytest.fixture
 def server():
-    with ConsulServer(jitter=False) as consul_server:
+    # One connection per blocking query: the limit raised, as the README tells operators to.
+    with ConsulServer(jitter=False, http_max_conns_per_client=400) as consul_server:
         yield consul_server
 
 
@@ -68,6 +69,35 @@ def test_hundreds_of_services_over_http_take_one_thread_and_changes_arrive(serve
         stop.set()
         source.close()
         client.close()
+
+
+def test_connections_over_consuls_limit_are_reported_once_and_retried_slowly(caplog):
+    # Consul answers a connection over limits.http_max_conns_per_client with a 429 and
+    # closes it (go-connlimit); the default, 200, is below one connection per service here.
+    caplog.set_level(logging.DEBUG)
+    n, limit = 60, 40
+    with ConsulServer(jitter=False, http_max_conns_per_client=limit) as consul_server:
+        consul_server.load([registration(f"svc-{i}", f"10.8.0.{i + 1}") for i in range(n)])
+        client = ConsulClient(ConsulSettings(address=consul_server.url, wait=30))
+        stop = threading.Event()
+        source = ConsulSource(client, our_node="k8s-sync-test", cluster_id="test", default_namespace="consul",
+                              on_change=lambda: None, stop=stop)
+        source.start()
+        try:
+            eventually(lambda: "raise limits.http_max_conns_per_client" in caplog.text,
+                       what="the refusal named with its fix")
+            eventually(lambda: len(source.snapshot().services) >= limit - 5,
+                       what="the services whose queries got a connection are followed")
+            refused = consul_server.refused_connections
+            assert refused <= n - limit + 5, (
+                f"{refused} connections refused for {n - limit} queries over the limit: a refused "
+                "query must not ask again within the 30 s it is told to wait")
+        finally:
+            stop.set()
+            source.close()
+            client.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1, f"one line for the refusal, not one per query: {[r.getMessage() for r in errors]}"
 
 
 def read(settings: ConsulSettings, client: ConsulClient | None = None) -> tuple[int, dict]:
