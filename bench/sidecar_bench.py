@@ -286,7 +286,9 @@ def sidecar_settings(path: Path) -> tuple[Path, int, int]:
 
 def run_one(n: int, args: argparse.Namespace, workdir: Path) -> Result:
     result = Result(n, args.endpoints, args.wait)
-    consul = Process(["fake-consul", "--listen", "127.0.0.1:0"],
+    # One connection per blocking query: Consul's limits.http_max_conns_per_client raised
+    # above the number of services, as the README tells operators to.
+    consul = Process(["fake-consul", "--listen", "127.0.0.1:0", "--http-max-conns-per-client", str(n + 100)],
                      {"PATH": os.environ.get("PATH", "")}, workdir / f"consul-{n}.log")
     sidecar: Process | None = None
     try:

@@ -7,9 +7,9 @@ makes `/healthz` answer 500 naming it.
 - `reflector-services`, `reflector-endpointslices` (and `-nodes`, `-ingresses` when the
   sync needs them): each owns one Kubernetes list/watch and its cache; a cache is a
   dict replaced whole on every change (copy-on-write).
-- `consul-services` plus one `consul-<name>` thread per Consul service others
-  registered: each owns one blocking query and one entry of the Consul source's map,
-  also replaced whole.
+- `consul-reader`: one asyncio event loop running every blocking query of the Consul
+  source (the service list, and one per Consul service others registered); each query
+  owns one entry of the source's map, also replaced whole.
 - `dns-publisher`: the only thread that merges the sources into an immutable `Catalog`
   and publishes it to DNS. Sources wake it through its own coalescing `Trigger` (10 ms
   quiet, 40 ms at most), so DNS never waits behind a write to Consul or Kubernetes.
@@ -60,7 +60,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge import memory_policy
 from bridge.catalog.model import Catalog, Snapshot
@@ -76,14 +76,16 @@ from bridge.explain.routes import Routes
 from bridge.explain.state import OperatorState
 from bridge.ha.wiring import HighAvailability
 from bridge.http import HealthServer
-from bridge.kube.client import KubeClient
 from bridge.kube.sink import KubeSink
-from bridge.kube.source import KubeSource
 from bridge.reconcile.loop import Lane, Reconciler, Source
 from bridge.reconcile.plans import ConsulPlanner, KubePlanner
 from bridge.reconcile.publish import Publisher
 from bridge.reconcile.trigger import Trigger
 from bridge.threads import Threads
+
+if TYPE_CHECKING:  # the kubernetes package is loaded only by a bridge that talks to Kubernetes
+    from bridge.kube.client import KubeClient
+    from bridge.kube.source import KubeSource
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +121,13 @@ class App:
         # credentials, and the settings allow it no sink (config._check_combination).
         self.kube_client: KubeClient | None = None
         self.kube: Source = _NO_KUBERNETES
+        self.kube_source: KubeSource | None = None
         if settings.kubernetes.enabled:
+            from bridge.kube.client import KubeClient
+            from bridge.kube.source import KubeSource
+
             self.kube_client = KubeClient(settings.kubernetes)
-            self.kube = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
+            self.kube = self.kube_source = KubeSource(self.kube_client, settings.kubernetes, settings.cluster_id,
                                    self._changed, self.stop_event, watch_nodes=sync.to_consul,
                                    watch_ingresses=sync.to_consul and sync.ingress,
                                    dns_namespaces=(settings.dns.namespaces,
@@ -161,12 +167,12 @@ class App:
                 consul_sink, options, upsert_only=sync.upsert_only,
                 adopt_from=consul_sink.leftovers if sync.adopt_node else None), consul_sink))
         if sync.to_k8s:
-            assert self.kube_client is not None and isinstance(self.kube, KubeSource)
-            kube_sink = KubeSink(self.kube_client, self.kube.objects, self.stop_event,
+            assert self.kube_client is not None and self.kube_source is not None
+            kube_sink = KubeSink(self.kube_client, self.kube_source.objects, self.stop_event,
                                  gate=self.ha.leadership)
             lanes.append(Lane("kubernetes", KubePlanner(kube_sink), kube_sink))
         # DNS answers its own namespaces (dns.namespaces), the sync its own.
-        dns_view = self.kube.dns if isinstance(self.kube, KubeSource) else self.kube
+        dns_view = self.kube_source.dns if self.kube_source is not None else self.kube
         self.publisher = Publisher(kube=dns_view, consul=self.consul, publish=self._publish,
                                    stop=self.stop_event, local_wins=sync.local_wins,
                                    threads=self.threads, visible=self.ha.visible)
@@ -229,8 +235,8 @@ class App:
             self.ha.start(self.threads)  # before the reconciler, which writes only once the gate opens
             if self.reconciler is not None:
                 self.reconciler.start()
-            if isinstance(self.kube, KubeSource):
-                self.kube.start()
+            if self.kube_source is not None:
+                self.kube_source.start()
             if self.consul is not None:
                 self.consul.start()
         except BaseException:

@@ -292,7 +292,8 @@ def cmd_fake_consul(args: argparse.Namespace) -> int:
     host, port = config.parse_hostport(args.listen)
     server = ConsulServer(host=host, port=port, tls=args.tls, verify_incoming=args.verify_incoming,
                           tls_names=args.tls_name, acl_master_token=args.acl_initial_management_token,
-                          acl_default_policy=args.acl_default_policy)
+                          acl_default_policy=args.acl_default_policy,
+                          http_max_conns_per_client=args.http_max_conns_per_client)
 
     def write() -> None:
         if args.write_tls and server.tls is not None:
@@ -388,6 +389,9 @@ def parser() -> argparse.ArgumentParser:
                     help="turn ACLs on with this management token (Consul's acl.tokens.initial_management)")
     fc.add_argument("--acl-default-policy", choices=("allow", "deny"), default="deny",
                     help="with ACLs on: what a request no rule covers gets (default deny)")
+    fc.add_argument("--http-max-conns-per-client", type=int, default=200, metavar="N",
+                    help="open connections from one IP address beyond which a new one gets a 429 "
+                         "(Consul's limits.http_max_conns_per_client, default 200; 0: no limit)")
     fc.set_defaults(func=cmd_fake_consul)
     return top
 

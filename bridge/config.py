@@ -193,6 +193,11 @@ class ConsulSettings:
     datacenter: str = _setting("", "datacenter to read and write; empty means the agent's")
     wait: int = _setting(300, "seconds a blocking query waits for a change (Consul caps at "
                               "600)", check=_positive)
+    stale: bool = _setting(True, "the Consul source's blocking reads may be answered by any server, "
+                                 "not the leader alone (?stale): they spread over the servers, and an "
+                                 "answer may lag the leader by a few milliseconds")
+    cached: bool = _setting(False, "the Consul source's blocking reads go through the agent's cache "
+                                   "(?cached): readers on one agent share one query to the servers")
 
 
 @dataclass(frozen=True)

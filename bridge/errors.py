@@ -36,6 +36,11 @@ class Transient(SourceError):
         self.retry_after = retry_after
 
 
+class Throttled(Transient):
+    """A server refused for load (a limit of its own) and the client has said so once: a
+    loop retries it quietly, no sooner than `retry_after`."""
+
+
 class Expired(SourceError):
     """The Kubernetes watch position is too old (410 Gone): relist, then watch again."""
 

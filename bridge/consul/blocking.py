@@ -4,20 +4,22 @@ The rules (Consul's "blocking queries" documentation): an index that goes backwa
 resets to 0 (a snapshot restore or a KV list delete); an index is never below 1; the loop
 is rate-limited so a server that answers at once cannot spin it; errors back off with
 jitter (`bridge.retry`). No client library does this, so every watcher here goes through
-`BlockingLoop`.
+`BlockingLoop` (a thread of its own) or `BlockingQuery` (a task on an event loop, for the
+Consul source's many queries on one thread): both follow the same rules.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from tenacity import RetryCallState, retry_if_exception_type
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from bridge.errors import BridgeError, Denied
+from bridge.errors import BridgeError, Denied, Throttled
 from bridge.retry import Backoff, Stopped, retrying
 
 log = logging.getLogger(__name__)
@@ -98,17 +100,82 @@ class BlockingLoop(Generic[T]):
                 return
 
     def _failed(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if exc is None:
-            return
-        if self._on_error:
-            self._on_error(exc)
-        if self._stop.is_set():
-            log.debug("%s: ended by the stop: %s", self.name, exc)  # its client was closed
-        elif isinstance(exc, Denied):  # the client logged the refusal once already
-            log.debug("%s: %s; retrying in %.2fs", self.name, exc, state.upcoming_sleep)
-        elif isinstance(exc, BridgeError):
-            log.warning("%s: %s; retrying in %.2fs", self.name, exc, state.upcoming_sleep)
-        else:
-            log.error("%s: unexpected error; retrying in %.2fs", self.name,
-                      state.upcoming_sleep, exc_info=exc)
+        _log_failure(self.name, state, self._on_error, stopping=self._stop.is_set())
+
+
+def _log_failure(name: str, state: RetryCallState, on_error: Callable[[BaseException], None] | None,
+                 *, stopping: bool) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if exc is None:
+        return
+    if on_error:
+        on_error(exc)
+    if stopping:
+        log.debug("%s: ended by the stop: %s", name, exc)  # its client was closed
+    elif isinstance(exc, Denied | Throttled):  # the client logged the refusal once already
+        log.debug("%s: %s; retrying in %.2fs", name, exc, state.upcoming_sleep)
+    elif isinstance(exc, BridgeError):
+        log.warning("%s: %s; retrying in %.2fs", name, exc, state.upcoming_sleep)
+    else:
+        log.error("%s: unexpected error; retrying in %.2fs", name, state.upcoming_sleep, exc_info=exc)
+
+
+class BlockingQuery(Generic[T]):
+    """`BlockingLoop` as a coroutine: awaits `fetch(index) -> (index, value)` forever and hands
+    each value to `deliver`, with the same index rules, rate limit and backoff.
+
+    `run()` ends when `deliver` returns False; cancelling its task ends it at once (an
+    answer in flight is dropped). `sleep` and `clock` are injectable, so tests keep time.
+    """
+
+    def __init__(self, name: str, fetch: Callable[[int | None], Awaitable[tuple[int, T]]],
+                 deliver: Callable[[T], bool], *,
+                 on_error: Callable[[BaseException], None] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self._fetch = fetch
+        self._deliver = deliver
+        self._on_error = on_error
+        self._sleep = sleep
+        self.index = 0
+        self._bucket = TokenBucket(clock=clock)
+
+    async def run(self) -> None:
+        """Until `deliver` says no more (or the task is cancelled)."""
+        while True:
+            pause = self._bucket.delay()
+            if pause:
+                await self._sleep(pause)
+            returned, value = await self._answer(self.index or None)
+            new = next_index(self.index, returned)
+            if new == 0:
+                log.info("%s: index went backwards (%d -> %d); starting over", self.name,
+                         self.index, returned)
+            self.index = new
+            more = self._deliver(value)
+            del value  # not held while the next query blocks: thousands of them block at once
+            if not more:
+                return
+
+    async def _answer(self, index: int | None) -> tuple[int, T]:
+        try:
+            return await self._fetch(index)
+        except Exception as exc:
+            failed: list[Exception] = [exc]
+        # Only a failure pays for tenacity's state; its first attempt is the one that failed.
+        # As BlockingLoop's: capped low, and any error is retried.
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Exception), wait=Backoff(base=0.05, cap=1.0),
+            sleep=self._sleep, before_sleep=self._failed, reraise=True)
+
+        async def attempt(index: int | None) -> tuple[int, T]:
+            if failed:
+                raise failed.pop()
+            return await self._fetch(index)
+
+        answer: tuple[int, T] = await retrying(attempt, index)
+        return answer
+
+    def _failed(self, state: RetryCallState) -> None:
+        _log_failure(self.name, state, self._on_error, stopping=False)

@@ -137,6 +137,10 @@ class ConsulClient:
         self._w = self._connect(settings, self._writes)
         self.wait = f"{settings.wait}s"
 
+    @property
+    def settings(self) -> ConsulSettings:
+        return self._settings
+
     def _connect(self, settings: ConsulSettings, adapter: HTTPAdapter) -> consul.Consul:
         url = urllib.parse.urlparse(settings.address)
         verify: bool | str = settings.ssl_verify
@@ -393,6 +397,10 @@ class Credentials(Protocol):
         """The token to send; logs in first if there is none. Raises Denied if it cannot."""
         ...
 
+    def current(self) -> str:
+        """The token held now, "" if none: never logs in, never waits (for an event loop)."""
+        ...
+
     def lost(self, secret: str) -> str:
         """Consul no longer knows `secret`: a new token (by a new login, unless another call
         already made one). Raises Denied if the login fails."""
@@ -421,7 +429,7 @@ _SSL_REASON = re.compile(r"\[SSL: \w+\] (.+?)\s*\(_ssl\.c")
 _NAME_REASON = re.compile(r"CertificateError\(.(hostname .+? doesn.t match .+?).\)")
 
 
-def tls_refusal(exc: requests.exceptions.SSLError, settings: ConsulSettings) -> str:
+def tls_refusal(exc: Exception, settings: ConsulSettings) -> str:
     """Why the TLS handshake with Consul failed, with the setting that would fix it.
 
     Only the TLS library's reason is quoted: the exception text also carries the URL."""

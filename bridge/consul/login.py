@@ -55,6 +55,9 @@ class ConsulLogin:
                 self._login()
             return self._secret
 
+    def current(self) -> str:
+        return self._secret  # one reference read: no lock needed
+
     def lost(self, secret: str) -> str:
         with self._lock:
             if self._secret == secret:  # else another call has logged in again already

@@ -1,10 +1,13 @@
 """Consul as a Source: services others registered, as a Snapshot.
 
-One blocking loop follows `/v1/catalog/services`; for each service name it starts one
-blocking loop on `/v1/health/service/<name>` and stops it when the name disappears.
-Every loop owns its own entry in `_entries` and replaces it whole; `snapshot()` reads
-the current entries without a lock. Instances this bridge registered itself (our node,
-our owner marker) are dropped here, so nothing we wrote is ever pulled back.
+One blocking query follows `/v1/catalog/services`; for each service name it starts one
+blocking query on `/v1/health/service/<name>` and ends it when the name disappears. All of
+them are tasks on one event loop thread (reader.py) reading over aiohttp (reads.py), so
+the source costs one thread however many services Consul holds; each query keeps
+Consul's blocking-query rules (blocking.py). Every query owns its own entry in `_entries`
+and replaces it whole; `snapshot()` reads the current entries without a lock. Instances
+this bridge registered itself (our node, our owner marker) are dropped here, so nothing we
+wrote is ever pulled back.
 
 A sidecar (`kubernetes.enabled: false`) writes nothing and watches no Kubernetes API, so
 the only source of its own cluster's Services is what the central bridge of that cluster
@@ -23,8 +26,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from prometheus_client import Counter
 
@@ -36,7 +39,7 @@ from bridge.catalog.naming import (
     consul_service_key,
     dns_labels,
 )
-from bridge.consul.blocking import BlockingLoop
+from bridge.consul.blocking import BlockingQuery
 from bridge.consul.client import ConsulClient
 from bridge.consul.objects import (
     BadEntry,
@@ -45,6 +48,7 @@ from bridge.consul.objects import (
     is_consul_k8s,
     is_ours,
 )
+from bridge.consul.reader import Reader
 from bridge.freshness import Freshness
 from bridge.threads import Threads
 
@@ -54,11 +58,20 @@ SKIPPED = Counter("bridge_consul_entries_skipped_total", "Consul entries skipped
 COLLISIONS = Counter("bridge_consul_name_collisions_total",
                      "Consul service names that sanitised to a label already taken")
 __all__ = ["NAMESPACE_META", "NAMESPACE_OVERRIDE_META", "NAME_META", "ConsulSource"]
+SERVICES_TASK = ""  # the reader's task for the service list; a Consul service name is never empty
 
 
-class _Watcher:
-    def __init__(self, name: str, thread: threading.Thread, stop: threading.Event) -> None:
-        self.name, self.thread, self.stop = name, thread, stop
+class Reads(Protocol):
+    """The blocking reads the source makes (reads.py; a script in tests)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def services(self, index: int | None, *, not_on_node: str = ""
+                       ) -> tuple[int, dict[str, list[str]]]: ...
+
+    async def health_service(self, name: str, index: int | None) -> tuple[int, list[dict[str, Any]]]: ...
 
 
 class ConsulSource:
@@ -68,10 +81,12 @@ class ConsulSource:
                  default_namespace: str, on_change: Callable[[], None],
                  stop: threading.Event, admit_warning: bool = False,
                  keep_ours: bool = False, threads: Threads | None = None,
-                 adopt_node: str = "") -> None:
+                 adopt_node: str = "",
+                 reads: Callable[[], Reads] | None = None) -> None:
         """`keep_ours`: keep the instances `our_node` and `cluster_id` mark as this
         cluster's (a sidecar); otherwise they are dropped (the central bridge wrote them).
-        `adopt_node`: consul-k8s's node, whose copies of this cluster's Services are dropped."""
+        `adopt_node`: consul-k8s's node, whose copies of this cluster's Services are dropped.
+        `reads` makes the reads at `start()` (default: over HTTP with the client's settings)."""
         self._client = client
         self._our_node = our_node
         self._adopt_node = adopt_node
@@ -82,29 +97,50 @@ class ConsulSource:
         self._stop = stop
         self._admit_warning = admit_warning
         self._threads = threads or Threads()
+        self._make_reads = reads
         self._entries: dict[str, tuple[Instance, ...]] = {}
-        self._watchers: dict[str, _Watcher] = {}
         self._names: frozenset[str] = frozenset()
+        self._watched: frozenset[str] = frozenset()
         self._listed = threading.Event()
         self._collisions: set[tuple[str, str, str]] = set()
         self._services: dict[ServiceKey, Service] = {}
         self._synced = False
-        self._lock = threading.Lock()  # guards the watcher set, not the entries readers see
+        self._lock = threading.Lock()  # guards replacing the entries, not the readers
+        self._reader: Reader | None = None
+        self._reads: Reads | None = None
         self.freshness = Freshness("consul")
         # Why instances of a name are not healthy or were skipped, for `bridge explain`:
         # name -> {"<service ID> on <node>": why}; replaced whole, as `_entries`.
         self.notes: dict[str, dict[str, str]] = {}
         self.labels: dict[str, str] = {}  # Consul name -> its DNS label, as of the last snapshot
-        # Names whose instances are all ours (on our node) need no watcher: one blocking
-        # query and thread per foreign service only. A sidecar keeps ours: every name.
-        not_on_node = "" if keep_ours else our_node
-        self._loop = BlockingLoop("consul services",
-                                  lambda index: self._client.services(index, not_on_node=not_on_node),
-                                  self._on_services, stop)
-        self.thread: threading.Thread | None = None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The one thread every query of this source runs on."""
+        return self._reader.thread if self._reader is not None else None
 
     def start(self) -> None:
-        self.thread = self._threads.start("consul-services", self._loop.run)
+        if self._make_reads is None:
+            from bridge.consul.reads import ConsulReads  # aiohttp: loaded by a source that reads
+
+            self._reads = ConsulReads(self._client)
+        else:
+            self._reads = self._make_reads()
+        reads = self._reads
+        self._reader = Reader("consul-reader", self._threads, on_open=reads.open, on_close=reads.close)
+        # Names whose instances are all ours (on our node) need no query: one blocking
+        # query per foreign service only. A sidecar keeps ours: every name.
+        not_on_node = "" if self._keep_ours else self._our_node
+        reader = self._reader
+
+        def services(index: int | None) -> Awaitable[tuple[int, dict[str, list[str]]]]:
+            return reads.services(index, not_on_node=not_on_node)
+
+        def follow() -> None:
+            reader.run(SERVICES_TASK, BlockingQuery("consul services", services, self._on_services).run())
+
+        reader.submit(follow)
+        reader.start()
 
     @property
     def entries(self) -> dict[str, tuple[Instance, ...]]:
@@ -119,15 +155,12 @@ class ConsulSource:
     @property
     def watched(self) -> frozenset[str]:
         """The Consul service names with a blocking query of their own."""
-        with self._lock:
-            return frozenset(self._watchers)
+        return self._watched
 
     def close(self) -> None:
-        """Tells every per-service loop to end; the services loop ends with `stop`. Their
-        requests in flight are cut by closing the client."""
-        with self._lock:
-            for watcher in self._watchers.values():
-                watcher.stop.set()
+        """Ends every query (those in flight are cut) and the reader's thread."""
+        if self._reader is not None:
+            self._reader.close()
 
     @property
     def synced(self) -> bool:
@@ -142,13 +175,19 @@ class ConsulSource:
         return self._synced
 
     def _on_services(self, services: dict[str, list[str]]) -> bool:
+        """On the reader's loop: starts a query per new name, ends those of names gone."""
+        if self._stop.is_set():
+            return False
         self.freshness.event()
         names = frozenset(services)
+        reader, reads = self._reader, self._reads
+        assert reader is not None and reads is not None
+        for gone in self._watched - names:
+            reader.cancel(gone)
+        for new in names - self._watched:
+            reader.run(new, self._follow(new, reads))
+        self._watched = names
         with self._lock:
-            for gone in set(self._watchers) - names:
-                self._watchers.pop(gone).stop.set()
-            for new in names - set(self._watchers):
-                self._start_watcher(new)
             self._names = names
             removed = [n for n in self._entries if n not in names]
             if removed:
@@ -165,23 +204,17 @@ class ConsulSource:
             self._on_change()
         return True
 
-    def _start_watcher(self, name: str) -> None:
-        stop = threading.Event()
-        if self._stop.is_set():
-            stop.set()
-
-        def fetch(index: int | None) -> tuple[int, list[dict[str, Any]]]:
-            return self._client.health_service(name, index, passing=False)
+    def _follow(self, name: str, reads: Reads) -> Coroutine[Any, Any, None]:
+        def fetch(index: int | None) -> Awaitable[tuple[int, list[dict[str, Any]]]]:
+            return reads.health_service(name, index)
 
         def deliver(entries: list[dict[str, Any]]) -> bool:
-            if stop.is_set():
+            if self._stop.is_set():
                 return False
             self._store(name, entries)
             return True
 
-        loop = BlockingLoop(f"consul service {name}", fetch, deliver, stop)
-        thread = self._threads.start(f"consul-{name}", loop.run)
-        self._watchers[name] = _Watcher(name, thread, stop)
+        return BlockingQuery(f"consul service {name}", fetch, deliver).run()
 
     def _store(self, name: str, entries: list[dict[str, Any]]) -> None:
         self.freshness.event()

@@ -32,6 +32,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from bridge.config import Settings
 from bridge.consul.client import ConsulClient
@@ -39,9 +40,10 @@ from bridge.errors import Rejected
 from bridge.ha.claim import ClaimState, ClusterClaim
 from bridge.ha.clock import Clock, SystemClock
 from bridge.ha.elector import LeaderElector
-from bridge.ha.lease import KubeLeaseStore
-from bridge.kube.client import KubeClient
 from bridge.threads import Threads
+
+if TYPE_CHECKING:  # the kubernetes package is loaded only where a Kubernetes client is built
+    from bridge.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,8 @@ def build(settings: Settings, kube: KubeClient | None, consul: ConsulClient | No
         namespace = ha.lease_namespace or kube.namespace or "default"
         name = lease_name(settings.cluster_id)
         if ha.enabled:
+            from bridge.ha.lease import KubeLeaseStore  # with the Kubernetes client it needs
+
             store = KubeLeaseStore(kube, namespace, name, timeout=ha.renew_deadline)
             elector = LeaderElector(store, identity=identity, lease_duration=ha.lease_duration,
                                     renew_deadline=ha.renew_deadline, retry_period=ha.retry_period,

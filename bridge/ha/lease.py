@@ -15,10 +15,12 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.errors import Transient
-from bridge.kube.client import KubeClient
+
+if TYPE_CHECKING:  # the kubernetes package is loaded only where a Kubernetes client is built
+    from bridge.kube.client import KubeClient
 
 
 def micro_time(wall: float) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from bridge.catalog.model import Service, ServiceKey
 from bridge.config import Settings
@@ -25,8 +26,10 @@ from bridge.consul.client import ConsulClient
 from bridge.ha.clock import Clock, SystemClock
 from bridge.ha.clusters import ClusterWatcher, DeadClusterFilter
 from bridge.ha.leadership import Leadership, build
-from bridge.kube.client import KubeClient
 from bridge.threads import Threads
+
+if TYPE_CHECKING:  # the kubernetes package is loaded only where a Kubernetes client is built
+    from bridge.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
 

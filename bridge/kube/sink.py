@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
@@ -26,11 +26,13 @@ from bridge.catalog.model import Service
 from bridge.catalog.sink import ApplyResult
 from bridge.errors import BridgeError, Denied, Rejected
 from bridge.ha.gate import NotWriter, WriteGate, write_timeout
-from bridge.kube.client import KubeClient
 from bridge.kube.materialise import Held, KubePlan, ObjectKey, held, object_item
 from bridge.kube.objects import Slice
 from bridge.rejections import REJECTIONS, Rejections
 from bridge.retry import Backoff, Stopped, retrying
+
+if TYPE_CHECKING:  # the kubernetes package is loaded only where a Kubernetes client is built
+    from bridge.kube.client import KubeClient
 
 log = logging.getLogger(__name__)
 

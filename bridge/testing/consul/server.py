@@ -73,6 +73,7 @@ class ConsulServer:
         *,
         acl_default_policy: str = "deny",
         max_txn_ops: int = 128,
+        http_max_conns_per_client: int = 200,
         session_ttl_min: float = 10.0,
         version: str = "1.22.0",
         clock: Clock = SYSTEM,
@@ -123,7 +124,10 @@ class ConsulServer:
         self.router = Router(self.api, routes)
         self.tls = ConsulTLS(tls_names or default_names(host, datacenter), datacenter=datacenter,
                              verify_incoming=verify_incoming) if tls else None
-        self._transport = Transport(host, port, self._handle, self.tls.server_context() if self.tls else None)
+        # Consul's default limits.http_max_conns_per_client; 0 lifts it.
+        self.http_max_conns_per_client = http_max_conns_per_client
+        self._transport = Transport(host, port, self._handle, self.tls.server_context() if self.tls else None,
+                                    max_conns_per_client=http_max_conns_per_client)
         self.faults.attach_outage_hooks(self._transport.close_listener, self._transport.reopen)
         self._stopping = threading.Event()
         self._started = False
@@ -170,6 +174,11 @@ class ConsulServer:
         return f"{'https' if self.tls else 'http'}://{host}:{self._transport.port}"
 
     # -- test hooks ---------------------------------------------------------------------
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections refused so far for `http_max_conns_per_client`."""
+        return self._transport.refused_connections
 
     def load(self, source: Source) -> int:
         """Preload catalog registrations from a YAML/JSON file or a list of register bodies."""

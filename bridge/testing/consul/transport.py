@@ -26,6 +26,12 @@ from bridge.testing.consul.tls import handshake
 
 App = Callable[[Request], Response]
 _MAX_BODY = 64 * 1024 * 1024
+# Consul's answer to a connection over `limits.http_max_conns_per_client` (agent/agent.go
+# passes go-connlimit's HTTPConnStateFuncWithDefault429Handler): written on the new
+# connection, which is then closed.
+_TOO_MANY = b"Your IP is issuing too many concurrent connections, please rate limit your calls\n"
+TOO_MANY_CONNECTIONS = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TOO_MANY), _TOO_MANY))
 
 
 class Connection:
@@ -64,11 +70,24 @@ class _Server(ThreadingHTTPServer):
         self.server_name, self.server_port = str(host), int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.transport.admit(client_address[0]):
+            if self.transport.ssl_context is None:  # over TLS Consul's plain 429 is noise to the client
+                with contextlib.suppress(OSError):
+                    request.settimeout(0.01)
+                    request.sendall(TOO_MANY_CONNECTIONS)
+            self.shutdown_request(request)
+            return
         thread = threading.Thread(
-            target=self.process_request_thread, args=(request, client_address), name="consul-fake-conn", daemon=True
+            target=self._serve_connection, args=(request, client_address), name="consul-fake-conn", daemon=True
         )
         self.transport.track_thread(thread)
         thread.start()
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self.transport.release(client_address[0])
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         context = self.transport.ssl_context
@@ -211,16 +230,41 @@ class _Handler(BaseHTTPRequestHandler):
 class Transport:
     """Owns the listener, the serving thread and every connection thread."""
 
-    def __init__(self, host: str, port: int, app: App, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, host: str, port: int, app: App, ssl_context: ssl.SSLContext | None = None,
+                 max_conns_per_client: int = 0) -> None:
+        """`max_conns_per_client`: Consul's `limits.http_max_conns_per_client`, open
+        connections from one IP address beyond which a new one gets a 429 and is closed
+        (0: no limit)."""
         self.host = host
         self.port = port
         self.app = app
         self.ssl_context = ssl_context  # HTTPS when set (tls.py)
+        self.max_conns_per_client = max_conns_per_client
         self._lock = threading.Lock()
+        self._per_client: dict[str, int] = {}
+        self.refused_connections = 0
         self._server: _Server | None = None
         self._serve_thread: threading.Thread | None = None
         self._connections: set[Connection] = set()
         self._threads: list[threading.Thread] = []
+
+    def admit(self, client: str) -> bool:
+        """Counts a new connection from `client`; False (not counted) if over the limit."""
+        with self._lock:
+            open_now = self._per_client.get(client, 0)
+            if self.max_conns_per_client and open_now >= self.max_conns_per_client:
+                self.refused_connections += 1
+                return False
+            self._per_client[client] = open_now + 1
+            return True
+
+    def release(self, client: str) -> None:
+        with self._lock:
+            left = self._per_client.get(client, 0) - 1
+            if left > 0:
+                self._per_client[client] = left
+            else:
+                self._per_client.pop(client, None)
 
     # -- lifecycle --------------------------------------------------------------
 
