@@ -79,6 +79,7 @@ class ConsulReads:
         self._session: aiohttp.ClientSession | None = None
         self._first_reads: asyncio.Semaphore | None = None
         self._limit_reported = False
+        self._filtered: set[str] = set()  # reads Consul answered with results its ACLs hid
         # A login is a synchronous call (client.py): made on a thread of its own, rarely.
         self._login_pool: ThreadPoolExecutor | None = None
 
@@ -156,6 +157,7 @@ class ConsulReads:
                 status = response.status
                 index_header = response.headers.get("X-Consul-Index")
                 retry_after = response.headers.get("Retry-After")
+                filtered = response.headers.get(FILTERED_HEADER) == "true"
         except aiohttp.ClientSSLError as exc:
             reason = tls_refusal(exc, self._settings)
             access.refused(TLS, reason)
@@ -189,7 +191,27 @@ class ConsulReads:
             raise Transient(f"{what}: bad response: no JSON body or no X-Consul-Index") from None
         access.allowed(TLS)
         access.allowed(kind)
+        self._note_filtered(what, filtered)
         return returned, value
+
+    def _note_filtered(self, what: str, filtered: bool) -> None:
+        """Consul does not refuse a read our token may only partly see: it leaves out what
+        the token cannot read and says so in a header. A bridge must see the whole catalog
+        (both roles' policies grant every service and node read), so a partial view is
+        held as a refusal (logged once, on /readyz) until every read is whole again."""
+        if filtered:
+            self._filtered.add(what)
+            self._client.access.refused(FILTERED, FILTERED_REASON)
+        elif self._filtered:
+            self._filtered.discard(what)
+            if not self._filtered:
+                self._client.access.allowed(FILTERED)
+
+
+FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
+FILTERED = "catalog reads"
+FILTERED_REASON = (f"results hidden by ACLs ({FILTERED_HEADER}: true): the token lacks read on some "
+                   'services or nodes; the bridge needs service_prefix "" read and node_prefix "" read')
 
 
 def _seconds(header: str | None) -> float | None:
