@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -36,6 +38,7 @@ START_TIMEOUT = 60.0  # a worker's start: an interpreter, imports, sockets
 PREPARE_TIMEOUT = 120.0  # a full table build of a large catalog takes seconds
 STOP_TIMEOUT = 3.0
 METRICS_TIMEOUT = 2.0  # a worker's counts on scrape; past it, its last counts are reported
+WATCH_PERIOD = 1.0  # how often the watcher looks again at which workers to watch (and at stop)
 
 # Messages, parent -> worker: ("init", settings, UDP socket count, log config, loop token,
 # probe loops); ("update", generation, ready, full, changes) where changes is a list of
@@ -64,7 +67,9 @@ class DnsWorkers:
       round trip of each other (so a client asking twice in a row does not see a name go back
       from the new answer to the old), and `publish()` returns once all serve it: readiness
       follows the workers.
-    - A worker that dies is started again with the whole catalog; the others keep serving.
+    - A worker that dies is started again with the whole catalog at once (the watcher thread
+      waits on every worker's exit); the others keep serving. Left to the next publish, a
+      bridge with nothing changing (or with one worker) would answer nothing until then.
     - Metrics (`metrics()`, on scrape): each worker answers on a pipe of its own, read by a
       thread of its own, so a scrape never waits behind a table update; the counts of a
       worker that died are kept (its last report) and added, so counters never go back.
@@ -89,6 +94,9 @@ class DnsWorkers:
         self._loop_token = new_token()
         self._retired = Report()  # the counts of workers that were replaced
         self._metrics_lock = threading.Lock()  # one scrape at a time
+        self._catalog: Catalog | None = None  # the last published, for a worker started again
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -110,6 +118,44 @@ class DnsWorkers:
         for worker in self._workers:
             assert worker is not None
             worker.expect("started", START_TIMEOUT)
+        self._watcher = threading.Thread(target=self._watch, name="dns-workers-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        """Until stop: wait for a worker to exit, then start it again with the last catalog."""
+        while not self._stopping.is_set():
+            exits = []
+            try:
+                for worker in list(self._workers):
+                    if worker is not None and worker.alive():
+                        exits.append(os.pidfd_open(worker.process.pid))
+                # A pidfd turns readable when its process exits.
+                ready, _, _ = select.select(exits, [], [], WATCH_PERIOD)
+                if ready and not self._stopping.is_set():
+                    self._revive()
+            except Exception:  # the watcher must outlive whatever one restart does
+                log.exception("dns workers: restarting a worker failed")
+                self._stopping.wait(WATCH_PERIOD)
+            finally:
+                for fd in exits:
+                    os.close(fd)
+
+    def _revive(self) -> None:
+        with self._lock:
+            catalog = self._catalog
+            if catalog is None or self._stopping.is_set():
+                return  # nothing published yet: the first publish starts it with the catalog
+            for index, worker in enumerate(self._workers):
+                if worker is None or worker.alive():
+                    continue
+                self._restart(index, catalog, self._generation)
+                revived = self._workers[index]
+                if revived is not None:
+                    try:
+                        revived.send(("commit", self._generation))
+                        revived.expect("committed", PREPARE_TIMEOUT)
+                    except _WorkerGone as exc:
+                        log.error("dns worker %d: %s", index, exc)
 
     def _spawn(self, index: int) -> _Worker:
         """A new interpreter running `_main` (not a fork of this threaded process, and not
@@ -172,6 +218,7 @@ class DnsWorkers:
                 except _WorkerGone as exc:
                     log.error("dns worker %d: %s", worker.index, exc)  # restarted next time
             self._services = catalog.services
+            self._catalog = catalog
             self._unsure = False
 
     def _restart(self, index: int, catalog: Catalog, generation: int) -> None:
@@ -197,6 +244,7 @@ class DnsWorkers:
             self._workers[index] = None
 
     def stop(self) -> None:
+        self._stopping.set()
         with self._lock:
             for worker in self._workers:
                 if worker is not None:
@@ -211,6 +259,8 @@ class DnsWorkers:
             for sock in self._udp + self._tcp:
                 sock.close()
             self._udp, self._tcp = [], []
+        if self._watcher is not None:
+            self._watcher.join(WATCH_PERIOD + STOP_TIMEOUT)
 
 
 class _WorkerGone(Exception):

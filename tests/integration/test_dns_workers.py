@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 from types import MappingProxyType
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
@@ -94,6 +95,29 @@ def test_a_killed_worker_is_started_again_with_the_whole_catalog(workers):
         assert ask(workers) == (dns.rcode.NOERROR, {"10.0.0.3"})
         # "api" did not change in this publish: the new worker has it from the whole catalog.
         assert ask(workers, "api.default.svc.cluster.local.") == (dns.rcode.NOERROR, {"10.0.0.7"})
+
+
+def test_a_killed_worker_is_started_again_without_waiting_for_a_publish():
+    # One worker (the default): nothing answers until it is back, and with nothing changing
+    # no publish would come to notice it was gone.
+    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf=""), 1)
+    pool.start()
+    try:
+        pool.publish(catalog(1, {"web": ["10.0.0.1"]}))
+        victim = pool.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        eventually(lambda: pool.pids and victim not in pool.pids, what="the worker started again")
+        eventually(lambda: _answers(pool) == (dns.rcode.NOERROR, {"10.0.0.1"}),
+                   what="the new worker answers the last published catalog")
+    finally:
+        pool.stop()
+
+
+def _answers(workers: DnsWorkers) -> tuple[int, set[str]] | None:
+    try:
+        return ask(workers)
+    except dns.exception.Timeout:
+        return None
 
 
 def test_stop_ends_the_workers_and_frees_the_port():
