@@ -41,7 +41,7 @@ METRICS_TIMEOUT = 2.0  # a worker's counts on scrape; past it, its last counts a
 WATCH_PERIOD = 1.0  # how often the watcher looks again at which workers to watch (and at stop)
 
 # Messages, parent -> worker: ("init", settings, UDP socket count, log config, loop token,
-# probe loops); ("update", generation, ready, full, changes) where changes is a list of
+# probe loops, replacing); ("update", generation, ready, full, changes) where changes is a list of
 # (key, Service or None for gone); ("commit", generation); ("stop",).
 # Worker -> parent: ("started",); ("prepared", generation); ("committed", generation);
 # ("error", text). On a second pipe, for metrics: parent "report?" -> worker `Report`.
@@ -157,7 +157,7 @@ class DnsWorkers:
                     except _WorkerGone as exc:
                         log.error("dns worker %d: %s", index, exc)
 
-    def _spawn(self, index: int) -> _Worker:
+    def _spawn(self, index: int, *, replacing: bool = False) -> _Worker:
         """A new interpreter running `_main` (not a fork of this threaded process, and not
         multiprocessing's spawn, which would import the parent's `__main__` again), given
         the pipe and the sockets as inherited file descriptors."""
@@ -174,7 +174,7 @@ class DnsWorkers:
         worker = _Worker(index, process, Connection(ours.detach()),
                          Connection(metrics_ours.detach()))
         worker.send(("init", self.settings, len(self._udp), self._log, self._loop_token,
-                     index == 0))
+                     index == 0, replacing))
         return worker
 
     def metrics(self) -> Report:
@@ -230,7 +230,7 @@ class DnsWorkers:
             old.kill()
             with self._metrics_lock:
                 self._retired.add(old.last_report)
-        worker = self._spawn(index)
+        worker = self._spawn(index, replacing=True)
         self._workers[index] = worker
         try:
             worker.expect("started", START_TIMEOUT)
@@ -342,11 +342,11 @@ def main() -> None:
     """A worker's entry point: `python -c ... PIPE_FD SOCKET_FD...` (see `_spawn`)."""
     fds = [int(arg) for arg in sys.argv[1:]]
     conn = Connection(fds[0])
-    kind, settings, udp_count, log_config, loop_token, probe_loops = conn.recv()
+    kind, settings, udp_count, log_config, loop_token, probe_loops, replacing = conn.recv()
     assert kind == "init"
     sockets = [socket.socket(fileno=fd) for fd in fds[2:]]
     _main(settings, sockets[:udp_count], sockets[udp_count:], conn, Connection(fds[1]),
-          log_config, (loop_token, probe_loops))
+          log_config, (loop_token, probe_loops), wait_for_table=replacing)
 
 
 def _answer_metrics(server: DnsServer, conn: Connection) -> None:
@@ -361,8 +361,12 @@ def _answer_metrics(server: DnsServer, conn: Connection) -> None:
 
 def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.socket],
           conn: Connection, metrics: Connection, log_config: tuple[str, str],
-          loops: tuple[str, bool]) -> None:
-    """A worker: serve the sockets, apply what the pipe says, until told to stop."""
+          loops: tuple[str, bool], *, wait_for_table: bool = False) -> None:
+    """A worker: serve the sockets, apply what the pipe says, until told to stop.
+
+    `wait_for_table`: a worker replacing one that died takes no query before its first table
+    is in: the sockets' queries would meet an empty table (SERVFAIL) instead of waiting the
+    moment it takes, or going to a worker that answers them."""
     from bridge import logs, memory_policy
 
     # The parent decides when to stop (Ctrl-C reaches the whole process group).
@@ -375,7 +379,8 @@ def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.sock
     for sock in tcp:
         sock.setblocking(False)
     server = DnsServer(settings, loop_token=loops[0], probe_loops=loops[1])
-    server.start((udp, tcp))
+    if not wait_for_table:
+        server.start((udp, tcp))
     threading.Thread(target=_answer_metrics, args=(server, metrics), name="dns-metrics",
                      daemon=True).start()
     conn.send(("started",))
@@ -415,6 +420,9 @@ def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.sock
                     if not pending[1].incremental:
                         memory_policy.settle()  # a table just built lives long
                     pending = None
+                    if wait_for_table:
+                        wait_for_table = False
+                        server.start((udp, tcp))
                 conn.send(("committed", message[1]))
             elif kind == "stop":
                 return
