@@ -508,7 +508,9 @@ def dns_abuse(opts: argparse.Namespace) -> Row:
         if [run.bridge.pid, *run.bridge.workers()] != pids:
             row.failures.append(f"processes changed: {pids} -> {[run.bridge.pid, *run.bridge.workers()]}")
             row.crashes += 1
-        run.grade_fault(started, ended)
+        # A flood fills the socket's queue: some probe queries are dropped with the noise (a
+        # figure); an answer that is wrong is a failure.
+        run.grade_fault(started, ended, require_answers=False)
         row.converge = run.converged("the abuse")
         run.finish()
     except Exception as exc:
