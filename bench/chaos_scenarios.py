@@ -468,7 +468,7 @@ def cold_start(opts: argparse.Namespace) -> Row:
             run.take_requests()
             run.pause(opts.settle)
         grade = run.grade_fault(down, back, servfail_ok=True, require_answers=False)
-        row.other.append(f"{grade.ok} SERVFAIL/ok, {grade.nxdomain} NXDOMAIN while down")
+        row.other.append(f"while down: {grade.ok} SERVFAIL or right, {grade.nxdomain} NXDOMAIN")
         after = run.probe.grade(back + ready + 1, time.monotonic(), opts.allowance) if run.probe else grade
         if after.incorrect or after.unanswered or after.servfail:
             row.failures.append(f"after ready: {after.incorrect} incorrect, {after.unanswered} unanswered, "
