@@ -97,6 +97,8 @@ def mutate(rng: random.Random, wire: bytes) -> bytes:
         packet[12] = rng.choice((63, 64, 127, 255))  # label lengths past the rules
     else:
         packet = bytearray(rng.randbytes(rng.randint(0, 700)))
+    if packet == wire:  # a flip that wrote the byte already there
+        packet.append(0)
     return bytes(packet)
 
 
