@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -36,9 +38,10 @@ START_TIMEOUT = 60.0  # a worker's start: an interpreter, imports, sockets
 PREPARE_TIMEOUT = 120.0  # a full table build of a large catalog takes seconds
 STOP_TIMEOUT = 3.0
 METRICS_TIMEOUT = 2.0  # a worker's counts on scrape; past it, its last counts are reported
+WATCH_PERIOD = 1.0  # how often the watcher looks again at which workers to watch (and at stop)
 
 # Messages, parent -> worker: ("init", settings, UDP socket count, log config, loop token,
-# probe loops); ("update", generation, ready, full, changes) where changes is a list of
+# probe loops, replacing); ("update", generation, ready, full, changes) where changes is a list of
 # (key, Service or None for gone); ("commit", generation); ("stop",).
 # Worker -> parent: ("started",); ("prepared", generation); ("committed", generation);
 # ("error", text). On a second pipe, for metrics: parent "report?" -> worker `Report`.
@@ -64,7 +67,9 @@ class DnsWorkers:
       round trip of each other (so a client asking twice in a row does not see a name go back
       from the new answer to the old), and `publish()` returns once all serve it: readiness
       follows the workers.
-    - A worker that dies is started again with the whole catalog; the others keep serving.
+    - A worker that dies is started again with the whole catalog at once (the watcher thread
+      waits on every worker's exit); the others keep serving. Left to the next publish, a
+      bridge with nothing changing (or with one worker) would answer nothing until then.
     - Metrics (`metrics()`, on scrape): each worker answers on a pipe of its own, read by a
       thread of its own, so a scrape never waits behind a table update; the counts of a
       worker that died are kept (its last report) and added, so counters never go back.
@@ -89,6 +94,9 @@ class DnsWorkers:
         self._loop_token = new_token()
         self._retired = Report()  # the counts of workers that were replaced
         self._metrics_lock = threading.Lock()  # one scrape at a time
+        self._catalog: Catalog | None = None  # the last published, for a worker started again
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -110,8 +118,46 @@ class DnsWorkers:
         for worker in self._workers:
             assert worker is not None
             worker.expect("started", START_TIMEOUT)
+        self._watcher = threading.Thread(target=self._watch, name="dns-workers-watch", daemon=True)
+        self._watcher.start()
 
-    def _spawn(self, index: int) -> _Worker:
+    def _watch(self) -> None:
+        """Until stop: wait for a worker to exit, then start it again with the last catalog."""
+        while not self._stopping.is_set():
+            exits = []
+            try:
+                for worker in list(self._workers):
+                    if worker is not None and worker.alive():
+                        exits.append(os.pidfd_open(worker.process.pid))
+                # A pidfd turns readable when its process exits.
+                ready, _, _ = select.select(exits, [], [], WATCH_PERIOD)
+                if ready and not self._stopping.is_set():
+                    self._revive()
+            except Exception:  # the watcher must outlive whatever one restart does
+                log.exception("dns workers: restarting a worker failed")
+                self._stopping.wait(WATCH_PERIOD)
+            finally:
+                for fd in exits:
+                    os.close(fd)
+
+    def _revive(self) -> None:
+        with self._lock:
+            catalog = self._catalog
+            if catalog is None or self._stopping.is_set():
+                return  # nothing published yet: the first publish starts it with the catalog
+            for index, worker in enumerate(self._workers):
+                if worker is None or worker.alive():
+                    continue
+                self._restart(index, catalog, self._generation)
+                revived = self._workers[index]
+                if revived is not None:
+                    try:
+                        revived.send(("commit", self._generation))
+                        revived.expect("committed", PREPARE_TIMEOUT)
+                    except _WorkerGone as exc:
+                        log.error("dns worker %d: %s", index, exc)
+
+    def _spawn(self, index: int, *, replacing: bool = False) -> _Worker:
         """A new interpreter running `_main` (not a fork of this threaded process, and not
         multiprocessing's spawn, which would import the parent's `__main__` again), given
         the pipe and the sockets as inherited file descriptors."""
@@ -128,7 +174,7 @@ class DnsWorkers:
         worker = _Worker(index, process, Connection(ours.detach()),
                          Connection(metrics_ours.detach()))
         worker.send(("init", self.settings, len(self._udp), self._log, self._loop_token,
-                     index == 0))
+                     index == 0, replacing))
         return worker
 
     def metrics(self) -> Report:
@@ -172,6 +218,7 @@ class DnsWorkers:
                 except _WorkerGone as exc:
                     log.error("dns worker %d: %s", worker.index, exc)  # restarted next time
             self._services = catalog.services
+            self._catalog = catalog
             self._unsure = False
 
     def _restart(self, index: int, catalog: Catalog, generation: int) -> None:
@@ -183,7 +230,7 @@ class DnsWorkers:
             old.kill()
             with self._metrics_lock:
                 self._retired.add(old.last_report)
-        worker = self._spawn(index)
+        worker = self._spawn(index, replacing=True)
         self._workers[index] = worker
         try:
             worker.expect("started", START_TIMEOUT)
@@ -197,6 +244,7 @@ class DnsWorkers:
             self._workers[index] = None
 
     def stop(self) -> None:
+        self._stopping.set()
         with self._lock:
             for worker in self._workers:
                 if worker is not None:
@@ -211,6 +259,8 @@ class DnsWorkers:
             for sock in self._udp + self._tcp:
                 sock.close()
             self._udp, self._tcp = [], []
+        if self._watcher is not None:
+            self._watcher.join(WATCH_PERIOD + STOP_TIMEOUT)
 
 
 class _WorkerGone(Exception):
@@ -292,11 +342,11 @@ def main() -> None:
     """A worker's entry point: `python -c ... PIPE_FD SOCKET_FD...` (see `_spawn`)."""
     fds = [int(arg) for arg in sys.argv[1:]]
     conn = Connection(fds[0])
-    kind, settings, udp_count, log_config, loop_token, probe_loops = conn.recv()
+    kind, settings, udp_count, log_config, loop_token, probe_loops, replacing = conn.recv()
     assert kind == "init"
     sockets = [socket.socket(fileno=fd) for fd in fds[2:]]
     _main(settings, sockets[:udp_count], sockets[udp_count:], conn, Connection(fds[1]),
-          log_config, (loop_token, probe_loops))
+          log_config, (loop_token, probe_loops), wait_for_table=replacing)
 
 
 def _answer_metrics(server: DnsServer, conn: Connection) -> None:
@@ -311,8 +361,12 @@ def _answer_metrics(server: DnsServer, conn: Connection) -> None:
 
 def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.socket],
           conn: Connection, metrics: Connection, log_config: tuple[str, str],
-          loops: tuple[str, bool]) -> None:
-    """A worker: serve the sockets, apply what the pipe says, until told to stop."""
+          loops: tuple[str, bool], *, wait_for_table: bool = False) -> None:
+    """A worker: serve the sockets, apply what the pipe says, until told to stop.
+
+    `wait_for_table`: a worker replacing one that died takes no query before its first table
+    is in: the sockets' queries would meet an empty table (SERVFAIL) instead of waiting the
+    moment it takes, or going to a worker that answers them."""
     from bridge import logs, memory_policy
 
     # The parent decides when to stop (Ctrl-C reaches the whole process group).
@@ -325,7 +379,8 @@ def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.sock
     for sock in tcp:
         sock.setblocking(False)
     server = DnsServer(settings, loop_token=loops[0], probe_loops=loops[1])
-    server.start((udp, tcp))
+    if not wait_for_table:
+        server.start((udp, tcp))
     threading.Thread(target=_answer_metrics, args=(server, metrics), name="dns-metrics",
                      daemon=True).start()
     conn.send(("started",))
@@ -365,6 +420,9 @@ def _main(settings: DnsSettings, udp: list[socket.socket], tcp: list[socket.sock
                     if not pending[1].incremental:
                         memory_policy.settle()  # a table just built lives long
                     pending = None
+                    if wait_for_table:
+                        wait_for_table = False
+                        server.start((udp, tcp))
                 conn.send(("committed", message[1]))
             elif kind == "stop":
                 return

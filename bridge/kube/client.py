@@ -77,6 +77,22 @@ def map_error(exc: BaseException, what: str) -> Exception:
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
 
 
+class _Watch(watch.Watch):
+    """The library's watch with each event left as parsed JSON (the bridge reads raw objects).
+
+    Its own `deserialize=False` mode reads an ERROR event's `raw_object`, which only this
+    method sets: every ERROR event (a 410 Gone among them, how an API server says a watch's
+    position is too old) became a KeyError, logged as an unexpected error with its traceback.
+    """
+
+    def unmarshal_event(self, data: str, return_type: Any) -> dict[str, Any] | None:
+        if not data or data.isspace():
+            return None
+        event: dict[str, Any] = json.loads(data)
+        event["raw_object"] = event.get("object")
+        return event
+
+
 class KubeClient:
     """List and watch collections on one API server."""
 
@@ -165,7 +181,7 @@ class KubeClient:
         """
         what = f"watch {resource.plural}"
         request = Request("watch", resource.plural)
-        w = watch.Watch()
+        w = _Watch()
         self._watches.add(w)
         try:
             stream = w.stream(
@@ -173,12 +189,13 @@ class KubeClient:
                 resource_version=resource_version,
                 allow_watch_bookmarks=True,
                 timeout_seconds=timeout_seconds,
-                deserialize=False,
                 # A read timeout past the server's own timeout notices a dead connection.
                 _request_timeout=(10, timeout_seconds + 30),
             )
             opened = False
             for event in stream:
+                if event is None:
+                    continue  # a blank line
                 if not opened:
                     opened = True
                     self.access.allowed(request)

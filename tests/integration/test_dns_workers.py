@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 from types import MappingProxyType
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
@@ -45,13 +46,13 @@ def catalog(generation: int, addresses: dict[str, list[str]], *, ready: bool = T
                    generation=generation)
 
 
-def ask(workers: DnsWorkers, name: str = NAME, *, tcp: bool = False) -> tuple[int, set[str]]:
+def ask(workers: DnsWorkers, name: str = NAME, *, tcp: bool = False, timeout: float = 5) -> tuple[int, set[str]]:
     host, port = workers.addresses[0]
     query = dns.message.make_query(name, dns.rdatatype.A)
     if tcp:
-        response = dns.query.tcp(query, host, port=port, timeout=5)
+        response = dns.query.tcp(query, host, port=port, timeout=timeout)
     else:
-        response = dns.query.udp(query, host, port=port, timeout=5)
+        response = dns.query.udp(query, host, port=port, timeout=timeout)
     return response.rcode(), {r.address for rrset in response.answer for r in rrset}
 
 
@@ -94,6 +95,39 @@ def test_a_killed_worker_is_started_again_with_the_whole_catalog(workers):
         assert ask(workers) == (dns.rcode.NOERROR, {"10.0.0.3"})
         # "api" did not change in this publish: the new worker has it from the whole catalog.
         assert ask(workers, "api.default.svc.cluster.local.") == (dns.rcode.NOERROR, {"10.0.0.7"})
+
+
+def test_a_killed_worker_is_started_again_without_waiting_for_a_publish_and_answers_only_once_it_has_the_catalog():
+    # One worker (the default): nothing answers until it is back, and with nothing changing
+    # no publish would come to notice it was gone. The catalog is large enough that the new
+    # worker takes a moment to build its table: queries meanwhile wait in the socket, they
+    # are not answered SERVFAIL from an empty table.
+    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf=""), 1)
+    pool.start()
+    try:
+        pool.publish(catalog(1, {"web": ["10.0.0.1"], **{f"s{i}": [f"10.1.{i // 250}.{i % 250}"]
+                                                         for i in range(2000)}}))
+        victim = pool.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        seen: list[tuple[int, set[str]] | None] = []
+
+        def answered() -> bool:
+            seen.append(_answers(pool))
+            return seen[-1] == (dns.rcode.NOERROR, {"10.0.0.1"})
+
+        eventually(answered, 30, "the new worker answers the last published catalog")
+        assert victim not in pool.pids
+        wrong = [got for got in seen if got is not None and got != (dns.rcode.NOERROR, {"10.0.0.1"})]
+        assert not wrong, f"answered before the new worker had the catalog: {wrong[:3]}"
+    finally:
+        pool.stop()
+
+
+def _answers(workers: DnsWorkers) -> tuple[int, set[str]] | None:
+    try:
+        return ask(workers, timeout=0.5)
+    except dns.exception.Timeout:
+        return None
 
 
 def test_stop_ends_the_workers_and_frees_the_port():
