@@ -36,6 +36,15 @@ class Transient(SourceError):
         self.retry_after = retry_after
 
 
+class Unavailable(Transient):
+    """The server did not answer: a connection-level failure, a timeout, or a 5xx. What an
+    outage is made of (`bridge/outage.py`); a 429 or a 4xx is an answer, not this."""
+
+
+class Unreachable(Unavailable):
+    """Not sent: the server is in an outage and the bridge waits for it (`bridge/outage.py`)."""
+
+
 class Expired(SourceError):
     """The Kubernetes watch position is too old (410 Gone): relist, then watch again."""
 

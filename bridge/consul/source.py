@@ -76,7 +76,7 @@ class ConsulSource:
         not_on_node = "" if keep_ours else our_node
         self._loop = BlockingLoop("consul services",
                                   lambda index: self._client.services(index, not_on_node=not_on_node),
-                                  self._on_services, stop)
+                                  self._on_services, stop, outage=client.outage)
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -141,7 +141,8 @@ class ConsulSource:
             self._store(name, entries)
             return True
 
-        loop = BlockingLoop(f"consul service {name}", fetch, deliver, stop)
+        loop = BlockingLoop(f"consul service {name}", fetch, deliver, stop,
+                            outage=self._client.outage)
         thread = self._threads.start(f"consul-{name}", loop.run)
         self._watchers[name] = _Watcher(name, thread, stop)
 
