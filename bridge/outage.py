@@ -7,24 +7,29 @@ requests, and every retry logged a warning. Here:
 
 - The client reports each request: `failed()` for a connection-level failure, a timeout
   or a 5xx (what an outage looks like; a 429 or a 4xx is an answer), `succeeded()` for
-  anything the server answered. The first failure starts an outage: one WARNING line
-  naming the server and the error (errors carry no secrets: the clients redact them).
-- For the first `grace` seconds the loops retry on their own, with their own quick
-  backoff (`bridge.retry`), so one failed request costs what it always did.
-- After that the server is *parked*: `admit()` (called by the client before each
-  request) refuses at once with `Unreachable`, sending nothing, and the loops' retry
-  waits (`sleeper()`) last until the server is back. A single cheap probe (`probe`: GET
-  /v1/status/leader, GET /readyz) runs on the schedule of an exponential backoff with
-  jitter capped at `cap` (1 s), counted from the outage's start; probes that fall in
-  the grace are not sent. So after the grace the bridge sends one request per `cap` to
-  that server, at a random phase (bridges cut off together do not probe in step), and
-  notices its recovery within about `cap`.
-- A probe that succeeds releases the loops: every waiting loop wakes at once, and the
+  anything the server answered.
+- For `grace` seconds from the first failure the loops retry on their own, with their
+  own quick backoff (`bridge.retry`), so a failure that heals costs what it always did
+  (and logs nothing above debug: a blip is not news).
+- Past the grace, with no success since, the loops are *parked*: `admit()` (called by
+  the client before each request) refuses at once with `Unreachable`, sending nothing,
+  and the loops' retry waits (`sleeper()`) last until the server answers. A single
+  cheap probe (`probe`: GET /v1/status/leader, GET /readyz) runs on the schedule of an
+  exponential backoff with jitter capped at `cap` (1 s), counted from the first
+  failure; probes that fall in the grace are not sent. So after the grace the bridge
+  sends one request per `cap` to that server, at a random phase (bridges cut off
+  together do not probe in step), and notices its recovery within about `cap`.
+- The first probe that fails makes it an outage: one WARNING line naming the server and
+  the first error (errors carry no secrets: the clients redact them); then a summary
+  line once a `summary_every` (a minute) while it lasts.
+- A probe that answers releases the loops: every waiting loop wakes at once, and the
   recovery callbacks run (the reconciler and the leader election are woken). The
   outage ends at the next request that succeeds: one INFO line with its duration and
-  how many requests failed. A request that fails right after a probe succeeded (a
-  server that answers the probe but not the API) resumes the outage silently.
-- A summary line once a `summary_every` (a minute) while it lasts.
+  how many requests failed. A request that fails right after a probe answered (a
+  server that answers the probe but not the API) parks the loops again, silently.
+  When the probe answers before any outage was declared, the server is up and only
+  some of its requests fail (a fault of one path): one WARNING line a minute at most
+  says so, and the loops go on retrying on their own.
 - `bridge_server_up{server}` and `bridge_outages_total{server}`; `describe()` for
   /readyz.
 
@@ -113,45 +118,49 @@ class Outage:
         self._cond = threading.Condition()
         self._callbacks: list[Callable[[], None]] = []
         self._closed = False
-        # One outage: from the first failure to the first success after it.
-        self._down = False
-        self._released = False  # a probe succeeded: the loops may try again
+        # From a request's failure to the next success: `failing`. Once the probe failed
+        # too, past the grace, it is an outage (`declared`, logged); a probe that answers
+        # then `released` the loops to try again.
+        self._failing = False
+        self._declared = False
+        self._released = False
         self._since = 0.0
         self._failures = 0
-        self._last_error = ""
-        self._probe_attempt = 0  # of the probe schedule, counted from the outage's start
+        self._first_error = self._last_error = ""
+        self._probe_attempt = 0  # of the probe schedule, counted from the first failure
         self._probe_at = 0.0
         self._probing = False
         self._summary_at = 0.0
-        self._wakes = 0  # bumped at each release or end: what waiting loops wait for
+        self._partial_at = float("-inf")  # when a server that answers its probe was last logged
+        self._wakes = 0  # bumped whenever the loops may try again: what waiting loops wait for
         SERVER_UP.labels(server).set(1)
 
     # --- what callers read ----------------------------------------------------------
 
     @property
     def down(self) -> bool:
-        """In an outage: a request failed and none has succeeded since."""
-        return self._down
+        """In an outage: the probe failed too, and no request has succeeded since."""
+        return self._declared
 
     def parked(self) -> bool:
-        """Requests are not sent now: the grace is over and no probe has succeeded."""
+        """Requests are not sent now: they failed for the grace, and no probe has answered."""
         with self._cond:
             return self._parked(self._clock.now())
 
     def _parked(self, now: float) -> bool:
-        return self._down and not self._released and now >= self._since + self._grace
+        return self._failing and not self._released and now >= self._since + self._grace
 
     def describe(self) -> str:
-        """One line for /readyz while the server is down ("" otherwise)."""
+        """One line for /readyz during an outage ("" otherwise)."""
         with self._cond:
-            if not self._down:
+            if not self._declared:
                 return ""
             lasted = _duration(self._clock.now() - self._since)
             return (f"{self.server} unreachable for {lasted} ({self._failures} requests failed, "
                     f"last: {self._last_error}); waiting for it")
 
     def on_recovery(self, callback: Callable[[], None]) -> None:
-        """Call `callback` (cheap, non-blocking) when a probe finds the server back."""
+        """Call `callback` (cheap, non-blocking) when a probe finds the server answering."""
         with self._cond:
             self._callbacks.append(callback)
 
@@ -167,7 +176,7 @@ class Outage:
     def admit(self) -> None:
         """Before each request: raises `Unreachable` (nothing is sent) while parked. Runs
         the probe or the summary when either is due."""
-        if not self._down:
+        if not self._failing:
             return  # the common case: no lock
         self._tick()
         with self._cond:
@@ -184,37 +193,34 @@ class Outage:
             now = self._clock.now()
             self._last_error = str(exc)
             self._failures += 1
-            if self._down:
-                if self._released:  # the probe answered, the API did not: the same outage
+            if self._failing:
+                if self._released:  # the probe answered, the API did not: still the outage
                     self._released = False
-                    self._probe_at = now + self._cap
+                    self._probe_at = now
+                    self._schedule_probe(now + 1e-9)
                 return
-            self._down, self._released = True, False
-            self._since, self._failures = now, 1
+            self._failing, self._declared, self._released = True, False, False
+            self._since, self._failures, self._first_error = now, 1, str(exc)
             self._probe_attempt = 0
             self._probe_at = now
-            self._summary_at = now + self._summary_every
             self._schedule_probe(now)
-            SERVER_UP.labels(self.server).set(0)
-            OUTAGES.labels(self.server).inc()
-        log.warning("%s unreachable: %s; the bridge retries for %gs, then waits for it, "
-                    "sending only %s (at most once every %gs)", self.server, exc, self._grace,
-                    self._probe_name, self._cap)
+        log.debug("%s: %s; the loops retry for %gs before it counts as an outage",
+                  self.server, exc, self._grace)
 
     def succeeded(self) -> None:
         """The server answered a request (whatever the answer)."""
-        if not self._down:
+        if not self._failing:
             return  # the common case: no lock
         with self._cond:
-            if not self._down:
+            if not self._failing:
                 return
-            lasted, failures = self._clock.now() - self._since, self._failures
-            self._down = self._released = False
+            lasted, failures, declared = self._clock.now() - self._since, self._failures, self._declared
+            self._failing = self._declared = self._released = False
             self._wakes += 1
             self._cond.notify_all()
             SERVER_UP.labels(self.server).set(1)
-        log.info("%s reachable again after %s (%d requests failed)", self.server,
-                 _duration(lasted), failures)
+        log.log(logging.INFO if declared else logging.DEBUG, "%s reachable again after %s "
+                "(%d requests failed)", self.server, _duration(lasted), failures)
 
     # --- what the loops wait with -----------------------------------------------------
 
@@ -224,7 +230,7 @@ class Outage:
 
     def pause(self, seconds: float, interrupt: threading.Event | None = None) -> None:
         """Wait `seconds`, and longer while the server is parked (an attempt would send
-        nothing); return early when the server is found back, the client closes, or
+        nothing); return early when the loops may try again, the client closes, or
         `interrupt` is set. The probe runs here when due."""
         with self._cond:
             wakes = self._wakes
@@ -239,8 +245,9 @@ class Outage:
                 if now >= until and not parked:
                     return
                 due = [] if parked else [until]
-                if self._down:
-                    due.append(self._summary_at)
+                if self._failing:
+                    if self._declared:
+                        due.append(self._summary_at)
                     if now < self._since + self._grace:
                         due.append(self._since + self._grace)
                     if parked and not self._probing:
@@ -264,9 +271,9 @@ class Outage:
         """Run the summary and the probe, if due and no other thread is running them."""
         with self._cond:
             now = self._clock.now()
-            if not self._down or self._closed:
+            if not self._failing or self._closed:
                 return
-            if now >= self._summary_at:
+            if self._declared and now >= self._summary_at:
                 self._summary_at = now + self._summary_every
                 log.warning("%s still unreachable after %s: %d requests failed, last: %s",
                             self.server, _duration(now - self._since), self._failures,
@@ -277,27 +284,62 @@ class Outage:
         try:
             self._probe()
         except Exception as exc:  # whatever the probe met, the server is not back
-            with self._cond:
-                self._probing = False
-                if self._down and not self._closed:
-                    FAILED.labels(self.server).inc()
-                    self._failures += 1
-                    self._last_error = str(exc) if isinstance(exc, Unavailable) \
-                        else f"{self._probe_name}: {type(exc).__name__}"
-                    now = self._clock.now()
-                    self._probe_at = now  # never sooner than one wait after this probe
-                    self._schedule_probe(now + 1e-9)
-                self._cond.notify_all()  # the loops waiting meanwhile: the next probe is theirs
-            log.debug("%s: %s failed: %s", self.server, self._probe_name, exc)
+            self._probe_failed(exc)
             return
+        self._probe_answered()
+
+    def _probe_failed(self, exc: Exception) -> None:
+        error = str(exc) if isinstance(exc, Unavailable) else f"{self._probe_name}: {type(exc).__name__}"
         with self._cond:
             self._probing = False
-            if not self._down or self._closed:
+            if not self._failing or self._closed:
                 return
-            self._released = True
+            FAILED.labels(self.server).inc()
+            self._failures += 1
+            self._last_error = error
+            now = self._clock.now()
+            self._probe_at = now  # the next one a whole wait after this one ended
+            self._schedule_probe(now + 1e-9)
+            self._cond.notify_all()  # the loops waiting meanwhile: the next probe is theirs
+            declare = not self._declared
+            if declare:
+                self._declared = True
+                self._summary_at = now + self._summary_every
+                SERVER_UP.labels(self.server).set(0)
+                OUTAGES.labels(self.server).inc()
+                lasted, failures, first = _duration(now - self._since), self._failures, self._first_error
+        if declare:
+            log.warning("%s unreachable: %s (for %s, %d requests failed); the bridge waits for "
+                        "it, sending only %s, at most once every %gs", self.server, first, lasted,
+                        failures, self._probe_name, self._cap)
+        else:
+            log.debug("%s: %s failed: %s", self.server, self._probe_name, error)
+
+    def _probe_answered(self) -> None:
+        with self._cond:
+            self._probing = False
+            if not self._failing or self._closed:
+                return
+            now = self._clock.now()
+            partial = not self._declared
+            if partial:
+                # Its API failed us for the whole grace, yet it answers: not an outage (a
+                # fault of some paths, a Lease's say). The loops go on retrying on their own.
+                lasted, failures, last = _duration(now - self._since), self._failures, self._last_error
+                self._failing = False
+                quiet = now - self._partial_at < self._summary_every
+                if not quiet:
+                    self._partial_at = now
+            else:
+                self._released = True
             self._wakes += 1
             self._cond.notify_all()
             callbacks = list(self._callbacks)
-        log.debug("%s: %s answered; the loops try again", self.server, self._probe_name)
+        if partial:
+            log.log(logging.DEBUG if quiet else logging.WARNING,
+                    "%s answers %s, but its requests failed for %s (%d failed, last: %s); "
+                    "retrying them", self.server, self._probe_name, lasted, failures, last)
+        else:
+            log.debug("%s: %s answered; the loops try again", self.server, self._probe_name)
         for callback in callbacks:
             callback()

@@ -27,6 +27,7 @@ from bridge.catalog.naming import dns_label, dns_labels
 from bridge.consul.blocking import BlockingLoop
 from bridge.consul.client import ConsulClient
 from bridge.consul.objects import BadEntry, instance_from_health, is_ours
+from bridge.outage import Outage
 from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class ConsulSource:
         """`keep_ours`: keep the instances `our_node` and `cluster_id` mark as this
         cluster's (a sidecar); otherwise they are dropped (the central bridge wrote them)."""
         self._client = client
+        # Consul's outage, which every loop here waits through (a stand-in client may have none).
+        self._outage: Outage | None = getattr(client, "outage", None)
         self._our_node = our_node
         self._cluster_id = cluster_id
         self._keep_ours = keep_ours
@@ -76,7 +79,7 @@ class ConsulSource:
         not_on_node = "" if keep_ours else our_node
         self._loop = BlockingLoop("consul services",
                                   lambda index: self._client.services(index, not_on_node=not_on_node),
-                                  self._on_services, stop, outage=client.outage)
+                                  self._on_services, stop, outage=self._outage)
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -141,8 +144,7 @@ class ConsulSource:
             self._store(name, entries)
             return True
 
-        loop = BlockingLoop(f"consul service {name}", fetch, deliver, stop,
-                            outage=self._client.outage)
+        loop = BlockingLoop(f"consul service {name}", fetch, deliver, stop, outage=self._outage)
         thread = self._threads.start(f"consul-{name}", loop.run)
         self._watchers[name] = _Watcher(name, thread, stop)
 

@@ -4,6 +4,7 @@ and three kinds of log line (start, a summary a minute, end). Time is a ManualCl
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from itertools import pairwise
@@ -125,17 +126,21 @@ def test_one_line_when_it_starts_one_a_minute_while_it_lasts_one_when_it_ends(ca
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert len(lines) == 4, "\n".join(m for _, m in lines)
     (level0, started), (level1, summary1), (level2, summary2), (level3, ended) = lines
-    assert level0 == "WARNING" and started.startswith("consul unreachable: catalog services: ConnectionError"), started
-    assert "GET /v1/status/leader" in started, started
+    # Declared by the first probe, which comes within a second of the grace.
+    assert level0 == "WARNING", started
+    assert started.startswith("consul unreachable: catalog services: ConnectionError (for 5."), started
+    assert "sending only GET /v1/status/leader, at most once every 1s" in started, started
     assert (level1, level2) == ("WARNING", "WARNING"), lines
-    assert summary1.startswith("consul still unreachable after 1m00s"), summary1
-    assert summary2.startswith("consul still unreachable after 2m00s"), summary2
+    assert re.match(r"consul still unreachable after 1m0[56]s: \d+ requests failed, last: GET /probe",
+                    summary1), summary1
+    assert re.match(r"consul still unreachable after 2m0[56]s", summary2), summary2
     assert level3 == "INFO" and ended.startswith("consul reachable again after 2m3"), ended
     failed = 10 + len(server.probes) - 1  # the probe that succeeded did not fail
     assert f"({failed} requests failed)" in ended, (ended, failed)
 
 
-def test_a_single_failure_costs_two_lines_and_no_wait():
+def test_a_failure_that_heals_within_the_grace_costs_no_line_and_no_wait(caplog):
+    caplog.set_level(logging.INFO, logger="bridge.outage")
     clock = ManualClock()
     server = Server(clock)
     outage = consul(server, clock)
@@ -146,6 +151,7 @@ def test_a_single_failure_costs_two_lines_and_no_wait():
     server.request(outage)  # admitted at once: the grace
     assert not outage.down and not server.probes
     assert outage.describe() == ""
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
 
 
 def test_a_server_that_answers_the_probe_but_not_the_api_is_still_one_outage(caplog):
@@ -156,6 +162,7 @@ def test_a_server_that_answers_the_probe_but_not_the_api_is_still_one_outage(cap
     with pytest.raises(Unavailable):
         server.request(outage)
     drive(outage, clock, GRACE + 1.0)
+    assert outage.down
     server.up = True
     drive(outage, clock, 1.0)  # the probe answers: the loops are released
     assert not outage.parked()
@@ -164,7 +171,32 @@ def test_a_server_that_answers_the_probe_but_not_the_api_is_still_one_outage(cap
         server.request(outage)  # the API does not: parked again, at once
     assert outage.parked(), "a failure right after the probe answered parks the loops again"
     drive(outage, clock, 3.0)
-    assert len(caplog.records) == 1, [r.getMessage() for r in caplog.records]
+    assert [r.getMessage()[:20] for r in caplog.records] == ["consul unreachable: "]
+
+
+class PathFault(Server):
+    """A server that answers its probe while one path of its API fails."""
+
+    def probe(self) -> None:
+        with self.lock:
+            self.probes.append(self.clock.now())
+
+
+def test_a_fault_of_some_paths_is_no_outage_and_is_said_once_a_minute(caplog):
+    caplog.set_level(logging.INFO, logger="bridge.outage")
+    clock = ManualClock()
+    server = PathFault(clock)
+    outage = consul(server, clock)
+    for _ in range(30):  # a Lease renewal failing every 2 s for a minute
+        with pytest.raises(Unavailable):
+            server.request(outage)
+        drive(outage, clock, 2.0)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1, lines
+    assert re.match(r"consul answers GET /v1/status/leader, but its requests failed for [56]\.\ds "
+                    r"\(3 failed, last: catalog services: ConnectionError\); retrying them", lines[0]), lines[0]
+    assert not outage.down and outage.describe() == ""
+    assert len(server.probes) <= 60 / GRACE + 1, f"one probe a grace at most: {len(server.probes)}"
 
 
 def test_readiness_text_names_the_server_and_the_error():
