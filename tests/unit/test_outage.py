@@ -164,7 +164,7 @@ def test_a_server_that_answers_the_probe_but_not_the_api_is_still_one_outage(cap
     drive(outage, clock, GRACE + 1.0)
     assert outage.down
     server.up = True
-    drive(outage, clock, 1.0)  # the probe answers: the loops are released
+    drive(outage, clock, CAP + 0.1)  # the next probe answers: the loops are released
     assert not outage.parked()
     server.up = False
     with pytest.raises(Unavailable):
