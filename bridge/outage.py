@@ -142,6 +142,12 @@ class Outage:
         """In an outage: the probe failed too, and no request has succeeded since."""
         return self._declared
 
+    @property
+    def failing(self) -> bool:
+        """A request failed and none has succeeded since (an outage or, in the grace, maybe
+        one): what its loops meet is this outage's to log."""
+        return self._failing
+
     def parked(self) -> bool:
         """Requests are not sent now: they failed for the grace, and no probe has answered."""
         with self._cond:

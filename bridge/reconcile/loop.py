@@ -69,7 +69,7 @@ class Lane(Generic[P]):
 
     @property
     def down(self) -> bool:
-        return self.outage is not None and self.outage.down
+        return self.outage is not None and self.outage.failing
 
 
 class Reconciler:
