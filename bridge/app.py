@@ -89,6 +89,10 @@ if TYPE_CHECKING:  # the kubernetes package is loaded only by a bridge that talk
 
 log = logging.getLogger(__name__)
 
+def _because(what: str, why: str) -> str:
+    return f"{what} ({why})" if why else what
+
+
 class _NoKubernetes:
     """The Kubernetes side of a sidecar: nothing, and listed from the start."""
 
@@ -165,12 +169,14 @@ class App:
             )
             lanes.append(Lane("consul", ConsulPlanner(
                 consul_sink, options, upsert_only=sync.upsert_only,
-                adopt_from=consul_sink.leftovers if sync.adopt_node else None), consul_sink))
+                adopt_from=consul_sink.leftovers if sync.adopt_node else None), consul_sink,
+                outage=self.consul_client.outage))
         if sync.to_k8s:
             assert self.kube_client is not None and self.kube_source is not None
             kube_sink = KubeSink(self.kube_client, self.kube_source.objects, self.stop_event,
                                  gate=self.ha.leadership)
-            lanes.append(Lane("kubernetes", KubePlanner(kube_sink), kube_sink))
+            lanes.append(Lane("kubernetes", KubePlanner(kube_sink), kube_sink,
+                              outage=self.kube_client.outage))
         # DNS answers its own namespaces (dns.namespaces), the sync its own.
         dns_view = self.kube_source.dns if self.kube_source is not None else self.kube
         self.publisher = Publisher(kube=dns_view, consul=self.consul, publish=self._publish,
@@ -183,8 +189,14 @@ class App:
             threads=self.threads, gate=self.ha.leadership) if lanes else None
         host, port = parse_hostport(settings.http.listen)
         self.http = HealthServer(host, port, self.waiting_for, self.threads.dead,
-                                 warnings=self.ha.problems,
+                                 warnings=self.warnings,
                                  pages=Routes(OperatorState(self)).handlers())
+        # A server found back (bridge/outage.py) wakes what does not wait on it directly:
+        # the reconciler's next pass and the leader election's next round.
+        for client in (self.kube_client, self.consul_client):
+            if client is not None:
+                client.outage.on_recovery(self.trigger.poke)
+                client.outage.on_recovery(self.ha.leadership.wake)
         self._dns_bound = False
 
     def _changed(self) -> None:
@@ -205,20 +217,31 @@ class App:
         missing = []
         if self.kube_client is not None:
             if not self.kube.synced:
-                missing.append("kubernetes list")
+                missing.append(_because("kubernetes list", self.kube_client.outage.describe()))
             # A refused Lease is the leader election's to report: a warning, since a
             # replica that cannot lead still answers DNS (see `self.ha.problems`).
             missing.extend(self.kube_client.access.problems(but=("leases",)))
         # Consul's refusals (a TLS handshake, an ACL): logged once by the client, held there.
         missing.extend(self.consul_client.problems())
         if self.consul is not None and not self.consul.synced:
-            missing.append("consul list")
+            missing.append(_because("consul list", self.consul_client.outage.describe()))
         missing += self.ha.waiting_for()
         if not self._catalog_ready.is_set():
             missing.append("first catalog")
         if not self._dns_bound:
             missing.append("dns listener")
         return missing
+
+    def warnings(self) -> list[str]:
+        """What /readyz adds to its status: why this replica writes nothing (high
+        availability), and a server that is down (DNS answers the last state meanwhile),
+        unless a line of `waiting_for` names it already."""
+        found = self.ha.problems()
+        if self.kube_client is not None and self.kube.synced:
+            found.append(self.kube_client.outage.describe())
+        if self.consul is None or self.consul.synced:
+            found.append(self.consul_client.outage.describe())
+        return [line for line in found if line]
 
     @property
     def ready(self) -> bool:

@@ -39,6 +39,13 @@ class Transient(SourceError):
 class Throttled(Transient):
     """A server refused for load (a limit of its own) and the client has said so once: a
     loop retries it quietly, no sooner than `retry_after`."""
+class Unavailable(Transient):
+    """The server did not answer: a connection-level failure, a timeout, or a 5xx. What an
+    outage is made of (`bridge/outage.py`); a 429 or a 4xx is an answer, not this."""
+
+
+class Unreachable(Unavailable):
+    """Not sent: the server is in an outage and the bridge waits for it (`bridge/outage.py`)."""
 
 
 class Expired(SourceError):

@@ -19,7 +19,8 @@ from typing import Generic, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from bridge.errors import BridgeError, Denied, Throttled
+from bridge.errors import BridgeError, Denied, Throttled, Unavailable
+from bridge.outage import Outage
 from bridge.retry import Backoff, Stopped, retrying
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,14 @@ class BlockingLoop(Generic[T]):
     """Calls `fetch(index) -> (index, value)` forever, handing each value to `deliver`.
 
     `deliver` gets every answer, changed or not; it decides what a change is. The loop ends
-    when `stop` is set or `deliver` returns False.
+    when `stop` is set or `deliver` returns False. With `outage` (Consul's), its retries
+    wait through an outage and wake when Consul is back (`bridge/outage.py`).
     """
 
     def __init__(self, name: str, fetch: Callable[[int | None], tuple[int, T]],
                  deliver: Callable[[T], bool], stop: threading.Event,
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None] | None = None,
+                 outage: Outage | None = None) -> None:
         self.name = name
         self._fetch = fetch
         self._deliver = deliver
@@ -79,6 +82,7 @@ class BlockingLoop(Generic[T]):
         # retried: a bug or a surprise from the server must not end the watch for good.
         self._retrying = retrying(stop, Backoff(base=0.05, cap=1.0),
                                   retry=retry_if_exception_type(Exception),
+                                  sleep=outage.sleeper(stop) if outage is not None else None,
                                   before_sleep=self._failed)
 
     def run(self) -> None:
@@ -112,7 +116,7 @@ def _log_failure(name: str, state: RetryCallState, on_error: Callable[[BaseExcep
         on_error(exc)
     if stopping:
         log.debug("%s: ended by the stop: %s", name, exc)  # its client was closed
-    elif isinstance(exc, Denied | Throttled):  # the client logged the refusal once already
+    elif isinstance(exc, Denied | Throttled | Unavailable):  # logged once already (the client, the outage)
         log.debug("%s: %s; retrying in %.2fs", name, exc, state.upcoming_sleep)
     elif isinstance(exc, BridgeError):
         log.warning("%s: %s; retrying in %.2fs", name, exc, state.upcoming_sleep)

@@ -32,7 +32,8 @@ from urllib3.poolmanager import PoolManager
 from bridge.config import ConsulSettings, token
 from bridge.consul.access import TLS, ConsulAccess
 from bridge.consul.login import LOGIN, ConsulLogin
-from bridge.errors import Conflict, Denied, Rejected, Transient
+from bridge.errors import Conflict, Denied, Rejected, Transient, Unavailable
+from bridge.outage import Clock, Outage
 
 if TYPE_CHECKING:  # urllib3 defines them for type checkers only
     from urllib3._base_connection import BaseHTTPConnection, BaseHTTPSConnection
@@ -54,6 +55,10 @@ class TxnRefused(Rejected):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+LEADER_PATH = "/v1/status/leader"
+PROBE_TIMEOUT = 2.0  # seconds: the leader is answered from memory
 
 
 def _redact(text: str, secret: str) -> str:
@@ -121,7 +126,8 @@ class _CuttableAdapter(HTTPAdapter):
 class ConsulClient:
     """The calls the bridge makes, each returning plain JSON values."""
 
-    def __init__(self, settings: ConsulSettings) -> None:
+    def __init__(self, settings: ConsulSettings, *, clock: Clock | None = None) -> None:
+        """`clock`: what the outage (`bridge/outage.py`) reads; the system's by default."""
         self._settings = settings
         self._token = token(settings)
         self.access = ConsulAccess()
@@ -136,6 +142,9 @@ class ConsulClient:
         self._c = self._connect(settings, self._reads)
         self._w = self._connect(settings, self._writes)
         self.wait = f"{settings.wait}s"
+        # Every call below goes through it: while Consul is down, only the probe is sent.
+        self.outage = Outage("consul", self._probe_leader, probe_name=f"GET {LEADER_PATH}",
+                             clock=clock)
 
     @property
     def settings(self) -> ConsulSettings:
@@ -167,6 +176,21 @@ class ConsulClient:
             session.headers["X-Consul-Token"] = self._token
         return c
 
+    def _probe_leader(self) -> None:
+        """The outage's probe: Consul is back when it names a leader (with none it answers
+        "" and every write and consistent read fails)."""
+        http = self._c.http
+        try:
+            response = http.session.get(http.uri(LEADER_PATH), verify=http.verify, cert=http.cert,
+                                        timeout=PROBE_TIMEOUT)
+        except requests.RequestException as exc:
+            raise Unavailable(f"{LEADER_PATH}: {type(exc).__name__}") from None
+        if response.status_code >= 500:
+            text = _redact(response.text.strip()[:200], self._token)
+            raise Unavailable(f"{LEADER_PATH}: {response.status_code} {text}")
+        if response.status_code == 200 and response.text.strip() in ('""', ""):
+            raise Unavailable(f"{LEADER_PATH}: no cluster leader")
+
     def problems(self) -> list[str]:
         """What Consul refuses us (TLS, permissions), one line each; for readiness."""
         return self.access.problems()
@@ -179,6 +203,7 @@ class ConsulClient:
     def close(self) -> None:
         """Cut every read in flight (blocking queries end at once with a Transient error);
         a transaction in flight completes. Calls after this fail or open new connections."""
+        self.outage.close()
         self._reads.cut()
         self._writes.close()
 
@@ -197,7 +222,22 @@ class ConsulClient:
             self._use_token(credentials.lost(used))
             return self._call_once(what, fn, *args, **kwargs)
 
-    def _call_once(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call_once(self, what: str, fn: Any, *args: Any, refusal_5xx: bool = False, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)`, reported to the outage (`bridge/outage.py`), which may
+        refuse it unsent. `refusal_5xx`: a 5xx is the server's answer (a login refused)."""
+        self.outage.admit()
+        try:
+            result = self._request(what, fn, *args, refusal_5xx=refusal_5xx, **kwargs)
+        except Unavailable as exc:
+            self.outage.failed(exc)
+            raise
+        except BaseException:
+            self.outage.succeeded()  # an answer, if not the one hoped for
+            raise
+        self.outage.succeeded()
+        return result
+
+    def _request(self, what: str, fn: Any, *args: Any, refusal_5xx: bool = False, **kwargs: Any) -> Any:
         try:
             result = fn(*args, **kwargs)
         except ACLPermissionDenied as exc:
@@ -214,6 +254,8 @@ class ConsulClient:
                 raise Transient(f"{what}: {message}") from None
             if message[:1] == "4":
                 raise Rejected(f"{what}: {message}") from None
+            if message[:1] == "5" and not refusal_5xx:
+                raise Unavailable(f"{what}: {message}") from None
             raise Transient(f"{what}: {message}") from None
         except requests.exceptions.SSLError as exc:
             reason = tls_refusal(exc, self._settings)
@@ -221,7 +263,7 @@ class ConsulClient:
             raise Denied(f"{what}: {reason}") from None
         except requests.RequestException as exc:
             # The exception text quotes the URL, and the URL can carry the token.
-            raise Transient(f"{what}: {type(exc).__name__}") from None
+            raise Unavailable(f"{what}: {type(exc).__name__}") from None
         except (ValueError, TypeError) as exc:
             raise Transient(f"{what}: bad response: {type(exc).__name__}") from None
         self.access.allowed(TLS)
@@ -232,7 +274,7 @@ class ConsulClient:
         """`/v1/acl/login` through auth method `method`: the new token's (secret, accessor).
         Raises Denied if Consul refuses the login (logged once), Transient if it cannot be asked."""
         try:
-            answer = self._call_once(LOGIN, self._w.acl.login, method, bearer_token)
+            answer = self._call_once(LOGIN, self._w.acl.login, method, bearer_token, refusal_5xx=True)
         except TokenLost as exc:  # here: Consul does not know the auth method
             message = _redact(str(exc).removeprefix(f"{LOGIN}: ").removesuffix(" (the token is unknown to Consul)"),
                               bearer_token)
@@ -241,7 +283,7 @@ class ConsulClient:
         except Transient as exc:
             message = _redact(str(exc), bearer_token)
             if not re.match(rf"{LOGIN}: 5\d\d ", message):
-                raise Transient(message, exc.retry_after) from None
+                raise type(exc)(message, exc.retry_after) from None  # Unavailable stays so
             # The auth method's validator refused the bearer token (Consul answers 500).
             self.access.refused(LOGIN, message.removeprefix(f"{LOGIN}: "))
             raise Denied(message) from None
@@ -295,6 +337,8 @@ class ConsulClient:
                 raise ACLPermissionDenied(response.body)
             if response.code == 409 and "Permission denied" in str(response.body):
                 raise _TxnDenied(response.body)  # not a success of the call: keep it refused
+            if response.code >= 500:  # as py-consul's own calls raise it: an outage's
+                raise ConsulException(f"{response.code} {response.body}")
             return response
 
         try:
@@ -314,7 +358,7 @@ class ConsulClient:
             except (ValueError, AttributeError, KeyError, TypeError):
                 errors, detail = [], body.strip()
             raise TxnRolledBack(errors, detail)
-        if response.code == 429 or response.code >= 500:
+        if response.code == 429:
             raise Transient(f"txn: {response.code} {body.strip()}")
         raise TxnRefused(response.code, f"txn: {response.code} {body.strip()}")
 

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import ssl
+import threading
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,8 @@ from prometheus_client import Counter
 from bridge.config import ConsulSettings, token
 from bridge.consul.access import TLS
 from bridge.consul.client import ConsulClient, TokenLost, tls_refusal
-from bridge.errors import Denied, Rejected, Throttled, Transient
+from bridge.errors import Denied, Rejected, Throttled, Transient, Unavailable
+from bridge.outage import Outage
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
@@ -80,6 +82,13 @@ class ConsulReads:
         self._first_reads: asyncio.Semaphore | None = None
         self._limit_reported = False
         self._filtered: set[str] = set()  # reads Consul answered with results its ACLs hid
+        # Consul's outage (bridge/outage.py), shared with every other call to Consul: its
+        # calls block (the probe), so they run on a thread of their own, and only while
+        # Consul is failing. Every query waits through an outage on that one thread.
+        self._outage: Outage | None = getattr(client, "outage", None)
+        self._outage_pool: ThreadPoolExecutor | None = None
+        self._outage_wait: asyncio.Future[None] | None = None
+        self._closing = threading.Event()
         # A login is a synchronous call (client.py): made on a thread of its own, rarely.
         self._login_pool: ThreadPoolExecutor | None = None
 
@@ -96,6 +105,27 @@ class ConsulReads:
             await self._session.close()
         if self._login_pool is not None:
             self._login_pool.shutdown(wait=False, cancel_futures=True)
+        self._closing.set()
+        if self._outage_pool is not None:
+            self._outage_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def pause(self, seconds: float) -> None:
+        """A query's wait before it retries: `seconds`, and while Consul is in an outage
+        until the outage lets requests go again (`Outage.pause`, which runs the probe). The
+        queries share one such wait, so thousands of them cost one thread and no requests."""
+        outage = self._outage
+        if outage is None or not outage.failing:
+            await asyncio.sleep(seconds)
+            return
+        if self._outage_wait is None or self._outage_wait.done():
+            self._outage_wait = asyncio.get_running_loop().run_in_executor(
+                self._outage_thread(), outage.pause, seconds, self._closing)
+        await asyncio.shield(self._outage_wait)
+
+    def _outage_thread(self) -> ThreadPoolExecutor:
+        if self._outage_pool is None:
+            self._outage_pool = ThreadPoolExecutor(1, thread_name_prefix="consul-outage")
+        return self._outage_pool
 
     async def services(self, index: int | None, *, not_on_node: str = "") -> tuple[int, dict[str, list[str]]]:
         """Blocking read of every service name and its tags; with `not_on_node`, only the
@@ -150,6 +180,9 @@ class ConsulReads:
         headers = {"X-Consul-Token": secret} if secret else {}
         access = self._client.access
         kind = " ".join(what.split()[:2])
+        outage = self._outage
+        if outage is not None and outage.failing:  # refused unsent while parked
+            await asyncio.get_running_loop().run_in_executor(self._outage_thread(), outage.admit)
         try:
             async with self._session.get(yarl.URL(url, encoded=True), headers=headers,
                                          server_hostname=self._settings.tls_server_name or None) as response:
@@ -164,8 +197,16 @@ class ConsulReads:
             raise Denied(f"{what}: {reason}") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             # The exception text quotes the URL; nothing of it is kept.
-            raise Transient(f"{what}: {type(exc).__name__}") from None
+            unavailable = Unavailable(f"{what}: {type(exc).__name__}")
+            if outage is not None:
+                outage.failed(unavailable)
+            raise unavailable from None
         text = body.replace(secret, "********") if secret else body
+        if outage is not None:
+            if status >= 500:
+                outage.failed(Unavailable(f"{what}: {status} {text[:200].strip()}"))
+            else:
+                outage.succeeded()  # an answer, if not the one hoped for
         if status == 403:
             if "ACL not found" in text and self._client.credentials is not None:
                 raise TokenLost(f"{what}: {text} (the token is unknown to Consul)")
@@ -180,7 +221,9 @@ class ConsulReads:
                           "on the agent it talks to above the number of services plus 20. Refused "
                           "queries ask again every %.0fs", text.strip(), CONNECTION_LIMIT_RETRY)
             raise Throttled(f"{what}: {status} {text.strip()}", CONNECTION_LIMIT_RETRY)
-        if status == 429 or status >= 500:
+        if status >= 500:
+            raise Unavailable(f"{what}: {status} {text}", _seconds(retry_after))
+        if status == 429:
             raise Transient(f"{what}: {status} {text}", _seconds(retry_after))
         if status != 200:
             raise Rejected(f"{what}: {status} {text}")

@@ -40,7 +40,7 @@ from bridge.consul.objects import (
     node_operation,
     registrations_on_node,
 )
-from bridge.errors import BridgeError, Denied
+from bridge.errors import BridgeError, Denied, Unavailable
 from bridge.ha.gate import NotWriter, WriteGate, write_timeout
 from bridge.rejections import REJECTIONS, Rejections
 from bridge.retry import Backoff, Stopped, retrying
@@ -137,7 +137,7 @@ class ConsulSink:
         groups = iter_plan_operations(plan, self._node, self._adopt_node)
         batch: list[_Member] = []
         ops = size = 0
-        held = ""  # why no more is sent: the bridge stops, or the gate closed
+        held = ""  # why no more is sent: the bridge stops, the gate closed, or Consul is down
         for item, kind, group in zip(items, kinds, groups, strict=True):
             weight = _size_bound(item)
             # Room for the node's operation while Consul may not have our node.
@@ -202,6 +202,11 @@ class ConsulSink:
                 else:
                     self._fail(pending, str(exc), result)
                 return ""
+            except Unavailable as exc:
+                # Consul is down: its outage says so once (bridge/outage.py); the rest of
+                # the plan is not sent either, and is left to the pass its recovery wakes.
+                self._fail(pending, str(exc), result, log_it=False)
+                return str(exc)
             except BridgeError as exc:
                 # A refusal (TLS, a missing permission) was logged once by the client already.
                 self._fail(pending, str(exc), result, log_it=not isinstance(exc, Denied))

@@ -23,6 +23,7 @@ instance is registered on both nodes, and is answered once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import defaultdict
@@ -137,7 +138,8 @@ class ConsulSource:
             return reads.services(index, not_on_node=not_on_node)
 
         def follow() -> None:
-            reader.run(SERVICES_TASK, BlockingQuery("consul services", services, self._on_services).run())
+            reader.run(SERVICES_TASK, BlockingQuery("consul services", services, self._on_services,
+                                                     sleep=self._pause).run())
 
         reader.submit(follow)
         reader.start()
@@ -214,7 +216,13 @@ class ConsulSource:
             self._store(name, entries)
             return True
 
-        return BlockingQuery(f"consul service {name}", fetch, deliver).run()
+        return BlockingQuery(f"consul service {name}", fetch, deliver, sleep=self._pause).run()
+
+    async def _pause(self, seconds: float) -> None:
+        """The queries' wait between retries: the reads' own (which waits through an
+        outage of Consul) when they have one."""
+        pause = getattr(self._reads, "pause", None)
+        await (pause(seconds) if pause is not None else asyncio.sleep(seconds))
 
     def _store(self, name: str, entries: list[dict[str, Any]]) -> None:
         self.freshness.event()

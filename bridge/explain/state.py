@@ -139,7 +139,7 @@ class OperatorState:
             "now": self._clock(),
             "cluster_id": app.settings.cluster_id,
             "waiting_for": app.waiting_for(),
-            "warnings": app.ha.problems(),
+            "warnings": app.warnings(),
             "ha": ha,
             "clusters": clusters,
             "sinks": [{"sink": lane.name, "in_sync": lane.in_sync} for lane in reconciler.lanes]

@@ -29,6 +29,7 @@ from bridge.catalog.model import Service, ServiceKey
 from bridge.consul.blocking import BlockingLoop
 from bridge.ha.claim import KEY_PREFIX, ClaimValue
 from bridge.ha.clock import Clock
+from bridge.outage import Outage
 from bridge.threads import Threads
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,11 @@ class ClusterWatcher:
 
     def __init__(self, consul: KvLister, *, our_cluster_id: str, clock: Clock,
                  stop: threading.Event, on_change: Callable[[], None] = lambda: None,
-                 expire_after: float = 0.0, schedule: Schedule = _timer) -> None:
+                 expire_after: float = 0.0, schedule: Schedule = _timer,
+                 outage: Outage | None = None) -> None:
+        """`outage`: Consul's, which the watch waits through (`bridge/outage.py`)."""
         self._consul = consul
+        self._outage = outage
         self._ours = our_cluster_id
         self._clock = clock
         self._stop = stop
@@ -97,7 +101,7 @@ class ClusterWatcher:
 
     def _run(self) -> None:
         BlockingLoop(f"consul kv {KEY_PREFIX}", lambda index: self._consul.kv_list(KEY_PREFIX, index),
-                     self._deliver, self._stop).run()
+                     self._deliver, self._stop, outage=self._outage).run()
 
     def _deliver(self, entries: list[dict[str, Any]]) -> bool:
         if self.observe(entries):

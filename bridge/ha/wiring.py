@@ -52,7 +52,8 @@ class HighAvailability:
         if settings.sync.from_consul:
             self.watcher = ClusterWatcher(consul, our_cluster_id=settings.cluster_id, clock=clock,
                                           stop=stop, on_change=self._clusters_changed,
-                                          expire_after=self._expire_after)
+                                          expire_after=self._expire_after,
+                                          outage=getattr(consul, "outage", None))
             self._filter = DeadClusterFilter(self.watcher, expire_after=self._expire_after,
                                              clock=clock)
 

@@ -25,9 +25,10 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from bridge.config import KubernetesSettings
-from bridge.errors import ConfigError, Conflict, Denied, Expired, Rejected, Transient
+from bridge.errors import ConfigError, Conflict, Denied, Expired, Rejected, Transient, Unavailable
 from bridge.kube.access import Access, Request, status_message, status_reason
 from bridge.kube.serviceaccount import ServiceAccount
+from bridge.outage import Clock, Outage
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ INGRESSES = Resource(
     "ingresses", lambda api: client.NetworkingV1Api(api).list_ingress_for_all_namespaces)
 
 
+READY_PATH = "/readyz"
+PROBE_TIMEOUT = 2.0  # seconds
+
+
 def _retry_after(exc: ApiException) -> float | None:
     headers = exc.headers or {}
     value = headers.get("Retry-After") or headers.get("retry-after")
@@ -65,15 +70,19 @@ def map_error(exc: BaseException, what: str) -> Exception:
         status = exc.status or 0
         if status == 410:
             return Expired(f"{what}: {exc.reason}")
-        if status == 429 or status >= 500 or status == 0:
+        if status >= 500 or status == 0:
+            return Unavailable(f"{what}: HTTP {status} {exc.reason}", _retry_after(exc))
+        if status == 429:
             return Transient(f"{what}: HTTP {status} {exc.reason}", _retry_after(exc))
         if status in (401, 403):
             return Denied(f"{what}: HTTP {status} {status_message(exc.body, exc.reason)}")
         # The Status says what is wrong (for a 422, every field and why): say it too.
         return Rejected(f"{what}: HTTP {status}: {status_message(exc.body, str(exc.reason))}",
                         status_reason(exc.body) or f"HTTP{status}")
-    if isinstance(exc, urllib3.exceptions.HTTPError | OSError | json.JSONDecodeError):
+    if isinstance(exc, json.JSONDecodeError):
         return Transient(f"{what}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
+        return Unavailable(f"{what}: {type(exc).__name__}: {exc}")
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
 
 
@@ -96,7 +105,8 @@ class _Watch(watch.Watch):
 class KubeClient:
     """List and watch collections on one API server."""
 
-    def __init__(self, settings: KubernetesSettings) -> None:
+    def __init__(self, settings: KubernetesSettings, *, clock: Clock | None = None) -> None:
+        """`clock`: what the outage (`bridge/outage.py`) reads; the system's by default."""
         self._settings = settings
         self.access = Access()
         # The pod's namespace in a cluster (where a Lease would live), else ''.
@@ -111,6 +121,9 @@ class KubeClient:
         cfg.retries = False
         self.api = client.ApiClient(cfg)
         self._watches: set[watch.Watch] = set()
+        # Every call below goes through it: while the API server is down, only the probe is sent.
+        self.outage = Outage("kubernetes", self._probe_ready, probe_name=f"GET {READY_PATH}",
+                             clock=clock)
 
     @staticmethod
     def _from_kubeconfig(settings: KubernetesSettings) -> client.Configuration:
@@ -148,11 +161,41 @@ class KubeClient:
         cfg.refresh_api_key_hook = refresh  # type: ignore[assignment]  # stubbed as None only
         return cfg
 
+    def _probe_ready(self) -> None:
+        """The outage's probe: the API server is back when its /readyz answers (any
+        answer but a 5xx: a 401 or 403 comes from a server that is up)."""
+        try:
+            serialized = self.api.param_serialize("GET", READY_PATH, auth_settings=["BearerToken"])
+            response = self.api.call_api(*serialized, _request_timeout=PROBE_TIMEOUT)
+        except ApiException as exc:
+            if (exc.status or 0) >= 500 or not exc.status:
+                raise Unavailable(f"{READY_PATH}: HTTP {exc.status} {exc.reason}") from None
+            return
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unavailable(f"{READY_PATH}: {type(exc).__name__}") from None
+        if response.status >= 500:
+            raise Unavailable(f"{READY_PATH}: HTTP {response.status}")
+
     def _failed(self, exc: BaseException, request: Request, what: str) -> Exception:
-        """`exc` as one of ours; a refusal is also recorded (and logged once) in `access`."""
+        """`exc` as one of ours, reported to the outage; a refusal is also recorded (and
+        logged once) in `access`."""
         if isinstance(exc, ApiException) and exc.status in (401, 403):
             self.access.refused(request, exc.status, status_message(exc.body, exc.reason))
-        return map_error(exc, what)
+        return self._mapped(exc, what)
+
+    def _mapped(self, exc: BaseException, what: str) -> Exception:
+        """`exc` as one of ours (`map_error`), reported to the outage."""
+        mapped = map_error(exc, what)
+        if isinstance(mapped, Unavailable):
+            self.outage.failed(mapped)
+        elif isinstance(exc, ApiException):
+            self.outage.succeeded()  # the server answered
+        return mapped
+
+    def _answered(self, request: Request | None = None) -> None:
+        self.outage.succeeded()
+        if request is not None:
+            self.access.allowed(request)
 
     def list_page(self, resource: Resource, *, limit: int, cont: str | None,
                   label_selector: str = "") -> dict[str, Any]:
@@ -165,12 +208,13 @@ class KubeClient:
         if label_selector:
             kwargs["label_selector"] = label_selector
         request = Request("list", resource.plural)
+        self.outage.admit()
         try:
             response = resource.list_method(self.api)(**kwargs)
             page = json.loads(response.data)
         except Exception as exc:
             raise self._failed(exc, request, what) from exc
-        self.access.allowed(request)
+        self._answered(request)
         return page
 
     def watch(self, resource: Resource, resource_version: str,
@@ -181,6 +225,7 @@ class KubeClient:
         """
         what = f"watch {resource.plural}"
         request = Request("watch", resource.plural)
+        self.outage.admit()
         w = _Watch()
         self._watches.add(w)
         try:
@@ -198,9 +243,9 @@ class KubeClient:
                     continue  # a blank line
                 if not opened:
                     opened = True
-                    self.access.allowed(request)
+                    self._answered(request)
                 yield event
-            self.access.allowed(request)
+            self._answered(request)
         except Exception as exc:
             raise self._failed(exc, request, what) from exc
         finally:
@@ -222,6 +267,7 @@ class KubeClient:
         what = f"get {plural} {namespace}/{name}" if namespace else f"get {plural} {name}"
         request = Request("get", plural, namespace)
         response: Any  # the raw HTTP response (_preload_content=False), not the model
+        self.outage.admit()
         try:
             if plural == "namespaces":
                 response = client.CoreV1Api(self.api).read_namespace(
@@ -233,12 +279,12 @@ class KubeClient:
             found = json.loads(response.data)
         except ApiException as exc:
             if exc.status == 404:
-                self.access.allowed(request)
+                self._answered(request)
                 return None
             raise self._failed(exc, request, what) from None
         except Exception as exc:
-            raise map_error(exc, what) from exc
-        self.access.allowed(request)
+            raise self._mapped(exc, what) from exc
+        self._answered(request)
         return found
 
     def write(self, verb: str, plural: str, namespace: str, name: str,
@@ -251,6 +297,7 @@ class KubeClient:
         # RBAC calls a replace (PUT) "update".
         request = Request("update" if verb == "replace" else verb, plural, namespace)
         stored = None
+        self.outage.admit()
         try:
             if verb == "create":
                 response = getattr(api, f"create_namespaced_{kind}")(
@@ -267,18 +314,20 @@ class KubeClient:
                 raise ValueError(f"unknown verb {verb}")
         except ApiException as exc:
             if verb == "delete" and exc.status == 404:
-                self.access.allowed(request)
+                self._answered(request)
                 return None
             if exc.status == 409:
+                self._answered()
                 raise Conflict(f"{what}: {exc.reason}") from None
             raise self._failed(exc, request, what) from None
         except Exception as exc:
-            raise map_error(exc, what) from exc
-        self.access.allowed(request)
+            raise self._mapped(exc, what) from exc
+        self._answered(request)
         return stored
 
     def close(self) -> None:
         """Ends open watch streams so their threads return promptly."""
+        self.outage.close()
         for w in list(self._watches):
             w.stop()
             resp = getattr(w, "_resp", None)

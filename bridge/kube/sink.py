@@ -24,7 +24,7 @@ from prometheus_client import Counter
 
 from bridge.catalog.model import Service
 from bridge.catalog.sink import ApplyResult
-from bridge.errors import BridgeError, Denied, Rejected
+from bridge.errors import BridgeError, Denied, Rejected, Unavailable
 from bridge.ha.gate import NotWriter, WriteGate, write_timeout
 from bridge.kube.materialise import Held, KubePlan, ObjectKey, held, object_item
 from bridge.kube.objects import Slice
@@ -71,9 +71,10 @@ class KubeSink:
             item = object_item(d.key)
             try:
                 self._retrying(self._write, verb, d.plural, d.namespace, d.name, body)
-            except (Stopped, NotWriter) as exc:
-                held = result.failed[d.key] = str(exc) if isinstance(exc, NotWriter) \
-                    else f"not sent: {exc}"
+            except (Stopped, NotWriter, Unavailable) as exc:
+                # An outage of the API server is logged once by the outage (bridge/outage.py).
+                held = result.failed[d.key] = f"not sent: {exc}" if isinstance(exc, Stopped) \
+                    else str(exc)
                 continue
             except Denied as exc:
                 # The client logged the refusal once; RBAC may be fixed, so it is retried.

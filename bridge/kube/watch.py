@@ -18,10 +18,11 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import Counter
 from tenacity import RetryCallState, retry_if_exception_type
 
-from bridge.errors import Denied, Expired, Rejected, Transient
+from bridge.errors import Denied, Expired, Rejected, Transient, Unavailable
 from bridge.freshness import Freshness
 from bridge.kube.client import KubeClient, Resource
 from bridge.kube.objects import BadObject, object_key
+from bridge.outage import Outage
 from bridge.retry import Backoff, Stopped, retrying
 from bridge.threads import Threads
 
@@ -59,8 +60,12 @@ class Reflector(Generic[T]):
         self._stop = stop
         self._threads = threads or Threads()
         self._need_list = True
+        # Through an outage of the API server the retries wait for it, and wake when it
+        # is back (bridge/outage.py).
+        outage: Outage | None = getattr(kube, "outage", None)  # a stand-in client may have none
         self._retrying = retrying(stop, Backoff(base=0.2, cap=30.0),
                                   retry=retry_if_exception_type(Exception),
+                                  sleep=outage.sleeper(stop) if outage is not None else None,
                                   before_sleep=self._failed)
         self._items: dict[tuple[str, str], T] = {}  # written by this reflector's thread only
         self.items: Mapping[tuple[str, str], T] = MappingProxyType(self._items)
@@ -102,8 +107,9 @@ class Reflector(Generic[T]):
             return
         ERRORS.labels(self._resource.plural).inc()
         if isinstance(exc, Transient | Rejected):
-            # A refusal was logged once by the client; repeating it per retry is noise.
-            level = logging.DEBUG if isinstance(exc, Denied) else logging.WARNING
+            # A refusal was logged once by the client, an outage by the outage: repeating
+            # either per retry is noise.
+            level = logging.DEBUG if isinstance(exc, Denied | Unavailable) else logging.WARNING
             log.log(level, "%s: %s; retrying in %.1fs", self._resource.plural, exc,
                     state.upcoming_sleep)
         else:

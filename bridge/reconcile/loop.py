@@ -31,8 +31,9 @@ from tenacity import RetryCallState, retry_if_exception_type, retry_if_result
 from bridge import memory_policy
 from bridge.catalog.model import Snapshot
 from bridge.catalog.sink import ApplyResult, Sink
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, Unavailable
 from bridge.ha.gate import WriteGate
+from bridge.outage import Outage
 from bridge.reconcile.plans import P, Planner
 from bridge.reconcile.trigger import Trigger
 from bridge.retry import Backoff, Stopped, retrying
@@ -65,6 +66,12 @@ class Lane(Generic[P]):
     sink: Sink[object, P, Any]
     in_sync: bool = False  # the last pass left the sink as desired
     reported: frozenset[str] = frozenset()  # skip reasons logged, while they last
+    # The sink's server: while it is down, its outage (bridge/outage.py) is what is logged.
+    outage: Outage | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.outage is not None and self.outage.failing
 
 
 class Reconciler:
@@ -111,7 +118,9 @@ class Reconciler:
         if self._stop.is_set():
             return
         exc = state.outcome.exception() if state.outcome is not None else None
-        if exc is not None:
+        if exc is None and any(lane.down for lane in self.lanes):
+            log.debug("retrying the sync in %.1fs (a server is down)", state.upcoming_sleep)
+        elif exc is not None:
             log.error("reconcile pass failed; retrying in %.1fs", state.upcoming_sleep,
                       exc_info=exc)
         else:
@@ -152,7 +161,8 @@ class Reconciler:
             decision = lane.planner.plan(kube, consul, reread=reread)
         except BridgeError as exc:
             if not self._stop.is_set():
-                log.warning("%s: reading what the sink holds failed: %s", lane.name, exc)
+                log.log(logging.DEBUG if isinstance(exc, Unavailable) else logging.WARNING,
+                        "%s: reading what the sink holds failed: %s", lane.name, exc)
             return False
         self._report_skips(lane, decision.skipped)
         plan = decision.plan
@@ -170,7 +180,8 @@ class Reconciler:
             # again at each resync (which rereads what the sink holds).
             lane.planner.applied(plan, ApplyResult())
             return True
-        log.info("%s: %s", lane.name, ", ".join(f"{count} to {op}" for op, count in counts.items()))
+        log.log(logging.DEBUG if lane.down else logging.INFO, "%s: %s", lane.name,
+                ", ".join(f"{count} to {op}" for op, count in counts.items()))
         result = lane.sink.apply(plan)
         if result.written and since is not None:
             LAG.observe(max(0.0, time.monotonic() - since))
@@ -180,7 +191,8 @@ class Reconciler:
                 log.info("%s: writes stopped: this replica is no longer the writer; %d left "
                          "to the next", lane.name, len(result.failed))
             elif not self._stop.is_set():  # when stopping, the rest was not sent: no news
-                log.warning("%s: %d writes failed", lane.name, len(result.failed))
+                log.log(logging.DEBUG if lane.down else logging.WARNING, "%s: %d writes failed",
+                        lane.name, len(result.failed))
             return False
         if decision.follow_up and follow:
             return self._sync(lane, kube, consul, reread=False, since=None, follow=False)

@@ -124,11 +124,12 @@ class FakeConsul:
         self.lock_delay_until: dict[str, float] = {}
         self.calls: list[str] = []
         self.down = False
+        self.down_error: type[Transient] = Transient  # what a call meets while `down`
         self._ids = itertools.count(1)
 
     def _reach(self, call: str) -> None:
         if self.down:
-            raise Transient(f"{call}: ConnectionError")
+            raise self.down_error(f"{call}: ConnectionError")
         self.expire()
         self.calls.append(call)
 
