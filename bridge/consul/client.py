@@ -57,6 +57,20 @@ class TxnRefused(Rejected):
         self.status = status
 
 
+# A 429 says "later" (Consul's rate limits; its connection limit): with no Retry-After
+# to say how much later, this much.
+THROTTLED_RETRY = 1.0
+
+
+def _retry_after(headers: Any) -> float:
+    """A response's Retry-After in seconds (`THROTTLED_RETRY` when absent or not a number)."""
+    try:
+        value = float((headers or {}).get("Retry-After") or "")
+    except (TypeError, ValueError, AttributeError):
+        return THROTTLED_RETRY
+    return value if value > 0 else THROTTLED_RETRY
+
+
 LEADER_PATH = "/v1/status/leader"
 PROBE_TIMEOUT = 2.0  # seconds: the leader is answered from memory
 
@@ -251,7 +265,8 @@ class ConsulClient:
         except ConsulException as exc:
             message = _redact(str(exc), self._token)
             if message.startswith("429"):
-                raise Transient(f"{what}: {message}") from None
+                # py-consul keeps no headers here: come back no sooner than a second.
+                raise Transient(f"{what}: {message}", THROTTLED_RETRY) from None
             if message[:1] == "4":
                 raise Rejected(f"{what}: {message}") from None
             if message[:1] == "5" and not refusal_5xx:
@@ -359,7 +374,7 @@ class ConsulClient:
                 errors, detail = [], body.strip()
             raise TxnRolledBack(errors, detail)
         if response.code == 429:
-            raise Transient(f"txn: {response.code} {body.strip()}")
+            raise Transient(f"txn: {response.code} {body.strip()}", _retry_after(response.headers))
         raise TxnRefused(response.code, f"txn: {response.code} {body.strip()}")
 
     # Sessions and KV: the leader's claim on bridge/clusters/<cluster_id> (bridge/ha/).

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, NamedTuple
 
 from prometheus_client import Counter
@@ -114,6 +115,11 @@ class ConsulSink:
         self._rejections = rejections
         self._node_known = False
         self._retrying = retrying(stop, Backoff(base=0.2, cap=5.0), attempts=3)
+        # Consul asked us to slow down (429 with Retry-After): no write before this clock
+        # time (time.monotonic), which the reconciler waits for instead of its own backoff;
+        # the throttling is logged once, until a write lands again.
+        self.throttled_until = 0.0
+        self._throttle_logged = False
 
     def actual(self) -> dict[str, Registration]:
         view = self._client.node_services(self._node)
@@ -208,11 +214,15 @@ class ConsulSink:
                 self._fail(pending, str(exc), result, log_it=False)
                 return str(exc)
             except BridgeError as exc:
+                retry_after = getattr(exc, "retry_after", None)
+                if retry_after:
+                    return self._throttled(pending, exc, retry_after, result)
                 # A refusal (TLS, a missing permission) was logged once by the client already.
                 self._fail(pending, str(exc), result, log_it=not isinstance(exc, Denied))
                 return ""
             if with_node:
                 self._node_known = True
+            self._throttle_logged = False
             for member in pending:
                 WRITES.labels(member.kind).inc()
                 result.written.append(member.item.service_id)
@@ -248,6 +258,18 @@ class ConsulSink:
         WRITE_ERRORS.inc()
         result.rejected[service_id] = text
         self._rejections.rejected(SINK, registration_item(service_id), rejection_reason(text), text)
+
+    def _throttled(self, pending: list[_Member], exc: BridgeError, retry_after: float,
+                   result: ApplyResult[str]) -> str:
+        """Consul said when to come back: the rest of the plan waits for it too."""
+        self.throttled_until = time.monotonic() + retry_after
+        self._fail(pending, str(exc), result, log_it=False)
+        WRITE_ERRORS.inc(len(pending))
+        if not self._throttle_logged:
+            self._throttle_logged = True
+            log.warning("consul asks the bridge to slow down (%s): writes wait for its Retry-After "
+                        "(%gs) and are logged again only once they land", exc, retry_after)
+        return f"throttled by Consul: {exc}"
 
     def _fail(self, members: list[_Member], text: str, result: ApplyResult[str], *,
               log_it: bool = True) -> None:

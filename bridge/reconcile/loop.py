@@ -19,6 +19,7 @@ what the sinks hold and, when nothing changed, writes nothing.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -68,10 +69,17 @@ class Lane(Generic[P]):
     reported: frozenset[str] = frozenset()  # skip reasons logged, while they last
     # The sink's server: while it is down, its outage (bridge/outage.py) is what is logged.
     outage: Outage | None = None
+    # Reading what the sink holds met a 429: not again before this (time.monotonic).
+    throttled_until: float = 0.0
 
     @property
     def down(self) -> bool:
         return self.outage is not None and self.outage.failing
+
+    @property
+    def not_before(self) -> float:
+        """When the sink's server asked us to come back (time.monotonic; 0 if it did not)."""
+        return max(self.throttled_until, float(getattr(self.sink, "throttled_until", 0.0)))
 
 
 class Reconciler:
@@ -96,7 +104,7 @@ class Reconciler:
         # early when a change arrives (so one bad item never holds the others back for
         # long) or the bridge stops.
         self._retrying = retrying(
-            stop, Backoff(base=0.5, cap=60.0), sleep=self._trigger.wait,
+            stop, Backoff(base=0.5, cap=60.0), sleep=self._retry_wait,
             retry=retry_if_result(lambda settled: not settled) | retry_if_exception_type(Exception),
             before_sleep=self._unsettled)
         self.thread: threading.Thread | None = None
@@ -114,12 +122,26 @@ class Reconciler:
             except Stopped:
                 return
 
+    def _retry_wait(self, seconds: float) -> None:
+        """The wait before a pass is tried again. A server that said when to come back
+        (429 Retry-After) gets exactly that, however many passes it refused and however
+        many changes arrive meanwhile: sooner only earns another 429, and later leaves
+        Consul wrong for longer once it accepts writes again. Otherwise the backoff, cut
+        short by a change."""
+        floor = max((lane.not_before for lane in self.lanes), default=0.0) - time.monotonic()
+        if floor > 0:
+            self._stop.wait(floor * (1 + random.random() / 10))
+            return
+        self._trigger.wait(seconds)
+
     def _unsettled(self, state: RetryCallState) -> None:
         if self._stop.is_set():
             return
         exc = state.outcome.exception() if state.outcome is not None else None
         if exc is None and any(lane.down for lane in self.lanes):
             log.debug("retrying the sync in %.1fs (a server is down)", state.upcoming_sleep)
+        elif exc is None and any(lane.not_before > time.monotonic() for lane in self.lanes):
+            log.debug("retrying the sync once the server's Retry-After has passed")
         elif exc is not None:
             log.error("reconcile pass failed; retrying in %.1fs", state.upcoming_sleep,
                       exc_info=exc)
@@ -160,10 +182,15 @@ class Reconciler:
         try:
             decision = lane.planner.plan(kube, consul, reread=reread)
         except BridgeError as exc:
+            retry_after = getattr(exc, "retry_after", None)
+            quiet = isinstance(exc, Unavailable) or (retry_after and lane.throttled_until)
+            if retry_after:  # the server said when: logged once while it says so
+                lane.throttled_until = time.monotonic() + retry_after
             if not self._stop.is_set():
-                log.log(logging.DEBUG if isinstance(exc, Unavailable) else logging.WARNING,
+                log.log(logging.DEBUG if quiet else logging.WARNING,
                         "%s: reading what the sink holds failed: %s", lane.name, exc)
             return False
+        lane.throttled_until = 0.0
         self._report_skips(lane, decision.skipped)
         plan = decision.plan
         if plan.empty:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from bridge.catalog.model import Instance, Origin, OriginKind, Port, Service, Se
 from bridge.catalog.plan import Plan, Registration
 from bridge.catalog.sink import ApplyResult
 from bridge.catalog.to_consul import SyncOptions
+from bridge.errors import Transient
 from bridge.ha.gate import NOT_WRITER
 from bridge.kube.materialise import Held, actual_service
 from bridge.kube.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE
@@ -432,3 +434,50 @@ def test_a_gate_closing_during_a_pass_leaves_the_rest_to_the_next_writer(caplog)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], \
         "losing the gate is not a write failure"
     assert rec.step() is True and len(sink.plans) == 1, "the retry ends at the gate"
+
+
+class RecordingStop(threading.Event):
+    """A stop event that records the waits asked of it (and returns at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return self.is_set()
+
+
+def test_a_server_that_said_when_to_come_back_is_waited_for_exactly_changes_or_not():
+    sink = FakeSink()
+    stop = RecordingStop()
+    rec = reconciler(lane("consul", FakePlanner(("a",)), sink), stop=stop)
+    sink.throttled_until = time.monotonic() + 2.0  # type: ignore[attr-defined]
+    rec._trigger.poke()  # a change arrives meanwhile: it must not cut the wait short
+    rec._retry_wait(45.0)  # what the exponential backoff had grown to
+    assert len(stop.waits) == 1, f"one wait for Consul's Retry-After, got {stop.waits}"
+    waited = stop.waits[0]
+    assert waited is not None and 1.5 < waited <= 2.2, \
+        f"the Retry-After (about 2 s, plus up to 10% jitter), not the backoff's 45 s: {waited}"
+    sink.throttled_until = 0.0  # type: ignore[attr-defined]
+    rec._retry_wait(45.0)  # no throttle: the backoff, which the pending change cuts short
+    assert len(stop.waits) == 1, "without a Retry-After the trigger's wait is used"
+
+
+def test_a_429_reading_what_the_sink_holds_is_waited_out_and_said_once(caplog):
+    planner = FakePlanner(("a",))
+    calls = []
+
+    def throttled(kube: Snapshot, consul: Snapshot, *, reread: bool) -> None:
+        calls.append(reread)
+        raise Transient("catalog node k8s-sync-c1: 429 rate limit exceeded", retry_after=1.5)
+
+    planner.plan = throttled  # type: ignore[method-assign,assignment]
+    one = lane("consul", planner, FakeSink())
+    rec = reconciler(one)
+    for _ in range(3):
+        assert rec.step() is False
+    assert one.not_before > time.monotonic() + 1.0, "the Retry-After is what the retry waits for"
+    warned = [r for r in caplog.records if "reading what the sink holds failed" in r.getMessage()
+              and r.levelno >= logging.WARNING]
+    assert len(warned) == 1, f"one warning while Consul throttles, got {len(warned)}"

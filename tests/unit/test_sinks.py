@@ -219,3 +219,23 @@ def test_kube_sink_waits_for_a_write_no_longer_than_the_gate_stays_open():
     closing, ungated = client.timeouts
     assert 0 < closing <= 2.0, f"capped at the gate's 2 s: {closing}"
     assert ungated == WRITE_TIMEOUT
+
+
+def test_consul_sink_throttled_by_consul_says_when_to_come_back_and_logs_it_once(caplog):
+    # Consul's rate limiter answers 429 with Retry-After; coming back sooner only earns
+    # another 429, so the sink records when the reconciler may try again.
+    slow_down = [Transient("429 Too Many Requests: rate limit exceeded", retry_after=0.01)] * 6
+    client = FakeConsul(slow_down)
+    sink = consul_sink(client)
+    before = time.monotonic()
+    for _ in range(2):
+        result = sink.apply(Plan(create=regs(2)))
+        assert set(result.failed) == {"web-000", "web-001"}
+    assert sink.throttled_until > before, "the Retry-After is kept for the reconciler"
+    warned = [r for r in caplog.records if "slow down" in r.getMessage()]
+    assert len(warned) == 1, f"one line for the throttling, got {[r.getMessage() for r in warned]}"
+    assert sink.apply(Plan(create=regs(2))).ok, "Consul accepts writes again"
+    client.outcomes = list(slow_down)
+    sink.apply(Plan(create=regs(2)))
+    warned = [r for r in caplog.records if "slow down" in r.getMessage()]
+    assert len(warned) == 2, "a new throttling after a write landed is said again"
