@@ -169,17 +169,19 @@ class Responder:
             else:
                 return self._miss(packet, tcp)
             spots = entry.spots
-            if spots or entry.size + qend - 12 + len(opt) > limit:
-                if type(spots) is Rotations and entry.size + qend - 12 + len(opt) <= limit:
-                    # Rotating addresses: the rotation the query's ID picks (random per
-                    # query, as stub resolvers choose IDs).
-                    variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
-                    return packet[:2] + entry.heads[(variant | 4) if opt else variant] + \
-                        packet[12:qend] + spots[packet[1] % len(spots)] + opt
+            if entry.size + qend - 12 + len(opt) > limit:
+                return self._emit(packet, qend, entry, opt, limit)
+            if not spots:
+                body = entry.body
+            elif type(spots) is Rotations:
+                # Rotating addresses: the rotation the query's ID picks (random per query,
+                # as stub resolvers choose IDs).
+                body = spots[packet[1] % len(spots)]
+            else:
                 return self._emit(packet, qend, entry, opt, limit)
             variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
             return packet[:2] + entry.heads[(variant | 4) if opt else variant] + \
-                packet[12:qend] + entry.body + opt
+                packet[12:qend] + body + opt
         count_qtype(qtypes, packet)
         return self._miss(packet, tcp)
 
