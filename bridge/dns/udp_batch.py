@@ -27,11 +27,12 @@ PURE_ENV = "BRIDGE_DNS_PURE"
 
 _udpfast: ModuleType | None
 try:
-    from bridge.dns import _udpfast
+    from bridge.dns import _udpfast as _built
 except ImportError:  # built without a compiler: Python answers everything
     _udpfast = None
 else:
-    _udpfast.configure(GONE, Rotations, Turns, (metrics.DROPPED, metrics.TRUNCATED, metrics.NANOS))
+    _built.configure(GONE, Rotations, Turns, (metrics.DROPPED, metrics.TRUNCATED, metrics.NANOS))
+    _udpfast = _built
 
 
 def compiled() -> ModuleType | None:
