@@ -396,9 +396,9 @@ static int bump(PyObject *list, Py_ssize_t index, long long count) {
 }
 
 static PyObject *Batcher_serve(Batcher *self, PyObject *args) {
-    PyObject *table, *qtypes, *rcodes, *n, *spans;
+    PyObject *server, *qtypes, *rcodes, *n, *spans;
     int autopath;
-    if (!PyArg_ParseTuple(args, "OO!O!O!O!p", &table, &PyList_Type, &qtypes, &PyList_Type,
+    if (!PyArg_ParseTuple(args, "OO!O!O!O!p", &server, &PyList_Type, &qtypes, &PyList_Type,
                           &rcodes, &PyList_Type, &n, &PyList_Type, &spans, &autopath))
         return NULL;
     if (Gone == NULL) {
@@ -435,8 +435,11 @@ static PyObject *Batcher_serve(Batcher *self, PyObject *args) {
     PyObject *rest = PyList_New(0);
     if (rest == NULL)
         return NULL;
+    /* The table served now, read after the wait: one published meanwhile answers. */
     View view;
-    int have_view = view_load(&view, table) == 0;
+    PyObject *table = PyObject_GetAttrString(server, "_table");
+    int have_view = table != NULL && view_load(&view, table) == 0;
+    Py_XDECREF(table);
     if (!have_view)
         PyErr_Clear();  /* not a table this file knows: Python answers the whole batch */
     long long qcount[QTYPE_SLOTS] = {0};
@@ -540,9 +543,9 @@ fail:
 
 static PyMethodDef Batcher_methods[] = {
     {"serve", (PyCFunction)Batcher_serve, METH_VARARGS,
-     "serve(table, qtypes, rcodes, n, spans, autopath) -> [(packet, peer), ...]\n"
-     "Wait for queries, answer and send what the fast path answers, count it; the rest is "
-     "returned for Python to answer."},
+     "serve(server, qtypes, rcodes, n, spans, autopath) -> [(packet, peer), ...]\n"
+     "Wait for queries, answer from server._table and send what the fast path answers, "
+     "count it; the rest is returned for Python to answer."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -609,7 +609,7 @@ class DnsServer:
         qtypes, rcodes, spans = counters.qtypes, counters.rcodes, counters.spans
         while self._serving:
             try:
-                rest = serve(self._table, qtypes, rcodes, n, spans, autopath)
+                rest = serve(self, qtypes, rcodes, n, spans, autopath)  # reads `_table` after the wait
             except OSError:
                 if not self._serving:
                     break
