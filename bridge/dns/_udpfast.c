@@ -34,15 +34,24 @@
 
 /* Set once by `configure`: the sentinel and types respond.py tells apart, and the
  * `Counts.n` slots written here. */
-static PyObject *Gone, *RotationsType, *TurnsType;
+static PyObject *Gone, *EntryType, *RotationsType, *TurnsType;
 static Py_ssize_t SlotDropped = -1, SlotTruncated = -1, SlotNanos = -1;
+
+#define MAX_LABELS 128  /* a 255-byte name has at most 127 labels */
 
 /* What one batch reads of the table (strong references, released by view_clear). */
 typedef struct {
     PyObject *entries_recent, *entries_base, *defaults_recent, *defaults_base;
     PyObject *opt[2];
+    PyObject *zones;      /* `_zones`: Zone(answerer, labels, wire, upper, pods), most specific first */
+    PyObject *negatives;  /* `_negatives`: (zone index, prefix) -> (by_type, default), made on first use */
+    /* With `_special`: the names whose answers only Python serves (`CowMap`s' two dicts). */
+    PyObject *shuffled[2], *chases[2], *slow_defaults[2];
     long udp_payload;
+    int special;
 } View;
+
+static PyObject *dict_attr(PyObject *table, const char *name);
 
 static void view_clear(View *v) {
     Py_CLEAR(v->entries_recent);
@@ -51,6 +60,24 @@ static void view_clear(View *v) {
     Py_CLEAR(v->defaults_base);
     Py_CLEAR(v->opt[0]);
     Py_CLEAR(v->opt[1]);
+    Py_CLEAR(v->zones);
+    Py_CLEAR(v->negatives);
+    for (int i = 0; i < 2; i++) {
+        Py_CLEAR(v->shuffled[i]);
+        Py_CLEAR(v->chases[i]);
+        Py_CLEAR(v->slow_defaults[i]);
+    }
+}
+
+/* A `CowMap`'s two dicts, `recent` and `base`, into out[0] and out[1]. */
+static int cow_attr(PyObject *table, const char *name, PyObject **out) {
+    PyObject *map = PyObject_GetAttrString(table, name);
+    if (map == NULL)
+        return -1;
+    out[0] = dict_attr(map, "recent");
+    out[1] = out[0] == NULL ? NULL : dict_attr(map, "base");
+    Py_DECREF(map);
+    return out[1] == NULL ? -1 : 0;
 }
 
 static PyObject *dict_attr(PyObject *table, const char *name) {
@@ -69,7 +96,8 @@ static int view_load(View *v, PyObject *table) {
     if (!(v->entries_recent = dict_attr(table, "_entries_recent")) ||
         !(v->entries_base = dict_attr(table, "_entries_base")) ||
         !(v->defaults_recent = dict_attr(table, "_defaults_recent")) ||
-        !(v->defaults_base = dict_attr(table, "_defaults_base")))
+        !(v->defaults_base = dict_attr(table, "_defaults_base")) ||
+        !(v->negatives = dict_attr(table, "_negatives")))
         goto fail;
     PyObject *opt = PyObject_GetAttrString(table, "_opt");
     if (opt == NULL)
@@ -84,6 +112,32 @@ static int view_load(View *v, PyObject *table) {
     v->opt[0] = Py_NewRef(PyTuple_GET_ITEM(opt, 0));
     v->opt[1] = Py_NewRef(PyTuple_GET_ITEM(opt, 1));
     Py_DECREF(opt);
+    v->zones = PyObject_GetAttrString(table, "_zones");
+    if (v->zones == NULL)
+        goto fail;
+    if (!PyTuple_Check(v->zones)) {
+        PyErr_SetString(PyExc_TypeError, "_zones is not a tuple");
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(v->zones); i++) {
+        PyObject *zone = PyTuple_GET_ITEM(v->zones, i);
+        if (!PyTuple_Check(zone) || PyTuple_GET_SIZE(zone) != 5 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(zone, 2))) {
+            PyErr_SetString(PyExc_TypeError, "a zone is not a Zone");
+            goto fail;
+        }
+    }
+    PyObject *special = PyObject_GetAttrString(table, "_special");
+    if (special == NULL)
+        goto fail;
+    v->special = PyObject_IsTrue(special);
+    Py_DECREF(special);
+    if (v->special < 0)
+        goto fail;
+    if (v->special && (cow_attr(table, "_shuffled", v->shuffled) < 0 ||
+                       cow_attr(table, "_chases", v->chases) < 0 ||
+                       cow_attr(table, "_slow_defaults", v->slow_defaults) < 0))
+        goto fail;
     PyObject *payload = PyObject_GetAttrString(table, "udp_payload");
     if (payload == NULL)
         goto fail;
@@ -125,10 +179,10 @@ static int small_int(PyObject *value, Py_ssize_t *out) {
     return 1;
 }
 
-/* An `Entry` (a 5-tuple): heads, body, size, spots. 0 if it is not one. */
+/* An `Entry`: heads, body, size, spots. 0 if it is not one (e.g. a `Shuffled`). */
 static int entry_parts(PyObject *entry, PyObject **heads, PyObject **body, Py_ssize_t *size,
                        PyObject **spots) {
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 5)
+    if (!Py_IS_TYPE(entry, (PyTypeObject *)EntryType) || PyTuple_GET_SIZE(entry) != 5)
         return 0;
     *heads = PyTuple_GET_ITEM(entry, 0);
     *body = PyTuple_GET_ITEM(entry, 1);
@@ -137,10 +191,97 @@ static int entry_parts(PyObject *entry, PyObject **heads, PyObject **body, Py_ss
            small_int(PyTuple_GET_ITEM(entry, 2), size) && PyTuple_Check(*spots);
 }
 
+/* The negative answer `Responder._miss` finds (through `_absent`) for a name in one of our
+ * zones that no table lists: borrowed, or NULL to hand the packet back (a pod name, a
+ * shape not asked before, a name outside our zones, ...); sets *error on an exception.
+ * `lower`: the question name lowered, `end`: where it ends in `p`. */
+static PyObject *absent(const View *v, const unsigned char *p, Py_ssize_t len, Py_ssize_t end,
+                        PyObject *key, PyObject *name, int *error) {
+    const char *lower = PyBytes_AS_STRING(name);
+    if (v->special) {
+        /* A shuffled, chased or slow name: `_miss` answers it. */
+        if (cow_get(v->shuffled[0], v->shuffled[1], key, error) != NULL ||
+            cow_get(v->chases[0], v->chases[1], key, error) != NULL ||
+            cow_get(v->slow_defaults[0], v->slow_defaults[1], name, error) != NULL || *error)
+            return NULL;
+    }
+    /* packet.walk_name: it must end where the fast path's name ended. */
+    Py_ssize_t offsets[MAX_LABELS], labels = 0, pos = 12;
+    for (;;) {
+        if (pos >= len)
+            return NULL;
+        unsigned char length = p[pos];
+        if (length == 0)
+            break;
+        if (length > 63 || pos + length - 12 >= 254 || labels == MAX_LABELS)
+            return NULL;
+        offsets[labels++] = pos;
+        pos += length + 1;
+    }
+    if (pos + 1 != end)
+        return NULL;  /* a label holding a zero byte: `_miss` looks the name up again */
+    for (Py_ssize_t index = 0; index < PyTuple_GET_SIZE(v->zones); index++) {
+        PyObject *zone = PyTuple_GET_ITEM(v->zones, index);
+        PyObject *wire = PyTuple_GET_ITEM(zone, 2);
+        Py_ssize_t zone_at = end - PyBytes_GET_SIZE(wire);
+        if (zone_at < 12 || memcmp(lower + (zone_at - 12), PyBytes_AS_STRING(wire),
+                                   (size_t)PyBytes_GET_SIZE(wire)) != 0)
+            continue;
+        Py_ssize_t label = -1;
+        for (Py_ssize_t i = 0; i < labels; i++) {
+            if (offsets[i] == zone_at) {
+                label = i;
+                break;
+            }
+        }
+        if (label < 0)
+            continue;
+        int pods = PyObject_IsTrue(PyTuple_GET_ITEM(zone, 4));
+        if (pods < 0) {
+            *error = 1;
+            return NULL;
+        }
+        if (pods && label == 3 && memcmp(lower + (offsets[2] - 12), "\3pod", 4) == 0)
+            return NULL;  /* a pod's own records: `Table._pod` */
+        PyObject *key = Py_BuildValue("(nn)", index, zone_at - 12);
+        if (key == NULL) {
+            *error = 1;
+            return NULL;
+        }
+        PyObject *found = PyDict_GetItemWithError(v->negatives, key);
+        Py_DECREF(key);
+        if (found == NULL) {
+            if (PyErr_Occurred())
+                *error = 1;
+            return NULL;  /* made on first use, by Python */
+        }
+        if (!PyTuple_Check(found) || PyTuple_GET_SIZE(found) != 2 ||
+            !PyDict_CheckExact(PyTuple_GET_ITEM(found, 0)))
+            return NULL;
+        PyObject *qtype = PyLong_FromLong(((long)p[end] << 8) | p[end + 1]);
+        if (qtype == NULL) {
+            *error = 1;
+            return NULL;
+        }
+        PyObject *entry = PyDict_GetItemWithError(PyTuple_GET_ITEM(found, 0), qtype);
+        Py_DECREF(qtype);
+        if (entry == NULL) {
+            if (PyErr_Occurred()) {
+                *error = 1;
+                return NULL;
+            }
+            entry = PyTuple_GET_ITEM(found, 1);
+        }
+        return entry;
+    }
+    return NULL;  /* not ours */
+}
+
 /* The reply `Responder.respond(packet, tcp=False)` gives when its fast path (with
- * `_emit`'s rotations and re-spelling, short of truncation) answers `packet`, written to
- * `out` (room for `cap` bytes): its length; 0 to hand the packet back to Python; -1 with
- * an exception set. `*qslot`: the `Counts.qtypes` slot respond would count. */
+ * `_emit`'s rotations and re-spelling, short of truncation) or `_miss`'s negative answers
+ * answer `packet`, written to `out` (room for `cap` bytes): its length; 0 to hand the
+ * packet back to Python; -1 with an exception set. `*qslot`: the `Counts.qtypes` slot
+ * respond would count. */
 static Py_ssize_t answer_one(const View *v, const unsigned char *p, Py_ssize_t len,
                              unsigned char *out, Py_ssize_t cap, int *qslot) {
     static const unsigned char query_counts[6] = {0, 1, 0, 0, 0, 0};
@@ -153,6 +294,25 @@ static Py_ssize_t answer_one(const View *v, const unsigned char *p, Py_ssize_t l
     if (qend > len)
         return 0;
     *qslot = p[end] ? OTHER_QTYPE : p[end + 1];
+
+    /* EDNS: none, or one OPT record as packet.read_opt reads it; else Python's slow path. */
+    const char *opt = NULL;
+    Py_ssize_t optlen = 0, limit;
+    unsigned int arcount = ((unsigned int)p[10] << 8) | p[11];
+    if (arcount == 0 && len == qend) {
+        limit = MIN_UDP_PAYLOAD;
+    } else if (arcount == 1 && len >= qend + 11 && p[qend] == 0 && p[qend + 1] == 0 &&
+               p[qend + 2] == 41 && p[qend + 6] == 0 &&
+               qend + 11 + (((Py_ssize_t)p[qend + 9] << 8) | p[qend + 10]) == len) {
+        long payload = ((long)p[qend + 3] << 8) | p[qend + 4];
+        PyObject *ours = v->opt[(p[qend + 7] & 0x80) ? 1 : 0];
+        opt = PyBytes_AS_STRING(ours);
+        optlen = PyBytes_GET_SIZE(ours);
+        long room = payload < v->udp_payload ? payload : v->udp_payload;
+        limit = room > MIN_UDP_PAYLOAD ? room : MIN_UDP_PAYLOAD;
+    } else {
+        return 0;
+    }
 
     /* Keys: the name lowered as bytes.lower() does (ASCII only), then type and class. */
     PyObject *key = PyBytes_FromStringAndSize(NULL, nlen + 4);
@@ -178,6 +338,8 @@ static Py_ssize_t answer_one(const View *v, const unsigned char *p, Py_ssize_t l
             return -1;
         }
         entry = cow_get(v->defaults_recent, v->defaults_base, name, &error);
+        if (entry == NULL && !error)
+            entry = absent(v, p, len, end, key, name, &error);
         Py_DECREF(name);
     }
     Py_DECREF(key);
@@ -187,25 +349,6 @@ static Py_ssize_t answer_one(const View *v, const unsigned char *p, Py_ssize_t l
         return 0;
     Py_INCREF(entry);
     Py_ssize_t result = 0;
-
-    /* EDNS: none, or one OPT record as packet.read_opt reads it. */
-    const char *opt = NULL;
-    Py_ssize_t optlen = 0, limit;
-    unsigned int arcount = ((unsigned int)p[10] << 8) | p[11];
-    if (arcount == 0 && len == qend) {
-        limit = MIN_UDP_PAYLOAD;
-    } else if (arcount == 1 && len >= qend + 11 && p[qend] == 0 && p[qend + 1] == 0 &&
-               p[qend + 2] == 41 && p[qend + 6] == 0 &&
-               qend + 11 + (((Py_ssize_t)p[qend + 9] << 8) | p[qend + 10]) == len) {
-        long payload = ((long)p[qend + 3] << 8) | p[qend + 4];
-        PyObject *ours = v->opt[(p[qend + 7] & 0x80) ? 1 : 0];
-        opt = PyBytes_AS_STRING(ours);
-        optlen = PyBytes_GET_SIZE(ours);
-        long room = payload < v->udp_payload ? payload : v->udp_payload;
-        limit = room > MIN_UDP_PAYLOAD ? room : MIN_UDP_PAYLOAD;
-    } else {
-        goto done;
-    }
 
     PyObject *heads, *body, *spots;
     Py_ssize_t size;
@@ -564,16 +707,17 @@ static PyTypeObject BatcherType = {
 /* --- module functions ----------------------------------------------------------------- */
 
 static PyObject *configure(PyObject *module, PyObject *args) {
-    PyObject *gone, *rotations, *turns;
+    PyObject *gone, *entry, *rotations, *turns;
     Py_ssize_t dropped, truncated, nanos;
-    if (!PyArg_ParseTuple(args, "OO!O!(nnn)", &gone, &PyType_Type, &rotations, &PyType_Type,
-                          &turns, &dropped, &truncated, &nanos))
+    if (!PyArg_ParseTuple(args, "OO!O!O!(nnn)", &gone, &PyType_Type, &entry, &PyType_Type,
+                          &rotations, &PyType_Type, &turns, &dropped, &truncated, &nanos))
         return NULL;
     if (dropped < 0 || truncated < 0 || nanos < 0) {
         PyErr_SetString(PyExc_ValueError, "negative slot");
         return NULL;
     }
     Py_XSETREF(Gone, Py_NewRef(gone));
+    Py_XSETREF(EntryType, Py_NewRef(entry));
     Py_XSETREF(RotationsType, Py_NewRef(rotations));
     Py_XSETREF(TurnsType, Py_NewRef(turns));
     SlotDropped = dropped;
@@ -614,7 +758,7 @@ static PyObject *answer(PyObject *module, PyObject *args) {
 
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(GONE, Rotations, Turns, (dropped, truncated, nanos)): what respond.py uses "
+     "configure(GONE, Entry, Rotations, Turns, (dropped, truncated, nanos)): what respond.py uses "
      "and the Counts.n slots written."},
     {"answer", answer, METH_VARARGS,
      "answer(table, packet) -> (reply, qtype slot) | None: one packet as a batch answers it "

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from bridge.dns import metrics
 from bridge.dns.cow_map import GONE
-from bridge.dns.encode import Rotations, Turns
+from bridge.dns.encode import Entry, Rotations, Turns
 
 if TYPE_CHECKING:
     from bridge.dns._udpfast import Batcher
@@ -31,7 +31,8 @@ try:
 except ImportError:  # built without a compiler: Python answers everything
     _udpfast = None
 else:
-    _built.configure(GONE, Rotations, Turns, (metrics.DROPPED, metrics.TRUNCATED, metrics.NANOS))
+    _built.configure(GONE, Entry, Rotations, Turns,
+                     (metrics.DROPPED, metrics.TRUNCATED, metrics.NANOS))
     _udpfast = _built
 
 
