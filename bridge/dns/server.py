@@ -122,7 +122,10 @@ class DnsServer:
       question scan, one dict look-up, byte patching) -> sendto. Blocking sockets, no per-packet
       allocation beyond the reply. `recvfrom` and `sendto` release the GIL, so the loop
       overlaps with other threads' work while waiting. More readers would only contend for the
-      GIL; scaling past one core means worker processes (`workers.py`).
+      GIL; scaling past one core means worker processes (`workers.py`). With the compiled
+      fast path (`udp_batch.py`) the loop is a batch at a time instead: recvmmsg -> the
+      table's fast path in C -> sendmmsg, the GIL released around the two system calls; the
+      packets it hands back go through `_answer_udp`, the Python loop's steps.
     - One thread owns every TCP connection: a selector loop that accepts, reads 2-byte-framed
       queries (several per connection: our own answers in order, forwarded ones when they
       come back, as RFC 7766 allows), writes replies as the socket allows, and closes
