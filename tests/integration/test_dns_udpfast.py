@@ -235,3 +235,24 @@ def test_a_table_published_while_waiting_answers_the_next_query():
             reply = dns.message.from_wire(client.recv(65535))
         assert reply.rcode() == dns.rcode.NOERROR and records(reply) == ["10.96.0.1"], \
             f"the query after a publish was answered from the table before it:\n{reply}"
+
+
+def test_ipv6_clients_get_answers_from_both_paths():
+    """A handed-back packet goes back to its IPv6 peer (host, port, flowinfo, scope id)."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with DnsServer(DnsSettings(listen="[::1]:0", resolv_conf=""),
+                   outside=lambda packet, tcp: None) as server:
+        server.publish(catalog())
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            # The first NXDOMAIN of its shape is Python's (made on first use), the second C's.
+            for qid, name in enumerate(["kubernetes.default.svc.cluster.local.",
+                                        "nosuch.default.svc.cluster.local.",
+                                        "nosucx.default.svc.cluster.local."]):
+                client.sendto(dns.message.make_query(name, "A", id=qid).to_wire(),
+                              server.addresses[0])
+                reply = dns.message.from_wire(client.recv(65535))
+                assert reply.id == qid and reply.question[0].name.to_text() == name, reply
+                expected = dns.rcode.NOERROR if qid == 0 else dns.rcode.NXDOMAIN
+                assert reply.rcode() == expected, f"{name} over IPv6: {reply}"
