@@ -7,7 +7,7 @@ what it does not answer it hands back. Over a socket: a burst of mixed packets (
 server receives several at a time) gets the replies and the counts the Python path gives.
 
 Under BRIDGE_DNS_PURE=1 (the pure-Python pass of `./dev test`) the compiled path is off:
-these tests skip, and the rest of the DNS suite runs on the Python path alone.
+the differential tests skip; the socket tests check the Python path alone.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from tests.conftest import eventually
 from tests.integration.test_dns_fuzz import CATALOG, K8S, SEEDS, mutate, random_question
 
 FAST = udp_batch.compiled()
-pytestmark = pytest.mark.skipif(os.environ.get(udp_batch.PURE_ENV) == "1",
-                                reason="BRIDGE_DNS_PURE=1: the compiled path is off")
+compiled_only = pytest.mark.skipif(os.environ.get(udp_batch.PURE_ENV) == "1",
+                                   reason="BRIDGE_DNS_PURE=1: the compiled path is off")
 WINDOW = 100  # datagrams in flight at once: well within a socket's default receive buffer
 HTTP = Port("http", 80)
 # Beyond the fuzz catalog: more A records than a `Rotations` holds (so a `Turns` cut from
@@ -111,11 +111,13 @@ def compare(tbl: Table, packets: list[bytes]) -> int:
     return answered
 
 
+@compiled_only
 def test_the_compiled_path_is_built():
     assert FAST is not None, "bridge/dns/_udpfast.c was not built: installing needs a C " \
                              "compiler and Python's headers (./dev installs them)"
 
 
+@compiled_only
 @pytest.mark.parametrize("udp_payload", [512, 1232, 4096])
 def test_usual_queries_get_the_same_bytes_from_both_paths(udp_payload):
     tbl = table(udp_payload)
@@ -125,6 +127,7 @@ def test_usual_queries_get_the_same_bytes_from_both_paths(udp_payload):
         f"the compiled path answered only {answered} of {len(packets)}"
 
 
+@compiled_only
 @pytest.mark.parametrize(("name", "other", "qtype"), [
     ("db.apps.svc.cluster.local.", "DB.Apps.svc.cluster.local.", "SRV"),
     # Negative answers are made per zone and length of what precedes it.
@@ -144,6 +147,20 @@ def test_an_answer_made_on_first_use_is_left_to_python_then_served(name, other, 
         f"{other} {qtype}, answered from what {name} made: not served as Python does"
 
 
+@compiled_only
+def test_fuzzed_packets_get_the_same_bytes_from_both_paths():
+    tbl = table()
+    rng = random.Random(19)
+    compare(tbl, queries(rng))  # make the rotations and negative answers first
+    seeds = queries(rng)
+    packets = [mutate(rng.choice(seeds), rng, rng.randrange(1, 4)) for _ in range(20000)]
+    packets += [random_question(rng) for _ in range(5000)]
+    packets += [rng.randbytes(rng.randrange(0, 80)) for _ in range(2000)]
+    answered = compare(tbl, packets)
+    assert answered > 1000, f"only {answered} fuzzed packets answered by the compiled path"
+
+
+@compiled_only
 def test_a_changed_table_is_read_afresh():
     server = DnsServer(DnsSettings(listen="127.0.0.1:0", resolv_conf=""),
                        outside=lambda packet, tcp: None)
