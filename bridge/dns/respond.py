@@ -265,8 +265,15 @@ class Responder:
         if type(spots) is Rotations:
             body, spots = spots[packet[1] % len(spots)], ()  # as on the fast path
         elif type(spots) is Turns:
-            # The query's ID picks the rotation: no state to share between threads.
-            entry, body, spots = spots.turn(entry, (packet[0] << 8) | packet[1])
+            # The query's ID picks the rotation: no state to share between threads. A
+            # rotation made already is read here (`Turns.turn` without the call).
+            index = (packet[0] << 8) | packet[1]
+            variants = spots.variants
+            turned = variants[index % len(variants)] if variants else None
+            if turned is None:
+                entry, body, spots = spots.turn(entry, index)
+            else:
+                entry, body, spots = turned, turned.body, turned.spots
         if spots:
             patched = None
             for at, qoffset, length in spots:

@@ -4,13 +4,12 @@
 table's fast path answers (the same dicts, the same bytes: `Responder.respond`), sends the
 replies in one system call and counts them in the serving thread's `metrics.Counts`; it
 hands the other packets back, and the server answers them one by one in Python. Without
-the extension (no C compiler at install), or with BRIDGE_DNS_PURE=1 in the environment,
-`batcher` gives None and the server's Python loop answers everything: the same answers.
+the extension (no C compiler at install) `batcher` gives None, and with `dns.compiled: false`
+the server does not ask for one: its Python loop answers everything, the same answers.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from bridge.dns._udpfast import Batcher
 
 BATCH = 64  # datagrams per receive: more only adds latency to the first
-PURE_ENV = "BRIDGE_DNS_PURE"
 
 _udpfast: ModuleType | None
 try:
@@ -37,8 +35,8 @@ else:
 
 
 def compiled() -> ModuleType | None:
-    """The extension, unless it is missing or BRIDGE_DNS_PURE=1 turns it off."""
-    return None if os.environ.get(PURE_ENV) == "1" else _udpfast
+    """The extension, or None if it was not built."""
+    return _udpfast
 
 
 def batcher(sock: object) -> Batcher | None:

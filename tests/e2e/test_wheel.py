@@ -116,7 +116,7 @@ def test_the_installed_package_is_the_wheels_not_the_source_tree(installed, else
 
 
 def test_the_installed_wheel_answers_dns_with_the_compiled_path(installed, elsewhere):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BRIDGE_DNS_PURE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BRIDGE_DNS_COMPILED")}
     done = subprocess.run([str(installed.with_name("python")), "-c",
                            "from bridge.dns import udp_batch; print(udp_batch.compiled())"],
                           cwd=elsewhere, capture_output=True, text=True, timeout=60, env=env)

@@ -6,13 +6,12 @@ batch runs) is byte for byte what `Table.respond` answers, and it counts the sam
 what it does not answer it hands back. Over a socket: a burst of mixed packets (which the
 server receives several at a time) gets the replies and the counts the Python path gives.
 
-Under BRIDGE_DNS_PURE=1 (the pure-Python pass of `./dev test`) the compiled path is off:
+Under BRIDGE_DNS_COMPILED=false (the pure-Python pass of `./dev test`) the compiled path is off:
 the differential tests skip; the socket tests check the Python path alone.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import struct
@@ -29,12 +28,11 @@ from bridge.dns.metrics import Counts
 from bridge.dns.respond import CHASE
 from bridge.dns.server import DnsServer
 from bridge.dns.table import Table
-from tests.conftest import eventually
+from tests.conftest import PURE_DNS, eventually
 from tests.integration.test_dns_fuzz import CATALOG, K8S, SEEDS, mutate, random_question
 
 FAST = udp_batch.compiled()
-compiled_only = pytest.mark.skipif(os.environ.get(udp_batch.PURE_ENV) == "1",
-                                   reason="BRIDGE_DNS_PURE=1: the compiled path is off")
+compiled_only = pytest.mark.skipif(PURE_DNS, reason="BRIDGE_DNS_COMPILED=false: the compiled path is off")
 WINDOW = 100  # datagrams in flight at once: well within a socket's default receive buffer
 HTTP = Port("http", 80)
 # Beyond the fuzz catalog: more A records than a `Rotations` holds (so a `Turns` cut from
@@ -273,3 +271,20 @@ def test_ipv6_clients_get_answers_from_both_paths():
                 assert reply.id == qid and reply.question[0].name.to_text() == name, reply
                 expected = dns.rcode.NOERROR if qid == 0 else dns.rcode.NXDOMAIN
                 assert reply.rcode() == expected, f"{name} over IPv6: {reply}"
+
+
+def test_compiled_false_serves_from_python_alone(monkeypatch):
+    def refuse(sock):
+        raise AssertionError("dns.compiled: false asked for the compiled path")
+
+    monkeypatch.setattr(udp_batch, "batcher", refuse)
+    settings = DnsSettings(listen="127.0.0.1:0", resolv_conf="", compiled=False)
+    with DnsServer(settings, outside=lambda packet, tcp: None) as server:
+        server.publish(catalog())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            client.sendto(dns.message.make_query("kubernetes.default.svc.cluster.local.", "A")
+                          .to_wire(), server.addresses[0])
+            reply = dns.message.from_wire(client.recv(65535))
+        assert records(reply) == ["10.96.0.1"], reply
+        assert server.stats["errors"] == 0
