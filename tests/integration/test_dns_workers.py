@@ -30,7 +30,7 @@ from bridge.catalog.model import (
 )
 from bridge.config import DnsSettings
 from bridge.dns.workers import DnsWorkers
-from tests.conftest import eventually
+from tests.conftest import PURE_DNS, eventually
 
 K8S = Origin(OriginKind.KUBERNETES, "east")
 HTTP = Port("http", 80)
@@ -57,7 +57,7 @@ def ask(workers: DnsWorkers, name: str = NAME, *, tcp: bool = False) -> tuple[in
 
 @pytest.fixture
 def workers() -> Iterator[DnsWorkers]:
-    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf=""), 2)
+    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf="", compiled=not PURE_DNS), 2)
     pool.start()
     yield pool
     pool.stop()
@@ -97,7 +97,7 @@ def test_a_killed_worker_is_started_again_with_the_whole_catalog(workers):
 
 
 def test_stop_ends_the_workers_and_frees_the_port():
-    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf=""), 2)
+    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf="", compiled=not PURE_DNS), 2)
     pool.start()
     pool.publish(catalog(1, {"web": ["10.0.0.1"]}))
     pids = pool.pids
