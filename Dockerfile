@@ -3,9 +3,14 @@
 # files), the second installs only that wheel, so the image runs what the tests ran.
 FROM python:3.11-slim-bookworm AS wheel
 
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# BRIDGE_REQUIRE_EXTENSION: the compiled DNS fast path must build here (setup.py), so this
+# stage alone gets a C compiler; the image below installs the built wheel without one.
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 BRIDGE_REQUIRE_EXTENSION=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY bridge ./bridge
 RUN pip wheel --no-deps --wheel-dir /wheels .
 

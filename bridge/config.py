@@ -327,6 +327,9 @@ class DnsSettings:
     workers: int = _setting(1, "processes that answer DNS, apart from the sync work (each holds "
                                "its own copy of the answers); 0 answers in the main process",
                             check=_not_negative)
+    compiled: bool = _setting(True, "answer UDP with the compiled fast path when it was built at "
+                                    "install (the same answers, a batch of queries per system "
+                                    "call); false: Python alone")
 
 
 @dataclass(frozen=True)

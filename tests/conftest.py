@@ -2,10 +2,13 @@
 that fails a test which leaves threads or child processes running after it.
 
 Tests import the helper (`from tests.conftest import eventually`); the guard is autouse.
+With BRIDGE_DNS_COMPILED=false in the environment, DNS servers answer without the compiled
+fast path (`PURE_DNS`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +22,14 @@ import pytest
 # How long a test's threads and child processes get to end once the test and its fixtures
 # have finished: a stopped server's connection threads and a killed child need a moment
 # (a reader thread ends when its pipe closes, a child when it has handled its signal).
+# `./dev test` runs the DNS tests again with BRIDGE_DNS_COMPILED=false: a `bridge run` reads
+# it as `dns.compiled`; servers the tests build in process answer as if nothing was compiled.
+PURE_DNS = os.environ.get("BRIDGE_DNS_COMPILED") == "false"
+if PURE_DNS:
+    from bridge.dns import udp_batch
+
+    udp_batch._udpfast = None
+
 LEFTOVER_GRACE = 5.0
 # How long a call must stay unanswered before a test calls it "blocked" (a bound, not a sleep).
 STILL_PENDING = 0.3

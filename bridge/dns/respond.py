@@ -169,17 +169,19 @@ class Responder:
             else:
                 return self._miss(packet, tcp)
             spots = entry.spots
-            if spots or entry.size + qend - 12 + len(opt) > limit:
-                if type(spots) is Rotations and entry.size + qend - 12 + len(opt) <= limit:
-                    # Rotating addresses: the rotation the query's ID picks (random per
-                    # query, as stub resolvers choose IDs).
-                    variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
-                    return packet[:2] + entry.heads[(variant | 4) if opt else variant] + \
-                        packet[12:qend] + spots[packet[1] % len(spots)] + opt
+            if entry.size + qend - 12 + len(opt) > limit:
+                return self._emit(packet, qend, entry, opt, limit)
+            if not spots:
+                body = entry.body
+            elif type(spots) is Rotations:
+                # Rotating addresses: the rotation the query's ID picks (random per query,
+                # as stub resolvers choose IDs).
+                body = spots[packet[1] % len(spots)]
+            else:
                 return self._emit(packet, qend, entry, opt, limit)
             variant = (packet[2] & 1) | ((packet[3] >> 3) & 2)
             return packet[:2] + entry.heads[(variant | 4) if opt else variant] + \
-                packet[12:qend] + entry.body + opt
+                packet[12:qend] + body + opt
         count_qtype(qtypes, packet)
         return self._miss(packet, tcp)
 
@@ -263,8 +265,15 @@ class Responder:
         if type(spots) is Rotations:
             body, spots = spots[packet[1] % len(spots)], ()  # as on the fast path
         elif type(spots) is Turns:
-            # The query's ID picks the rotation: no state to share between threads.
-            entry, body, spots = spots.turn(entry, (packet[0] << 8) | packet[1])
+            # The query's ID picks the rotation: no state to share between threads. A
+            # rotation made already is read here (`Turns.turn` without the call).
+            index = (packet[0] << 8) | packet[1]
+            variants = spots.variants
+            turned = variants[index % len(variants)] if variants else None
+            if turned is None:
+                entry, body, spots = spots.turn(entry, index)
+            else:
+                entry, body, spots = turned, turned.body, turned.spots
         if spots:
             patched = None
             for at, qoffset, length in spots:

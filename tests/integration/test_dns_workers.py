@@ -31,7 +31,7 @@ from bridge.catalog.model import (
 )
 from bridge.config import DnsSettings
 from bridge.dns.workers import DnsWorkers
-from tests.conftest import eventually
+from tests.conftest import PURE_DNS, eventually
 
 K8S = Origin(OriginKind.KUBERNETES, "east")
 HTTP = Port("http", 80)
@@ -58,7 +58,7 @@ def ask(workers: DnsWorkers, name: str = NAME, *, tcp: bool = False, timeout: fl
 
 @pytest.fixture
 def workers() -> Iterator[DnsWorkers]:
-    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf=""), 2)
+    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf="", compiled=not PURE_DNS), 2)
     pool.start()
     yield pool
     pool.stop()
@@ -131,7 +131,7 @@ def _answers(workers: DnsWorkers) -> tuple[int, set[str]] | None:
 
 
 def test_stop_ends_the_workers_and_frees_the_port():
-    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf=""), 2)
+    pool = DnsWorkers(DnsSettings(listen="127.0.0.1:0", resolv_conf="", compiled=not PURE_DNS), 2)
     pool.start()
     pool.publish(catalog(1, {"web": ["10.0.0.1"]}))
     pids = pool.pids
