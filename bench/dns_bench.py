@@ -667,21 +667,24 @@ CONSUL_MODES = {
 }
 
 
-def bridge_config(mode: str, workers: int | None = None) -> str:
+def bridge_config(mode: str, workers: int | None = None, python_only: bool = False) -> str:
     to_consul, from_consul = CONSUL_MODES[mode]
     text = (f"sync:\n  to_consul: {str(to_consul).lower()}\n"
             f"  from_consul: {str(from_consul).lower()}\n")
-    if workers is not None:
-        text += f"dns:\n  workers: {workers}\n"
+    dns = ([f"  workers: {workers}"] if workers is not None else []) + \
+        (["  compiled: false"] if python_only else [])
+    if dns:
+        text += "dns:\n" + "".join(line + "\n" for line in dns)
     return text
 
 
 class Bridge:
     def __init__(self, workdir: Path, kubeconfig: str, consul: str, mode: str = "sync",
-                 switch_interval: float | None = None, workers: int | None = None) -> None:
+                 switch_interval: float | None = None, workers: int | None = None,
+                 python_only: bool = False) -> None:
         self.log_path = workdir / "bridge.log"
         config = workdir / "bridge.yaml"
-        config.write_text(bridge_config(mode, workers))
+        config.write_text(bridge_config(mode, workers, python_only))
         command = [str(VENV_BIN / "bridge")]
         if switch_interval:
             # An experiment, not the product: the same CLI with another GIL switch interval.
@@ -1205,7 +1208,7 @@ def bench_one(n: int, args: argparse.Namespace, root: Path) -> RunReport:
         unbound = Unbound(workdir, services)
         unbound.start()
         bridge = Bridge(workdir, info["kubeconfig"], info["consul"], args.consul,
-                        args.switch_interval, args.workers)
+                        args.switch_interval, args.workers, args.python_only)
         started = time.monotonic()
         bridge.start(timeout=60)
         say(f"N={n}: bridge pid {bridge.proc.pid if bridge.proc else '?'}: dns 127.0.0.1:"
@@ -1419,6 +1422,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="after the last change, seconds to wait for DNS to show all")
     parser.add_argument("--switch-interval", type=float, metavar="S",
                         help="experiment: run the bridge with sys.setswitchinterval(S)")
+    parser.add_argument("--python-only", action="store_true",
+                        help="the bridge without its compiled UDP path (dns.compiled: false)")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="the bridge's dns.workers (default: the bridge's default)")
     parser.add_argument("--sample", type=int, default=500, help="answers checked per server")
