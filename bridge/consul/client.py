@@ -62,13 +62,13 @@ class TxnRefused(Rejected):
 THROTTLED_RETRY = 1.0
 
 
-def _retry_after(headers: Any) -> float:
-    """A response's Retry-After in seconds (`THROTTLED_RETRY` when absent or not a number)."""
+def retry_after(header: str | None) -> float | None:
+    """A Retry-After header in seconds; None when absent, not a number, or not positive."""
     try:
-        value = float((headers or {}).get("Retry-After") or "")
-    except (TypeError, ValueError, AttributeError):
-        return THROTTLED_RETRY
-    return value if value > 0 else THROTTLED_RETRY
+        value = float(header) if header else 0.0
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 LEADER_PATH = "/v1/status/leader"
@@ -374,7 +374,8 @@ class ConsulClient:
                 errors, detail = [], body.strip()
             raise TxnRolledBack(errors, detail)
         if response.code == 429:
-            raise Transient(f"txn: {response.code} {body.strip()}", _retry_after(response.headers))
+            raise Transient(f"txn: {response.code} {body.strip()}",
+                            retry_after((response.headers or {}).get("Retry-After")) or THROTTLED_RETRY)
         raise TxnRefused(response.code, f"txn: {response.code} {body.strip()}")
 
     # Sessions and KV: the leader's claim on bridge/clusters/<cluster_id> (bridge/ha/).

@@ -29,7 +29,7 @@ from prometheus_client import Counter
 
 from bridge.config import ConsulSettings, token
 from bridge.consul.access import TLS
-from bridge.consul.client import ConsulClient, TokenLost, tls_refusal
+from bridge.consul.client import ConsulClient, TokenLost, retry_after, tls_refusal
 from bridge.errors import Denied, Rejected, Throttled, Transient, Unavailable
 from bridge.outage import Outage
 
@@ -189,7 +189,7 @@ class ConsulReads:
                 body = await response.text()
                 status = response.status
                 index_header = response.headers.get("X-Consul-Index")
-                retry_after = response.headers.get("Retry-After")
+                retry_header = response.headers.get("Retry-After")
                 filtered = response.headers.get(FILTERED_HEADER) == "true"
         except aiohttp.ClientSSLError as exc:
             reason = tls_refusal(exc, self._settings)
@@ -222,9 +222,9 @@ class ConsulReads:
                           "queries ask again every %.0fs", text.strip(), CONNECTION_LIMIT_RETRY)
             raise Throttled(f"{what}: {status} {text.strip()}", CONNECTION_LIMIT_RETRY)
         if status >= 500:
-            raise Unavailable(f"{what}: {status} {text}", _seconds(retry_after))
+            raise Unavailable(f"{what}: {status} {text}", retry_after(retry_header))
         if status == 429:
-            raise Transient(f"{what}: {status} {text}", _seconds(retry_after))
+            raise Transient(f"{what}: {status} {text}", retry_after(retry_header))
         if status != 200:
             raise Rejected(f"{what}: {status} {text}")
         try:
@@ -255,10 +255,3 @@ FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
 FILTERED = "catalog reads"
 FILTERED_REASON = (f"results hidden by ACLs ({FILTERED_HEADER}: true): the token lacks read on some "
                    'services or nodes; the bridge needs service_prefix "" read and node_prefix "" read')
-
-
-def _seconds(header: str | None) -> float | None:
-    try:
-        return float(header) if header else None
-    except ValueError:
-        return None
